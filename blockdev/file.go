@@ -1,0 +1,190 @@
+package blockdev
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// File is a Device backed by a regular file or a block device.
+type File struct {
+	f        *os.File
+	size     int64
+	block    bool // f is a block device
+	readOnly bool
+	syncer   *Syncer
+}
+
+var _ Device = (*File)(nil)
+
+// OpenFile opens path as a Device. A regular file is used at its current
+// size; a block device at the size the kernel reports. If readOnly is set,
+// every write returns ErrReadOnly.
+func OpenFile(path string, readOnly bool) (*File, error) {
+	flag := os.O_RDWR
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open disk %s: %w", path, err)
+	}
+	d, err := newFile(f, readOnly)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// CreateFile creates (or opens) the regular file at path and makes it size
+// bytes long, sparse where the filesystem allows. An existing larger file is
+// not shrunk.
+func CreateFile(path string, size int64) (*File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create disk %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err == nil && st.Size() < size {
+		err = f.Truncate(size)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("size disk %s to %d bytes: %w", path, size, err)
+	}
+	d, err := newFile(f, false)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func newFile(f *os.File, readOnly bool) (*File, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat disk %s: %w", f.Name(), err)
+	}
+	d := &File{f: f, readOnly: readOnly}
+	switch {
+	case st.Mode().IsRegular():
+		d.size = st.Size()
+	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+		d.block = true
+		var sz uint64
+		if err := ioctlPtr(int(f.Fd()), unix.BLKGETSIZE64, unsafe.Pointer(&sz)); err != nil {
+			return nil, fmt.Errorf("read size of block device %s: %w", f.Name(), err)
+		}
+		d.size = int64(sz)
+	default:
+		return nil, fmt.Errorf("disk %s is neither a regular file nor a block device", f.Name())
+	}
+	d.syncer = NewSyncer(func() error { return unix.Fdatasync(int(f.Fd())) })
+	return d, nil
+}
+
+// Name returns the path the device was opened with.
+func (d *File) Name() string { return d.f.Name() }
+
+// ReadAt implements Device.
+func (d *File) ReadAt(p []byte, off int64) (int, error) {
+	if err := CheckRange(off, int64(len(p)), d.size); err != nil {
+		return 0, err
+	}
+	n, err := d.f.ReadAt(p, off)
+	if errors.Is(err, io.EOF) && n == len(p) {
+		err = nil
+	}
+	return n, err
+}
+
+// WriteAt implements Device.
+func (d *File) WriteAt(p []byte, off int64) (int, error) {
+	if d.readOnly {
+		return 0, ErrReadOnly
+	}
+	if err := CheckRange(off, int64(len(p)), d.size); err != nil {
+		return 0, err
+	}
+	n, err := d.f.WriteAt(p, off)
+	d.syncer.MarkDirty()
+	if errors.Is(err, unix.ENOSPC) {
+		err = fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return n, err
+}
+
+// Flush implements Device with one fdatasync shared by concurrent callers.
+// It returns at once when nothing was written since the last flush.
+func (d *File) Flush() error {
+	if d.readOnly {
+		return nil
+	}
+	if err := d.syncer.Sync(); err != nil {
+		return fmt.Errorf("fdatasync %s: %w", d.f.Name(), err)
+	}
+	return nil
+}
+
+// Trim implements Device: it punches a hole in a file, or zeroes the range
+// of a block device (BLKZEROOUT, which may discard).
+func (d *File) Trim(off, length int64) error { return d.zero(off, length, true) }
+
+// WriteZeroes implements Device.
+func (d *File) WriteZeroes(off, length int64) error { return d.zero(off, length, false) }
+
+func (d *File) zero(off, length int64, punch bool) error {
+	if d.readOnly {
+		return ErrReadOnly
+	}
+	if err := CheckRange(off, length, d.size); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	d.syncer.MarkDirty()
+	fd := int(d.f.Fd())
+	if d.block {
+		r := [2]uint64{uint64(off), uint64(length)}
+		if err := ioctlPtr(fd, unix.BLKZEROOUT, unsafe.Pointer(&r)); err == nil {
+			return nil
+		}
+	} else {
+		mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
+		if punch {
+			mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+		}
+		if err := unix.Fallocate(fd, mode, off, length); err == nil {
+			return nil
+		}
+	}
+	return d.writeZeroes(off, length)
+}
+
+var zeroBuf [1 << 20]byte
+
+// writeZeroes is the fallback when the filesystem or device cannot zero a
+// range itself.
+func (d *File) writeZeroes(off, length int64) error {
+	for length > 0 {
+		n := min(length, int64(len(zeroBuf)))
+		if _, err := d.f.WriteAt(zeroBuf[:n], off); err != nil {
+			return fmt.Errorf("write zeroes to %s: %w", d.f.Name(), err)
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+// Size implements Device.
+func (d *File) Size() int64 { return d.size }
+
+// Close implements Device.
+func (d *File) Close() error { return d.f.Close() }
