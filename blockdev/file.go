@@ -88,6 +88,19 @@ func newFile(f *os.File, readOnly bool) (*File, error) {
 	return d, nil
 }
 
+// Limit makes the device size bytes long, which must not exceed its real
+// size and must be a multiple of 512: the rest of the disk is not used.
+func (d *File) Limit(size int64) error {
+	if size <= 0 || size%512 != 0 {
+		return fmt.Errorf("size %d for disk %s must be a positive multiple of 512", size, d.f.Name())
+	}
+	if size > d.size {
+		return fmt.Errorf("disk %s holds %d bytes, fewer than the %d the resource needs: grow the disk or lower the resource's size", d.f.Name(), d.size, size)
+	}
+	d.size = size
+	return nil
+}
+
 // Name returns the path the device was opened with.
 func (d *File) Name() string { return d.f.Name() }
 

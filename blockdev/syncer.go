@@ -18,6 +18,7 @@ type Syncer struct {
 	done    uint64 // generation of the last sync finished
 	err     error  // result of generation done
 	dirty   bool   // a write may have happened since the last sync started
+	waiters int    // callers blocked waiting for a sync (for tests)
 }
 
 // NewSyncer returns a Syncer that calls fn to sync.
@@ -62,7 +63,9 @@ func (s *Syncer) Sync() error {
 			s.cond.Broadcast()
 			continue
 		}
+		s.waiters++
 		s.cond.Wait()
+		s.waiters--
 	}
 	return s.err
 }
