@@ -1,0 +1,375 @@
+package nbd
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tharsis/tharsis/blockdev"
+)
+
+// conn is one client connection.
+type conn struct {
+	srv        *Server
+	nc         net.Conn
+	log        *slog.Logger
+	br         *bufio.Reader
+	maxPayload uint32
+	closing    atomic.Bool
+
+	scratch []byte // handshake replies
+	optBuf  []byte // handshake option data
+
+	// Chosen in the handshake.
+	noZeroes   bool
+	structured bool
+	exp        Export
+	size       int64
+	flags      uint16
+
+	// Transmission.
+	budget  *budget
+	replies chan *op
+	workers sync.WaitGroup
+	failed  atomic.Bool // the writer failed; replies are dropped
+}
+
+// op is one request on its way from the reader through a worker to the
+// writer. ops are pooled.
+type op struct {
+	req   request
+	buf   *[]byte // WRITE payload or READ data, from getBuf
+	errno uint32
+	msg   string // error text for structured replies
+	cost  int64  // budget held
+}
+
+var opPool = sync.Pool{New: func() any { return new(op) }}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv:        s,
+		nc:         nc,
+		log:        s.logger().With("remote", nc.RemoteAddr().String()),
+		br:         bufio.NewReaderSize(nc, 64<<10),
+		maxPayload: s.maxPayload(),
+		scratch:    make([]byte, 0, 512),
+	}
+}
+
+// beginShutdown makes the connection stop reading requests; requests
+// already read are still answered.
+func (c *conn) beginShutdown() {
+	c.closing.Store(true)
+	c.nc.SetReadDeadline(time.Now())
+}
+
+// serve runs the connection until the client disconnects, the server shuts
+// down or the client breaks the protocol.
+func (c *conn) serve() {
+	defer c.srv.connWG.Done()
+	defer c.srv.trackConn(c, false)
+	defer c.nc.Close()
+	defer func() {
+		if v := recover(); v != nil {
+			c.log.Error("nbd: connection panicked; closing it", "panic", v, "stack", string(debug.Stack()))
+		}
+	}()
+
+	c.nc.SetDeadline(time.Now().Add(c.srv.handshakeTimeout()))
+	if err := c.handshake(); err != nil {
+		if !errors.Is(err, errAbort) && !c.closing.Load() && !isClosed(err) {
+			c.log.Info("nbd: handshake failed", "err", err)
+		}
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	if c.closing.Load() {
+		c.nc.SetReadDeadline(time.Now())
+	}
+	c.log.Debug("nbd: client connected", "export", c.exp.Name, "structured", c.structured)
+	c.transmit()
+}
+
+// isClosed reports errors that only say the peer went away.
+func isClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// transmit runs the transmission phase: this goroutine reads requests, a
+// goroutine per request does the I/O, and one writer goroutine sends the
+// replies in batches.
+func (c *conn) transmit() {
+	c.budget = newBudget(c.srv.maxInflight(), maxInflightRequests)
+	// Every op in flight holds a budget slot, so at most
+	// maxInflightRequests replies are ever queued and senders never block.
+	c.replies = make(chan *op, maxInflightRequests)
+	writerDone := make(chan struct{})
+	go c.writer(writerDone)
+
+	err := c.readLoop()
+	if err != nil && !c.closing.Load() && !isClosed(err) {
+		c.log.Info("nbd: closing connection", "err", err)
+	}
+	c.workers.Wait()
+	close(c.replies)
+	<-writerDone
+}
+
+// readLoop reads requests until DISC or an error.
+func (c *conn) readLoop() error {
+	var hdr [requestLen]byte
+	for {
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return err
+		}
+		o := opPool.Get().(*op)
+		if err := o.req.unmarshal(hdr[:]); err != nil {
+			opPool.Put(o)
+			return err
+		}
+		r := &o.req
+		if r.typ == cmdDisc {
+			opPool.Put(o)
+			return nil
+		}
+
+		if r.typ == cmdWrite {
+			if r.length > c.maxPayload {
+				// Skip the payload to stay in sync; memory stays bounded.
+				if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
+					opPool.Put(o)
+					return err
+				}
+				c.fail(o, errOverflow, "write larger than the advertised maximum block size")
+				continue
+			}
+			c.budget.acquire(int64(r.length))
+			o.cost = int64(r.length)
+			o.buf = getBuf(int(r.length))
+			if _, err := io.ReadFull(c.br, *o.buf); err != nil {
+				c.finish(o)
+				return err
+			}
+		} else if r.typ == cmdRead && r.length <= c.maxPayload {
+			c.budget.acquire(int64(r.length))
+			o.cost = int64(r.length)
+		} else {
+			c.budget.acquire(0)
+		}
+
+		if errno, msg := check(r, c.size, c.exp.ReadOnly, c.maxPayload); errno != 0 {
+			o.errno, o.msg = errno, msg
+			c.replies <- o
+			continue
+		}
+		c.workers.Add(1)
+		go c.work(o)
+	}
+}
+
+// fail answers o with an error without holding budget for a payload.
+func (c *conn) fail(o *op, errno uint32, msg string) {
+	c.budget.acquire(0)
+	o.errno, o.msg = errno, msg
+	c.replies <- o
+}
+
+// check validates a request against the export before any I/O. It returns
+// the error to answer with, or 0. It is pure.
+func check(r *request, size int64, readOnly bool, maxPayload uint32) (uint32, string) {
+	var allowed uint16 = cmdFlagFUA
+	switch r.typ {
+	case cmdRead, cmdWrite, cmdTrim:
+	case cmdWriteZeroes:
+		allowed |= cmdFlagNoHole
+	case cmdFlush:
+		if r.offset != 0 || r.length != 0 {
+			return errInval, "FLUSH must have offset and length 0"
+		}
+	default:
+		return errInval, fmt.Sprintf("command %s is not supported", r.typ)
+	}
+	if r.flags&^allowed != 0 {
+		return errInval, fmt.Sprintf("flags %#x are not valid for %s", r.flags, r.typ)
+	}
+	if r.typ == cmdFlush {
+		return 0, ""
+	}
+	write := r.typ != cmdRead
+	if write && readOnly {
+		return errPerm, "export is read-only"
+	}
+	if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > maxPayload {
+		return errOverflow, "request larger than the advertised maximum block size"
+	}
+	if r.length == 0 {
+		return errInval, "zero-length request"
+	}
+	if r.offset > uint64(size) || uint64(r.length) > uint64(size)-r.offset {
+		if r.typ == cmdWrite || r.typ == cmdWriteZeroes {
+			return errNoSpc, "request reaches past the end of the export"
+		}
+		return errInval, "request reaches past the end of the export"
+	}
+	return 0, ""
+}
+
+// work performs one validated request and queues its reply.
+func (c *conn) work(o *op) {
+	defer c.workers.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			c.log.Error("nbd: device panicked; answering EIO", "command", o.req.typ, "panic", v, "stack", string(debug.Stack()))
+			if o.req.typ == cmdRead {
+				putBuf(o.buf)
+				o.buf = nil
+			}
+			o.errno, o.msg = errIO, "device failed"
+			c.replies <- o
+		}
+	}()
+	dev := c.exp.Device
+	r := &o.req
+	off := int64(r.offset)
+	var err error
+	switch r.typ {
+	case cmdRead:
+		o.buf = getBuf(int(r.length))
+		var n int
+		n, err = dev.ReadAt(*o.buf, off)
+		if err != nil && n == len(*o.buf) && errors.Is(err, io.EOF) {
+			err = nil
+		}
+		if err != nil {
+			putBuf(o.buf)
+			o.buf = nil
+		}
+	case cmdWrite:
+		_, err = dev.WriteAt(*o.buf, off)
+		putBuf(o.buf)
+		o.buf = nil
+	case cmdFlush:
+		err = dev.Flush()
+	case cmdTrim:
+		err = dev.Trim(off, int64(r.length))
+	case cmdWriteZeroes:
+		err = dev.WriteZeroes(off, int64(r.length))
+	}
+	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdRead && r.typ != cmdFlush {
+		err = dev.Flush()
+	}
+	if err != nil {
+		o.errno, o.msg = errnoOf(err)
+		c.log.Warn("nbd: device error", "command", r.typ, "offset", r.offset, "length", r.length, "err", err)
+	}
+	c.replies <- o
+}
+
+// errnoOf maps a device error to the NBD error value.
+func errnoOf(err error) (uint32, string) {
+	switch {
+	case errors.Is(err, blockdev.ErrNoSpace):
+		return errNoSpc, "no space left to store the write"
+	case errors.Is(err, blockdev.ErrReadOnly):
+		return errPerm, "device is read-only"
+	case errors.Is(err, blockdev.ErrOutOfRange):
+		return errInval, "request out of the device's range"
+	default:
+		return errIO, "I/O error on the server's device"
+	}
+}
+
+// finish releases what o holds and returns it to the pool.
+func (c *conn) finish(o *op) {
+	putBuf(o.buf)
+	c.budget.release(o.cost)
+	*o = op{}
+	opPool.Put(o)
+}
+
+// Limits of one writer batch.
+const (
+	maxBatch = 128
+)
+
+// writer sends replies until c.replies is closed. It takes every reply
+// that is ready and sends them with one writev, so a burst of replies costs
+// one system call. After a write error it keeps draining (and releasing)
+// replies without sending.
+func (c *conn) writer(done chan<- struct{}) {
+	defer close(done)
+	arena := make([]byte, 0, maxBatch*maxReplyPrefixLen)
+	iov := make([][]byte, 0, 2*maxBatch)
+	batch := make([]*op, 0, maxBatch)
+	for o := range c.replies {
+		batch = append(batch[:0], o)
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case o, ok := <-c.replies:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, o)
+			default:
+				break fill
+			}
+		}
+		if !c.failed.Load() {
+			arena, iov = arena[:0], iov[:0]
+			arenaTail := false // the last iovec ends at the arena's end
+			for _, o := range batch {
+				start := len(arena)
+				arena = c.appendReply(arena, o)
+				if arenaTail {
+					last := &iov[len(iov)-1]
+					*last = arena[start-len(*last) : len(arena)]
+				} else {
+					iov = append(iov, arena[start:len(arena)])
+				}
+				arenaTail = true
+				if o.errno == 0 && o.req.typ == cmdRead {
+					iov = append(iov, *o.buf)
+					arenaTail = false
+				}
+			}
+			bufs := net.Buffers(iov)
+			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if _, err := bufs.WriteTo(c.nc); err != nil {
+				c.failed.Store(true)
+				if !isClosed(err) {
+					c.log.Info("nbd: cannot send replies; closing connection", "err", err)
+				}
+				c.nc.Close() // unblocks the reader
+			}
+		}
+		for _, o := range batch {
+			c.finish(o)
+		}
+	}
+}
+
+// appendReply appends the reply header for o (not the read data).
+func (c *conn) appendReply(b []byte, o *op) []byte {
+	r := &o.req
+	if !c.structured {
+		return appendSimpleReply(b, o.errno, r.handle)
+	}
+	if o.errno != 0 {
+		return appendErrorChunk(b, r.handle, o.errno, o.msg)
+	}
+	if r.typ == cmdRead {
+		return appendReadChunkPrefix(b, r.handle, r.offset, r.length)
+	}
+	return appendSimpleReply(b, 0, r.handle)
+}

@@ -1,0 +1,36 @@
+// Package nbd serves blockdev.Device exports over the Network Block Device
+// protocol (fixed newstyle handshake, as described in the NetworkBlockDevice
+// project's doc/proto.md).
+//
+// The package has two layers. codec.go is pure: it encodes and decodes the
+// fixed-size headers and parses option payloads, never allocating from a
+// client-supplied length and never panicking. server.go, handshake.go and
+// conn.go hold the I/O: the accept loop, the option haggling and the
+// transmission phase.
+//
+// # Wire format (all integers big-endian)
+//
+// Handshake, server first:
+//
+//	S: "NBDMAGIC" (u64) "IHAVEOPT" (u64) handshake flags (u16: FIXED_NEWSTYLE|NO_ZEROES)
+//	C: client flags (u32)
+//	C: "IHAVEOPT" (u64) option (u32) length (u32) data[length]      (repeated)
+//	S: 0x0003e889045565a9 (u64) option (u32) reply type (u32) length (u32) data[length]
+//
+// Transmission:
+//
+//	request          0x25609513 (u32) flags (u16) type (u16) handle (u64) offset (u64) length (u32)  [+ length bytes for WRITE]
+//	simple reply     0x67446698 (u32) error (u32) handle (u64)                                       [+ data for READ]
+//	structured chunk 0x668e33ef (u32) flags (u16) type (u16) handle (u64) length (u32) payload[length]
+//
+// # What the server does
+//
+// It speaks fixed newstyle with NO_ZEROES; answers NBD_OPT_EXPORT_NAME, GO,
+// INFO (with INFO_EXPORT, NAME, DESCRIPTION, BLOCK_SIZE), LIST, ABORT and
+// STRUCTURED_REPLY, and NBD_REP_ERR_UNSUP to everything else. In transmission
+// it serves READ, WRITE (FUA), DISC, FLUSH, TRIM and WRITE_ZEROES; the
+// requests of one connection run concurrently, bounded by a per-connection
+// budget of in-flight bytes, and their replies are batched into one write
+// per burst. Every length a client sends is checked before anything is
+// allocated for it.
+package nbd
