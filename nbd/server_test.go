@@ -24,7 +24,7 @@ type faultyDevice struct {
 	err     atomic.Pointer[error] // returned by every call while set
 	panics  atomic.Bool
 	gates   map[int64]chan struct{} // ReadAt/WriteAt at these offsets wait for a token (or close)
-	entered chan int64    // when non-nil, receives the offset of each call
+	entered chan int64              // when non-nil, receives the offset of each call
 	active  atomic.Int32
 	maxSeen atomic.Int32
 }
