@@ -1,0 +1,223 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Defaults applied by Parse.
+const (
+	DefaultStateRoot   = "/var/lib/tharsis" // state_dir is DefaultStateRoot/<node> unless set
+	DefaultSegmentSize = 256 << 20          // segment_size
+	MinSegmentSize     = 1 << 20            // smallest segment_size accepted
+	DefaultBufCnt      = 64                 // exports.aoe bufcnt
+	DefaultNBDListen   = "0.0.0.0:10809"    // exports.nbd listen
+	MaxNBDName         = 4096               // longest NBD export name or description, in bytes
+	SectorSize         = 512                // size must be a multiple of this
+)
+
+// Config is a validated cluster configuration. Every path in it is already
+// resolved against Dir; every default is already applied except Size (0 means
+// "the smallest disk", known only at runtime) and Resource.LogDir ("" means
+// the per-node default, see Config.LogDir).
+type Config struct {
+	File       string // path it was loaded from (or the name given to Parse)
+	Dir        string // directory relative paths were resolved against
+	SecretFile string // "" when not set
+	Nodes      map[string]*Node
+	Resources  map[string]*Resource
+	AoE        []*AoEExport // in file order
+	NBD        []*NBDExport // in file order
+}
+
+// Node is one [nodes.NAME] table.
+type Node struct {
+	Name        string
+	Replication string // host:port peers connect to
+	StateDir    string // default DefaultStateRoot/<name>
+	Control     string // unix socket path; default <StateDir>/control.sock
+}
+
+// Resource is one [resources.NAME] table.
+type Resource struct {
+	Name        string
+	Disks       map[string]string   // node -> disk path; at least one
+	Size        int64               // bytes; 0 = the smallest disk
+	LogDir      string              // "" = <state_dir of node>/<resource>/log
+	Primary     string              // initial primary; a node with a disk
+	Connect     map[string][]string // node -> nodes to fetch from, in order; nil when none
+	Replicated  bool                // transaction log on (default true)
+	SegmentSize int64               // log rotation threshold in bytes
+	Sync        bool                // fdatasync the log on every write
+}
+
+// AoEExport is one [[exports.aoe]] table.
+type AoEExport struct {
+	Resource   string
+	Shelf      uint16 // 0..0xfffe
+	Slot       uint8  // 0..0xfe
+	Interfaces []string
+	AllowMACs  []net.HardwareAddr // nil = anyone
+	ReadOnly   bool
+	BufCnt     int
+	WriteCache bool
+}
+
+// NBDExport is one [[exports.nbd]] table.
+type NBDExport struct {
+	Resource    string
+	Listen      string // host:port, default DefaultNBDListen
+	Name        string // default: the resource name
+	Description string
+	ReadOnly    bool
+}
+
+// Load reads and validates the configuration file at path. Relative paths in
+// the file are resolved against the file's directory (made absolute). It
+// returns Errors when the file is not valid, or the read error.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	dir := filepath.Dir(path)
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	return Parse(path, data, dir)
+}
+
+// NodeNames returns the node names, sorted.
+func (c *Config) NodeNames() []string { return sortedKeys(c.Nodes) }
+
+// ResourceNames returns the resource names, sorted.
+func (c *Config) ResourceNames() []string { return sortedKeys(c.Resources) }
+
+// DiskNodes returns the nodes holding a disk of resource res, sorted.
+func (c *Config) DiskNodes(res string) []string {
+	r := c.Resources[res]
+	if r == nil {
+		return nil
+	}
+	return sortedKeys(r.Disks)
+}
+
+// LogDir returns the log directory of resource res on node: the explicit
+// log_dir, else <state_dir of node>/<res>/log. It returns "" for an unknown
+// resource or node.
+func (c *Config) LogDir(res, node string) string {
+	r, n := c.Resources[res], c.Nodes[node]
+	if r == nil || n == nil {
+		return ""
+	}
+	if r.LogDir != "" {
+		return r.LogDir
+	}
+	return filepath.Join(n.StateDir, res, "log")
+}
+
+// ConnectList returns the nodes that node fetches resource res from, in order
+// of preference: the explicit connect list, else [primary] when node is not
+// the primary. It returns nil for the primary without a list, and for nodes
+// that hold no disk of res.
+func (c *Config) ConnectList(res, node string) []string {
+	r := c.Resources[res]
+	if r == nil {
+		return nil
+	}
+	if _, ok := r.Disks[node]; !ok {
+		return nil
+	}
+	if l, ok := r.Connect[node]; ok {
+		return append([]string(nil), l...)
+	}
+	if node == r.Primary {
+		return nil
+	}
+	return []string{r.Primary}
+}
+
+// ExportsOf returns the AoE and NBD exports of resource res, in file order.
+func (c *Config) ExportsOf(res string) ([]*AoEExport, []*NBDExport) {
+	var a []*AoEExport
+	var n []*NBDExport
+	for _, e := range c.AoE {
+		if e.Resource == res {
+			a = append(a, e)
+		}
+	}
+	for _, e := range c.NBD {
+		if e.Resource == res {
+			n = append(n, e)
+		}
+	}
+	return a, n
+}
+
+// Summary describes the configuration in a few lines for `tharsis config
+// check`.
+func (c *Config) Summary() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %s, %s, %s, %s\n", c.File,
+		plural(len(c.Nodes), "node"), plural(len(c.Resources), "resource"),
+		plural(len(c.AoE), "AoE export"), plural(len(c.NBD), "NBD export"))
+	for _, name := range c.NodeNames() {
+		n := c.Nodes[name]
+		fmt.Fprintf(&b, "node %s: replication %s, state %s, control %s\n", name, n.Replication, n.StateDir, n.Control)
+	}
+	for _, name := range c.ResourceNames() {
+		r := c.Resources[name]
+		size := "size of the smallest disk"
+		if r.Size > 0 {
+			size = FormatSize(r.Size)
+		}
+		mode := fmt.Sprintf("replicated, segments of %s", FormatSize(r.SegmentSize))
+		if !r.Replicated {
+			mode = "not replicated (writes go straight to the disk)"
+		}
+		if r.Sync {
+			mode += ", sync on every write"
+		}
+		fmt.Fprintf(&b, "resource %s: %s on %s; primary %s; %s\n", name, size,
+			strings.Join(c.DiskNodes(name), ", "), r.Primary, mode)
+		aoe, nbd := c.ExportsOf(name)
+		for _, e := range aoe {
+			who := "anyone"
+			if len(e.AllowMACs) > 0 {
+				who = plural(len(e.AllowMACs), "MAC")
+			}
+			fmt.Fprintf(&b, "  aoe e%d.%d on %s (%s%s)\n", e.Shelf, e.Slot, strings.Join(e.Interfaces, ", "), who, roSuffix(e.ReadOnly))
+		}
+		for _, e := range nbd {
+			fmt.Fprintf(&b, "  nbd %q on %s%s\n", e.Name, e.Listen, roSuffix(e.ReadOnly))
+		}
+	}
+	return b.String()
+}
+
+func roSuffix(ro bool) string {
+	if ro {
+		return ", read-only"
+	}
+	return ""
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	s := make([]string, 0, len(m))
+	for k := range m {
+		s = append(s, k)
+	}
+	sort.Strings(s)
+	return s
+}

@@ -1,0 +1,158 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+)
+
+// ChangeKind says whether something was added, removed or modified.
+type ChangeKind uint8
+
+// The kinds of Change.
+const (
+	Added ChangeKind = iota + 1
+	Removed
+	Modified
+)
+
+func (k ChangeKind) String() string {
+	switch k {
+	case Added:
+		return "added"
+	case Removed:
+		return "removed"
+	case Modified:
+		return "modified"
+	}
+	return fmt.Sprintf("ChangeKind(%d)", uint8(k))
+}
+
+// The things a Change can be about.
+const (
+	WhatSecret   = "secret_file"
+	WhatNode     = "node"
+	WhatResource = "resource"
+	WhatAoE      = "aoe export"
+	WhatNBD      = "nbd export"
+)
+
+// Change is one difference between two configurations.
+type Change struct {
+	Kind ChangeKind
+	What string // WhatSecret, WhatNode, WhatResource, WhatAoE or WhatNBD
+	// Name identifies the thing: a node or resource name, an AoE export's
+	// "shelf.slot" (e.g. "1.1"), an NBD export's "listen/name".
+	Name string
+	// Fields lists the TOML keys whose values differ (Modified only), sorted.
+	Fields []string
+}
+
+func (c Change) String() string {
+	s := fmt.Sprintf("%s %s %s", c.What, c.Name, c.Kind)
+	if len(c.Fields) > 0 {
+		s += ": " + strings.Join(c.Fields, ", ")
+	}
+	return s
+}
+
+// Diff lists what changed from old to new, for live reload: nodes, resources
+// and exports added, removed or modified (with the keys that changed). AoE
+// exports are matched by shelf.slot, NBD exports by listen address and name.
+// The result is ordered: secret_file, nodes, resources, AoE, NBD exports, each
+// by name. Either argument may be nil (meaning an empty configuration).
+func Diff(old, new *Config) []Change {
+	if old == nil {
+		old = &Config{}
+	}
+	if new == nil {
+		new = &Config{}
+	}
+	var out []Change
+	if old.SecretFile != new.SecretFile {
+		out = append(out, Change{Kind: Modified, What: WhatSecret, Name: WhatSecret})
+	}
+	out = append(out, diffMap(WhatNode, old.Nodes, new.Nodes, nodeFields)...)
+	out = append(out, diffMap(WhatResource, old.Resources, new.Resources, resourceFields)...)
+	out = append(out, diffMap(WhatAoE, aoeIndex(old.AoE), aoeIndex(new.AoE), aoeFields)...)
+	out = append(out, diffMap(WhatNBD, nbdIndex(old.NBD), nbdIndex(new.NBD), nbdFields)...)
+	return out
+}
+
+func diffMap[V any](what string, a, b map[string]V, fields func(x, y V) []string) []Change {
+	var out []Change
+	names := map[string]bool{}
+	for k := range a {
+		names[k] = true
+	}
+	for k := range b {
+		names[k] = true
+	}
+	keys := sortedKeys(names)
+	for _, k := range keys {
+		x, inA := a[k]
+		y, inB := b[k]
+		switch {
+		case !inB:
+			out = append(out, Change{Kind: Removed, What: what, Name: k})
+		case !inA:
+			out = append(out, Change{Kind: Added, What: what, Name: k})
+		default:
+			if f := fields(x, y); len(f) > 0 {
+				sort.Strings(f)
+				out = append(out, Change{Kind: Modified, What: what, Name: k, Fields: f})
+			}
+		}
+	}
+	return out
+}
+
+// fieldDiff returns the keys whose values differ; pairs is key, old, new, ...
+func fieldDiff(pairs ...any) []string {
+	var f []string
+	for i := 0; i+2 < len(pairs); i += 3 {
+		if !reflect.DeepEqual(pairs[i+1], pairs[i+2]) {
+			f = append(f, pairs[i].(string))
+		}
+	}
+	return f
+}
+
+func nodeFields(a, b *Node) []string {
+	return fieldDiff("replication", a.Replication, b.Replication, "state_dir", a.StateDir, b.StateDir,
+		"control", a.Control, b.Control)
+}
+
+func resourceFields(a, b *Resource) []string {
+	return fieldDiff("disk", a.Disks, b.Disks, "size", a.Size, b.Size, "log_dir", a.LogDir, b.LogDir,
+		"primary", a.Primary, b.Primary, "connect", a.Connect, b.Connect, "replicated", a.Replicated, b.Replicated,
+		"segment_size", a.SegmentSize, b.SegmentSize, "sync", a.Sync, b.Sync)
+}
+
+func aoeFields(a, b *AoEExport) []string {
+	return fieldDiff("resource", a.Resource, b.Resource, "interfaces", a.Interfaces, b.Interfaces,
+		"allow_macs", a.AllowMACs, b.AllowMACs, "read_only", a.ReadOnly, b.ReadOnly, "bufcnt", a.BufCnt, b.BufCnt,
+		"write_cache", a.WriteCache, b.WriteCache)
+}
+
+func nbdFields(a, b *NBDExport) []string {
+	return fieldDiff("resource", a.Resource, b.Resource, "description", a.Description, b.Description,
+		"read_only", a.ReadOnly, b.ReadOnly)
+}
+
+func aoeIndex(l []*AoEExport) map[string]*AoEExport {
+	m := map[string]*AoEExport{}
+	for _, e := range l {
+		m[fmt.Sprintf("%d.%d", e.Shelf, e.Slot)] = e
+	}
+	return m
+}
+
+func nbdIndex(l []*NBDExport) map[string]*NBDExport {
+	m := map[string]*NBDExport{}
+	for _, e := range l {
+		m[e.Listen+"/"+e.Name] = e
+	}
+	return m
+}

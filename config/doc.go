@@ -1,0 +1,52 @@
+// Package config loads and validates tharsis's cluster configuration: one TOML
+// file, identical on every node, describing nodes, resources, exports and
+// connect priorities. testdata/example.toml is a commented example.
+//
+// Schema (keys marked * are required; relative paths are relative to the
+// directory of the file):
+//
+//	secret_file = PATH             shared cluster secret
+//	[nodes.NAME]                   one per machine; NAME: [a-z0-9][a-z0-9_-]*, <= 63 chars
+//	  replication* = "HOST:PORT"   address peers connect to (a specific host, port 1-65535)
+//	  state_dir = PATH             default /var/lib/tharsis/NAME
+//	  control = PATH               unix socket, default STATE_DIR/control.sock
+//	[resources.NAME]               one per replicated block device; NAME as for nodes
+//	  disk* = { NODE = PATH, ... } the disk on each node that holds it (>= 1)
+//	  size = SIZE                  > 0, multiple of 512; default: the smallest disk (Size 0)
+//	  log_dir = PATH               default STATE_DIR_OF_NODE/NAME/log
+//	  primary = NODE               initial primary, a disk node; default the first by name
+//	  connect = { NODE = [NODE, ...] }  fetch-from priorities among disk nodes;
+//	                               default: every secondary fetches from the primary
+//	  replicated = BOOL            default true; false: no log, writes go to the disk
+//	  segment_size = SIZE          log rotation threshold, default 256MiB, >= 1MiB
+//	  sync = BOOL                  fdatasync the log on every write, default false
+//	[[exports.aoe]]                ATA over Ethernet target, served by the primary
+//	  resource* = NAME
+//	  shelf* = 0..65534            0xffff is the broadcast shelf
+//	  slot* = 0..254               0xff is the broadcast slot; shelf.slot is unique
+//	  interfaces* = ["eth1", ...]  >= 1
+//	  allow_macs = ["00:11:22:33:44:55", ...]  empty: anyone
+//	  read_only = BOOL
+//	  bufcnt = 1..65535            default 64
+//	  write_cache = BOOL           default false: acknowledge only once durable
+//	[[exports.nbd]]                NBD export, served by the primary
+//	  resource* = NAME
+//	  listen = "HOST:PORT"         default "0.0.0.0:10809"
+//	  name = STRING                1..4096 bytes, default the resource name
+//	  description = STRING
+//	  read_only = BOOL
+//
+// A SIZE is a byte count: an integer, or a string "NUMBER[ ]UNIT" with a whole
+// number, an optional space and a case-insensitive unit: B; K, KiB, M, MiB, G,
+// GiB, T, TiB (powers of 1024); KB, MB, GB, TB (powers of 1000). See ParseSize.
+//
+// Validation reports every problem at once (Errors, sorted by line), each as
+// "FILE:LINE: KEY: what is wrong; what to do". Beyond types and ranges it
+// checks references (disks, primary, connect lists and exports must name
+// defined nodes and resources), unknown keys (with a "did you mean"), unique
+// AoE shelf.slot addresses, unique NBD export names per listen address, and
+// listen addresses that would clash on one machine (a wildcard host and a
+// specific host on the same port, or an NBD listen on a replication address).
+//
+// Diff compares two configurations for live reload.
+package config
