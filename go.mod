@@ -6,3 +6,11 @@ require (
 	github.com/BurntSushi/toml v1.5.0
 	golang.org/x/sys v0.30.0
 )
+
+require (
+	github.com/josharian/native v1.1.0 // indirect
+	github.com/mdlayher/packet v1.1.2
+	github.com/mdlayher/socket v0.4.1 // indirect
+	golang.org/x/net v0.9.0
+	golang.org/x/sync v0.1.0 // indirect
+)

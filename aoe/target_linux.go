@@ -1,0 +1,466 @@
+//go:build linux
+
+package aoe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/mdlayher/packet"
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// Frames are built by hand in the buffers they arrived in rather than with
+// github.com/mdlayher/ethernet: its Frame.UnmarshalBinary copies the payload
+// and MarshalBinary allocates a new buffer per frame, and an AoE response
+// only needs the two addresses swapped in place (see README's dependency
+// table). github.com/mdlayher/packet opens and binds the socket; the hot path
+// uses its SyscallConn for recvmmsg/sendmmsg, because Conn.ReadFrom
+// allocates an address per frame and moves one frame per system call.
+
+// mmsghdr is struct mmsghdr of recvmmsg(2) and sendmmsg(2).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+	_   [4]byte
+}
+
+// Server serves every target of one network interface with one raw socket.
+type Server struct {
+	*core
+	ifi     *net.Interface
+	conn    *packet.Conn
+	raw     syscall.RawConn
+	workers int
+
+	mu      sync.Mutex
+	closed  bool
+	serving bool
+	done    chan struct{}
+}
+
+// NewServer opens a raw AoE socket on iface (which needs CAP_NET_RAW) for
+// the given targets. Call Serve to answer requests and Close to release the
+// socket. A nil logger logs to slog.Default().
+func NewServer(iface string, targets []TargetConfig, logger *slog.Logger) (*Server, error) {
+	c, err := newCore(iface, targets, "", logger)
+	if err != nil {
+		return nil, err
+	}
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("AoE: interface %q: %w (check the exports' interfaces)", iface, err)
+	}
+	mac, err := MACFrom(ifi.HardwareAddr)
+	if err != nil {
+		return nil, fmt.Errorf("AoE: interface %s has no Ethernet address: %w", iface, err)
+	}
+	conn, err := packet.Listen(ifi, packet.Raw, EtherType, nil)
+	if err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("AoE: open raw socket on %s: %w (run as root or grant CAP_NET_RAW)", iface, err)
+		}
+		return nil, fmt.Errorf("AoE: open raw socket on %s: %w", iface, err)
+	}
+	s := &Server{core: c, ifi: ifi, conn: conn, done: make(chan struct{})}
+	fail := func(err error) (*Server, error) {
+		conn.Close()
+		return nil, err
+	}
+	if s.raw, err = conn.SyscallConn(); err != nil {
+		return fail(fmt.Errorf("AoE: raw socket on %s: %w", iface, err))
+	}
+	if err := conn.SetBPF(requestFilter()); err != nil {
+		return fail(fmt.Errorf("AoE: attach BPF filter on %s: %w", iface, err))
+	}
+	mtu := ifi.MTU
+	if m, err := s.readMTU(); err == nil {
+		mtu = m
+	}
+	c.frameLen = EthernetLen + min(max(mtu, 9000), 65535)
+	c.setEnv(mac, mtu)
+	bufs := 0
+	for _, t := range c.targets {
+		bufs += int(t.bufcnt)
+	}
+	// Enough buffers in workers for every advertised frame, twice over, so
+	// a worker waiting on a flush does not stall the others.
+	s.workers = min(max(4, 2*bufs/batchLen), 64)
+	rcvbuf := min(bufs*c.frameLen*2, 64<<20)
+	_ = s.raw.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
+		}
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, rcvbuf)
+	})
+	for _, t := range c.targets {
+		mode := "durable writes (acknowledged after flush)"
+		if t.cfg.WriteCache {
+			mode = "write cache (writes acknowledged before flush)"
+		}
+		if t.cfg.ReadOnly {
+			mode = "read-only"
+		}
+		t.log.Info("AoE target ready", "mac", mac.String(), "mtu", mtu,
+			"sectors_per_frame", c.env.Load().maxSector, "bufcnt", t.bufcnt, "mode", mode)
+	}
+	return s, nil
+}
+
+// requestFilter accepts AoE requests sent to this host: it drops frames for
+// other hosts and our own outgoing frames (packet types 3 and 4) and
+// responses (R flag).
+func requestFilter() []bpf.RawInstruction {
+	prog, err := bpf.Assemble([]bpf.Instruction{
+		bpf.LoadExtension{Num: bpf.ExtType},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_OTHERHOST, SkipTrue: 3},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_OUTGOING, SkipTrue: 2},
+		bpf.LoadAbsolute{Off: 14, Size: 1},
+		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: uint32(FlagResponse), SkipFalse: 1},
+		bpf.RetConstant{Val: 0},
+		bpf.RetConstant{Val: 0x40000},
+	})
+	if err != nil {
+		panic("aoe: BPF program does not assemble: " + err.Error())
+	}
+	return prog
+}
+
+func (s *Server) readMTU() (int, error) {
+	ifr, err := unix.NewIfreq(s.iface)
+	if err != nil {
+		return 0, err
+	}
+	var ioErr error
+	err = s.raw.Control(func(fd uintptr) { ioErr = unix.IoctlIfreq(int(fd), unix.SIOCGIFMTU, ifr) })
+	if err == nil {
+		err = ioErr
+	}
+	if err != nil {
+		return 0, err
+	}
+	return int(ifr.Uint32()), nil
+}
+
+// refreshMTU re-reads the MTU; when the sectors per frame change it logs
+// and announces the targets so initiators learn the new frame size.
+func (s *Server) refreshMTU() {
+	mtu, err := s.readMTU()
+	if err != nil {
+		return
+	}
+	e := s.env.Load()
+	if mtu == e.mtu {
+		return
+	}
+	if s.setEnv(e.mac, mtu) {
+		s.log.Info("AoE interface MTU changed", "mtu", mtu, "sectors_per_frame", s.env.Load().maxSector)
+		if err := s.Announce(); err != nil {
+			s.log.Warn("AoE announce after MTU change failed", "err", err)
+		}
+	}
+}
+
+// Serve answers requests until ctx is done or Close is called, then closes
+// the socket and returns nil. It announces every target first. It returns
+// an error if the socket fails or Serve was already called.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed || s.serving {
+		s.mu.Unlock()
+		return fmt.Errorf("AoE server on %s: Serve called twice or after Close", s.iface)
+	}
+	s.serving = true
+	s.mu.Unlock()
+	if err := s.Announce(); err != nil {
+		s.log.Warn("AoE announce failed", "err", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, s.workers)
+	var wg sync.WaitGroup
+	for range s.workers {
+		w := newWorker(s)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- w.run()
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				s.refreshMTU()
+			}
+		}
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-s.done:
+	case err = <-errc:
+	}
+	cancel()
+	s.Close()
+	wg.Wait()
+	return err
+}
+
+// Announce broadcasts an unsolicited Query Config response for every target
+// (to each MAC of a non-empty Mac Mask list instead, like vblade), so
+// initiators learn the target's MAC at once, e.g. after a failover.
+func (s *Server) Announce() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return errClosed
+	}
+	e := s.env.Load()
+	b := make([]byte, HeaderLen+ConfigArgLen+MaxConfigLen)
+	var errs []error
+	for _, t := range s.targets {
+		for _, dst := range t.announceDsts() {
+			n := t.announce(b, e, dst)
+			if _, err := s.conn.WriteTo(b[:n], &packet.Addr{HardwareAddr: dst[:]}); err != nil {
+				errs = append(errs, fmt.Errorf("announce %s on %s: %w", t.name, s.iface, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops Serve and releases the socket. It does not close the devices.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	close(s.done)
+	return s.conn.Close()
+}
+
+// worker receives a batch of frames, handles them, flushes the devices the
+// batch wrote to (unless write-cached) and sends the responses.
+type worker struct {
+	s      *Server
+	bufs   [][]byte
+	iovs   []unix.Iovec
+	names  []unix.RawSockaddrLinklayer
+	hdrs   []mmsghdr
+	out    []mmsghdr // responses queued for sendmmsg
+	outIov []unix.Iovec
+	nout   int
+	flush  []*target // targets written by this batch, not yet flushed
+	fixup  []int     // indexes into out of responses that wait on a flush
+	fixT   []*target
+	extra  [][]byte // buffers for broadcast fan-out
+	route  []*target
+
+	nrecv  int
+	sent   int
+	errno  syscall.Errno
+	readFn func(fd uintptr) bool
+	sendFn func(fd uintptr) bool
+}
+
+func newWorker(s *Server) *worker {
+	w := &worker{s: s,
+		bufs:   make([][]byte, batchLen),
+		iovs:   make([]unix.Iovec, batchLen),
+		names:  make([]unix.RawSockaddrLinklayer, batchLen),
+		hdrs:   make([]mmsghdr, batchLen),
+		out:    make([]mmsghdr, batchLen+len(s.targets)),
+		outIov: make([]unix.Iovec, batchLen+len(s.targets)),
+	}
+	for i := range w.bufs {
+		w.bufs[i] = make([]byte, s.frameLen)
+		w.iovs[i].Base = &w.bufs[i][0]
+		w.iovs[i].SetLen(s.frameLen)
+		w.hdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&w.names[i]))
+		w.hdrs[i].hdr.Iov = &w.iovs[i]
+		w.hdrs[i].hdr.SetIovlen(1)
+	}
+	for i := range w.out {
+		w.out[i].hdr.Iov = &w.outIov[i]
+		w.out[i].hdr.SetIovlen(1)
+	}
+	w.readFn = w.doRead
+	w.sendFn = w.doSend
+	return w
+}
+
+// doRead runs recvmmsg on the non-blocking socket; false asks the runtime
+// poller to wait for the socket to become readable.
+func (w *worker) doRead(fd uintptr) bool {
+	for i := range w.hdrs {
+		w.hdrs[i].hdr.Namelen = unix.SizeofSockaddrLinklayer
+		w.hdrs[i].len = 0
+	}
+	for {
+		r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[0])),
+			uintptr(len(w.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		w.nrecv, w.errno = int(r), errno
+		return true
+	}
+}
+
+// doSend runs sendmmsg for the queued responses from w.sent on.
+func (w *worker) doSend(fd uintptr) bool {
+	for w.sent < w.nout {
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.out[w.sent])),
+			uintptr(w.nout-w.sent), unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			w.sent += int(r)
+		case unix.EINTR:
+		case unix.EAGAIN, unix.ENOBUFS:
+			return false
+		default:
+			// A response the interface refuses (e.g. larger than a
+			// lowered MTU): drop it, the initiator retransmits.
+			w.errno = errno
+			w.sent++
+		}
+	}
+	return true
+}
+
+func (w *worker) queue(b []byte, t *target, flush bool) {
+	i := w.nout
+	w.outIov[i].Base = &b[0]
+	w.outIov[i].SetLen(len(b))
+	w.nout++
+	if flush {
+		if !containsTarget(w.flush, t) {
+			w.flush = append(w.flush, t)
+		}
+		w.fixup = append(w.fixup, i)
+		w.fixT = append(w.fixT, t)
+	}
+}
+
+func containsTarget(ts []*target, t *target) bool {
+	for _, x := range ts {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
+// commit flushes the devices written by the queued responses, marks the
+// responses of writes whose flush failed with ERR|DRDY and UNC, and sends
+// the queue.
+func (w *worker) commit() {
+	for _, t := range w.flush {
+		if err := t.cfg.Device.Flush(); err != nil {
+			t.ioerrs.Add(1)
+			t.log.Error("flush after write failed; reporting UNC to the initiator", "err", err)
+			for j, i := range w.fixup {
+				if w.fixT[j] == t {
+					arg := unsafe.Slice(w.outIov[i].Base, ATAFrameLen)[HeaderLen:]
+					arg[1], arg[3] = ATAErrUNC, ATAStatusDRDY|ATAStatusERR
+				}
+			}
+		}
+	}
+	w.flush, w.fixup, w.fixT = w.flush[:0], w.fixup[:0], w.fixT[:0]
+	if w.nout == 0 {
+		return
+	}
+	w.sent, w.errno = 0, 0
+	if err := w.s.raw.Write(w.sendFn); err != nil {
+		w.s.log.Debug("AoE send failed", "err", err)
+	}
+	if w.errno != 0 {
+		w.s.log.Warn("AoE response dropped by the interface", "err", w.errno)
+	}
+	w.nout = 0
+}
+
+func (w *worker) run() error {
+	s := w.s
+	for {
+		if err := s.raw.Read(w.readFn); err != nil {
+			if errors.Is(err, net.ErrClosed) || s.isClosed() {
+				return nil
+			}
+			return fmt.Errorf("AoE receive on %s: %w", s.iface, err)
+		}
+		if w.errno != 0 {
+			if w.errno == unix.ENETDOWN {
+				runtime.Gosched()
+				continue
+			}
+			return fmt.Errorf("AoE receive on %s: %w", s.iface, w.errno)
+		}
+		e := s.env.Load()
+		for i := 0; i < w.nrecv; i++ {
+			b, n := w.bufs[i], int(w.hdrs[i].len)
+			if n > len(b) || w.names[i].Pkttype == unix.PACKET_OTHERHOST || w.names[i].Pkttype == unix.PACKET_OUTGOING {
+				continue
+			}
+			w.route = s.route(w.route[:0], b, n)
+			if len(w.route) == 0 {
+				continue
+			}
+			if Command(b[19]) == CmdConfig {
+				s.refreshMTU() // vblade reads the MTU for every Query Config
+				e = s.env.Load()
+			}
+			if len(w.route) == 1 {
+				t := w.route[0]
+				if o := t.handle(b, n, e); o.n > 0 {
+					w.queue(b[:o.n], t, o.flush)
+				}
+				continue
+			}
+			// A broadcast reaching several targets: one response each,
+			// sent before the next frame so the extra buffers can be reused.
+			w.commit()
+			for j, t := range w.route {
+				if j >= len(w.extra) {
+					w.extra = append(w.extra, make([]byte, s.frameLen))
+				}
+				x := w.extra[j]
+				copy(x, b[:n])
+				if o := t.handle(x, n, e); o.n > 0 {
+					w.queue(x[:o.n], t, o.flush)
+				}
+			}
+			w.commit()
+		}
+		w.commit()
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}

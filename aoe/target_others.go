@@ -1,0 +1,28 @@
+//go:build !linux
+
+package aoe
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+)
+
+var errUnsupported = errors.New("AoE targets need Linux raw sockets; this platform is not supported")
+
+// Server serves every target of one network interface; only on Linux.
+type Server struct{ *core }
+
+// NewServer fails on this platform.
+func NewServer(iface string, targets []TargetConfig, logger *slog.Logger) (*Server, error) {
+	return nil, errUnsupported
+}
+
+// Serve fails on this platform.
+func (s *Server) Serve(ctx context.Context) error { return errUnsupported }
+
+// Announce fails on this platform.
+func (s *Server) Announce() error { return errUnsupported }
+
+// Close does nothing on this platform.
+func (s *Server) Close() error { return nil }

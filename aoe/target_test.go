@@ -1,0 +1,251 @@
+package aoe
+
+import (
+	"bytes"
+	"encoding/binary"
+	"log/slog"
+	"net"
+	"testing"
+
+	"github.com/tharsis/tharsis/blockdev"
+)
+
+var (
+	tgtMAC   = MAC{2, 0, 0, 0, 0, 0xaa}
+	hostMAC  = MAC{2, 0, 0, 0, 0, 1}
+	otherMAC = MAC{2, 0, 0, 0, 0, 2}
+)
+
+func newTestCore(t *testing.T, cfgs ...TargetConfig) *core {
+	t.Helper()
+	c, err := newCore("test0", cfgs, "", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.frameLen = EthernetLen + 9000
+	c.setEnv(tgtMAC, 1500)
+	return c
+}
+
+// exchange routes one request through c and returns the responses.
+func exchange(c *core, req []byte) [][]byte {
+	var out [][]byte
+	for _, t := range c.route(nil, req, len(req)) {
+		b := make([]byte, c.frameLen)
+		copy(b, req)
+		if o := t.handle(b, len(req), c.env.Load()); o.n > 0 {
+			out = append(out, b[:o.n])
+		}
+	}
+	return out
+}
+
+func request(src MAC, shelf uint16, slot uint8, cmd Command, arg []byte) []byte {
+	h := Header{Dst: tgtMAC, Src: src, Version: Version, Shelf: shelf, Slot: slot, Command: cmd, Tag: 7}
+	b, _ := h.AppendBinary(nil)
+	return append(b, arg...)
+}
+
+func ataReq(cmd uint8, lba uint64, sectors uint8, data []byte) []byte {
+	a := ATA{CmdStat: cmd, LBA: lba, Sectors: sectors, Data: data}
+	if cmd == ATAWriteSectors || cmd == ATAWriteSectorsExt {
+		a.Flags |= ATAWrite
+	}
+	if cmd == ATAReadSectorsExt || cmd == ATAWriteSectorsExt {
+		a.Flags |= ATAExtended
+	}
+	b, _ := a.AppendBinary(nil)
+	return b
+}
+
+func cfgReq(cmd ConfigCommand, s string) []byte {
+	c := Config{Version: 1, Command: cmd, String: []byte(s)}
+	b, _ := c.AppendBinary(nil)
+	return b
+}
+
+func one(t *testing.T, out [][]byte) (Header, []byte) {
+	t.Helper()
+	if len(out) != 1 {
+		t.Fatalf("%d responses, want 1", len(out))
+	}
+	var h Header
+	if err := h.Decode(out[0]); err != nil {
+		t.Fatal(err)
+	}
+	if h.Flags&FlagResponse == 0 || h.Dst != hostMAC || h.Src != tgtMAC || h.Tag != 7 {
+		t.Fatalf("bad response header %+v", h)
+	}
+	return h, out[0][HeaderLen:]
+}
+
+func TestTargetConfigString(t *testing.T) {
+	c := newTestCore(t, TargetConfig{Shelf: 1, Slot: 1, Device: blockdev.NewMemory(1 << 20)})
+	q := func(cmd ConfigCommand, s string) [][]byte {
+		return exchange(c, request(hostMAC, 1, 1, CmdConfig, cfgReq(cmd, s)))
+	}
+	h, arg := one(t, q(ConfigRead, ""))
+	var cf Config
+	if err := cf.Decode(arg); err != nil || cf.Sectors != 2 || cf.BufCnt != 64 || len(cf.String) != 0 || h.Error != 0 {
+		t.Fatalf("read: %v %+v", err, cf)
+	}
+	if out := q(ConfigTest, "x"); len(out) != 0 {
+		t.Fatal("test on a mismatch answered")
+	}
+	one(t, q(ConfigSet, "abc"))
+	if h, _ := one(t, q(ConfigSet, "abd")); h.Flags&FlagError == 0 || h.Error != ErrConfigStringPresent {
+		t.Fatalf("set over another string: %+v", h)
+	}
+	if h, _ := one(t, q(ConfigSet, "abc")); h.Flags&FlagError != 0 {
+		t.Fatal("set of the same string failed")
+	}
+	one(t, q(ConfigTest, "abc"))
+	one(t, q(ConfigPrefix, "ab"))
+	if len(q(ConfigPrefix, "abd")) != 0 || len(q(ConfigTest, "ab")) != 0 {
+		t.Fatal("mismatch answered")
+	}
+	_, arg = one(t, q(ConfigForceSet, "zz"))
+	if cf.Decode(arg); string(cf.String) != "zz" {
+		t.Fatalf("force set: %q", cf.String)
+	}
+	if h, _ := one(t, q(9, "")); h.Error != ErrBadArgument {
+		t.Fatalf("bad ccmd: %+v", h)
+	}
+	// Broadcast reaches the target; another shelf does not.
+	if len(exchange(c, request(hostMAC, BroadcastShelf, BroadcastSlot, CmdConfig, cfgReq(ConfigRead, "")))) != 1 {
+		t.Fatal("broadcast not answered")
+	}
+	if len(exchange(c, request(hostMAC, 2, 1, CmdConfig, cfgReq(ConfigRead, "")))) != 0 {
+		t.Fatal("other shelf answered")
+	}
+}
+
+func TestTargetATA(t *testing.T) {
+	dev := blockdev.NewMemory(1 << 20) // 2048 sectors
+	c := newTestCore(t, TargetConfig{Shelf: 1, Slot: 1, Device: dev, Serial: "tharsis-e1.1-alpha"})
+	data := bytes.Repeat([]byte{0xab, 0xcd}, 512)
+	_, arg := one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAWriteSectorsExt, 2047-1, 2, data))))
+	var a ATA
+	a.Decode(arg)
+	if a.CmdStat != ATAStatusDRDY || a.ErrFeat != 0 || a.Sectors != 0 {
+		t.Fatalf("write: %+v", a)
+	}
+	_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAReadSectorsExt, 2046, 2, nil))))
+	a.Decode(arg)
+	if a.CmdStat != ATAStatusDRDY || !bytes.Equal(a.Data[:1024], data) {
+		t.Fatalf("read back: status %#x", a.CmdStat)
+	}
+	// Out of range: IDNF; too many sectors: AoE error 2.
+	_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAReadSectorsExt, 2047, 2, nil))))
+	if a.Decode(arg); a.CmdStat != ATAStatusDRDY|ATAStatusERR || a.ErrFeat != ATAErrIDNF {
+		t.Fatalf("out of range: %+v", a)
+	}
+	h, _ := one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAReadSectorsExt, 0, 3, nil))))
+	if h.Error != ErrBadArgument || h.Flags&FlagError == 0 {
+		t.Fatalf("oversize: %+v", h)
+	}
+	// LBA48 uses all six bytes: a high LBA is out of range, not wrapped.
+	_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAReadSectorsExt, 1<<40, 1, nil))))
+	if a.Decode(arg); a.ErrFeat != ATAErrIDNF {
+		t.Fatalf("LBA48: %+v", a)
+	}
+	// LBA28 ignores the device bits in LBA3.
+	_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAReadSectors, 0xe0000000|2046, 1, nil))))
+	if a.Decode(arg); a.CmdStat != ATAStatusDRDY || !bytes.Equal(a.Data[:512], data[:512]) {
+		t.Fatalf("LBA28: %+v", a)
+	}
+	_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAIdentify, 0, 1, nil))))
+	a.Decode(arg)
+	id := a.Data[:512]
+	if binary.LittleEndian.Uint32(id[120:]) != 2048 || binary.LittleEndian.Uint64(id[200:]) != 2048 ||
+		binary.LittleEndian.Uint16(id[166:])&(1<<10) == 0 || binary.LittleEndian.Uint16(id[172:])&(1<<10) == 0 {
+		t.Fatal("IDENTIFY capacity or LBA48 bits wrong")
+	}
+	if got := identString(id, 10, 20); got != "tharsis-e1.1-alpha" {
+		t.Fatalf("serial %q", got)
+	}
+	for _, cmd := range []uint8{ATAFlushCache, ATAFlushCacheExt} {
+		_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(cmd, 0, 0, nil))))
+		if a.Decode(arg); a.CmdStat != ATAStatusDRDY {
+			t.Fatalf("flush %#x: %+v", cmd, a)
+		}
+	}
+	_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(0x99, 0, 0, nil))))
+	if a.Decode(arg); a.CmdStat != ATAStatusDRDY|ATAStatusERR || a.ErrFeat != ATAErrABRT {
+		t.Fatalf("unknown command: %+v", a)
+	}
+	_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATACheckPowerMode, 0, 0, nil))))
+	if a.Decode(arg); a.Sectors != 0xff || a.CmdStat != ATAStatusDRDY {
+		t.Fatalf("check power mode: %+v", a)
+	}
+	if h, _ := one(t, exchange(c, request(hostMAC, 1, 1, 0x42, nil))); h.Error != ErrUnrecognizedCommand {
+		t.Fatalf("unknown AoE command: %+v", h)
+	}
+}
+
+func identString(id []byte, word, n int) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = id[word*2+i^1]
+	}
+	return string(bytes.TrimRight(b, " "))
+}
+
+func TestTargetReadOnly(t *testing.T) {
+	c := newTestCore(t, TargetConfig{Shelf: 1, Slot: 1, Device: blockdev.NewMemory(1 << 20), ReadOnly: true})
+	_, arg := one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAWriteSectors, 0, 1, make([]byte, 512)))))
+	var a ATA
+	if a.Decode(arg); a.CmdStat != ATAStatusDRDY|ATAStatusERR || a.ErrFeat != ATAErrABRT {
+		t.Fatalf("write to read-only: %+v", a)
+	}
+}
+
+func TestTargetMaskAndReserve(t *testing.T) {
+	dir := t.TempDir()
+	cfg := TargetConfig{Shelf: 1, Slot: 1, Device: blockdev.NewMemory(1 << 20), StateDir: dir}
+	c := newTestCore(t, cfg)
+	// Reserve for hostMAC; otherMAC then gets error 6 for I/O but not IDENTIFY.
+	one(t, exchange(c, request(hostMAC, 1, 1, CmdReserve, append([]byte{byte(ReserveSet), 1}, hostMAC[:]...))))
+	if len(exchange(c, request(otherMAC, 1, 1, CmdATA, ataReq(ATAReadSectors, 0, 1, nil)))) != 1 {
+		t.Fatal("no response")
+	}
+	out := exchange(c, request(otherMAC, 1, 1, CmdATA, ataReq(ATAReadSectors, 0, 1, nil)))
+	var h Header
+	if h.Decode(out[0]); h.Error != ErrTargetReserved {
+		t.Fatalf("non-member read: %+v", h)
+	}
+	out = exchange(c, request(otherMAC, 1, 1, CmdATA, ataReq(ATAIdentify, 0, 1, nil)))
+	if h.Decode(out[0]); h.Flags&FlagError != 0 {
+		t.Fatalf("non-member IDENTIFY: %+v", h)
+	}
+	out = exchange(c, request(otherMAC, 1, 1, CmdReserve, []byte{byte(ReserveSet), 0}))
+	if h.Decode(out[0]); h.Error != ErrTargetReserved {
+		t.Fatalf("non-member set: %+v", h)
+	}
+	// Mac Mask: add hostMAC, then otherMAC is dropped.
+	edit := AppendDirective([]byte{0, byte(MaskEdit), 0, 1}, DirAdd, hostMAC)
+	_, arg := one(t, exchange(c, request(hostMAC, 1, 1, CmdMask, edit)))
+	var m Mask
+	if err := m.Decode(arg); err != nil || m.Count != 1 {
+		t.Fatalf("mask edit: %v %+v", err, m)
+	}
+	if len(exchange(c, request(otherMAC, 1, 1, CmdConfig, cfgReq(ConfigRead, "")))) != 0 {
+		t.Fatal("masked-out MAC answered")
+	}
+	bad := AppendDirective([]byte{0, byte(MaskEdit), 0, 1}, 7, otherMAC)
+	_, arg = one(t, exchange(c, request(hostMAC, 1, 1, CmdMask, bad)))
+	if m.Decode(arg); m.Error != MaskErrBadDirective || m.Count != 0 {
+		t.Fatalf("bad directive: %+v", m)
+	}
+	// A restart keeps the state.
+	c2 := newTestCore(t, cfg)
+	st := c2.targets[0].state.Load()
+	if len(st.Masks) != 1 || st.Masks[0] != hostMAC || len(st.Reserve) != 1 {
+		t.Fatalf("state after restart: %+v", st)
+	}
+	// AllowMACs applies when nothing is persisted.
+	c3 := newTestCore(t, TargetConfig{Shelf: 1, Slot: 2, Device: blockdev.NewMemory(1 << 20), AllowMACs: []net.HardwareAddr{hostMAC[:]}})
+	if len(exchange(c3, request(otherMAC, 1, 2, CmdConfig, cfgReq(ConfigRead, "")))) != 0 {
+		t.Fatal("allow_macs did not drop another MAC")
+	}
+}
