@@ -1,0 +1,66 @@
+// Package replicate is tharsis's durable transaction log: on a resource's
+// primary every write is appended to a checksummed log, made durable
+// (group-committed fdatasync), acknowledged, and then applied to the data
+// device. Secondaries (a later issue) fetch the same segments and replay them.
+//
+// # Segments
+//
+// The log of a resource is a directory of segment files named
+//
+//	log-<seq:09d>-<node>      e.g. log-000000007-alpha
+//
+// where seq numbers segments of the resource (globally, across nodes) and node
+// names the node that wrote it. Every segment but the newest ends with a
+// segment-end marker record; a segment is written only by appending and is
+// never reused. Beside the segments, the file "applied" holds the persisted
+// applied position (JSON, replaced atomically by tmp+fsync+rename).
+//
+// # Records
+//
+// A segment is a sequence of records, each a 56-byte header followed by its
+// payload. Integers are little-endian. The layout is part of the on-disk
+// format and must not be changed without bumping the version:
+//
+//	+0   magic    uint32  0x474c4854 ("THLG" as bytes)
+//	+4   crc      uint32  masked CRC32C (Castagnoli) of bytes [8, 56+paylen)
+//	+8   version  uint8   1
+//	+9   kind     uint8   1 write, 2 trim, 3 write-zeroes, 4 resize, 5 segment end
+//	+10  flags    uint16  0 (reserved)
+//	+12  paylen   uint32  payload length, at most MaxPayload
+//	+16  segment  uint64  sequence number of the segment holding the record
+//	+24  seq      uint64  global record sequence number (contiguous, from 1)
+//	+32  offset   uint64  byte offset on the device (resize, end: 0)
+//	+40  length   uint64  bytes affected (write: paylen; resize: new size)
+//	+48  synced   uint64  segment byte offset known durable when the record
+//	                      was written (every byte before it had been fdatasync'd)
+//	+56  payload  paylen bytes (write only)
+//
+// The CRC is masked as in LevelDB/pebble (rotate right 15, add 0xa282ead8) so
+// that log images stored inside the payload do not carry valid checksums.
+//
+// # Torn tails and corruption
+//
+// A crash can leave the end of the newest segment half written: a short
+// record, zeroed bytes, or a bad checksum. Because writes are batched between
+// fdatasyncs, the pages of an unsynced batch may reach the disk in any order,
+// so a bad record followed by valid ones is not necessarily corruption. The
+// synced field resolves it, as pebble's WAL does: a bad record at offset X in
+// the newest segment is corruption only if some later valid record of the
+// same segment says that X had already been synced (synced > X); otherwise
+// it and everything after it is a torn tail, which recovery cuts (nothing in
+// it was ever acknowledged). Any bad record in a sealed segment (one that is
+// not the newest), a sealed segment without its end marker, or a gap in the
+// record sequence is corruption: recovery stops with a *CorruptError naming
+// the file, the byte offset and what to do; errors.Is(err, ErrCorrupt).
+//
+// # Writing and applying
+//
+// The log writer has one goroutine that takes every pending record, writes
+// them with one pwrite and calls fdatasync once for all of them (group
+// commit); each appender waits on the ticket of its batch. Primary, a
+// blockdev.Device, logs each WriteAt/Trim/WriteZeroes, waits until it is
+// durable, applies it to the data device (concurrently; overlapping requests
+// in log order) and only then returns, so reads of the data device see every
+// acknowledged write. The applied position is persisted in the background
+// after the data device was flushed; on open the log is replayed from it.
+package replicate

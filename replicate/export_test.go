@@ -1,0 +1,95 @@
+package replicate
+
+import (
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// crash abandons p as a killed process would: no checkpoint, no flush of
+// the data device, the segment left unsealed. The data device is not closed.
+func (p *Primary) crash() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.inflight.Wait()
+	close(p.stop)
+	p.bg.Wait()
+	p.w.close()
+}
+
+// faultFS injects faults into the segments it opens.
+type faultFS struct {
+	OSFS
+	mu        sync.Mutex
+	avail     int64 // < 0: the real value
+	writeErr  error // a segment write writes half and fails with this
+	syncErr   error // a segment fdatasync fails with this
+	syncCount int
+}
+
+func newFaultFS() *faultFS { return &faultFS{avail: -1} }
+
+func (f *faultFS) set(fn func(*faultFS)) {
+	f.mu.Lock()
+	fn(f)
+	f.mu.Unlock()
+}
+
+func (f *faultFS) Create(name string) (File, error) {
+	fl, err := f.OSFS.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	return &faultFile{File: fl, fs: f, seg: strings.HasPrefix(filepath.Base(name), "log-")}, nil
+}
+
+func (f *faultFS) Open(name string) (File, error) {
+	fl, err := f.OSFS.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	return &faultFile{File: fl, fs: f, seg: strings.HasPrefix(filepath.Base(name), "log-")}, nil
+}
+
+func (f *faultFS) Available(dir string) (int64, error) {
+	f.mu.Lock()
+	a := f.avail
+	f.mu.Unlock()
+	if a >= 0 {
+		return a, nil
+	}
+	return f.OSFS.Available(dir)
+}
+
+type faultFile struct {
+	File
+	fs  *faultFS
+	seg bool
+}
+
+func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
+	f.fs.mu.Lock()
+	err := f.fs.writeErr
+	f.fs.mu.Unlock()
+	if err != nil && f.seg {
+		n, _ := f.File.WriteAt(p[:len(p)/2], off)
+		return n, err
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (f *faultFile) Sync() error {
+	f.fs.mu.Lock()
+	err := f.fs.syncErr
+	f.fs.syncCount++
+	f.fs.mu.Unlock()
+	if err != nil && f.seg {
+		return err
+	}
+	return f.File.Sync()
+}
+
+var errENOSPC = unix.ENOSPC

@@ -1,0 +1,563 @@
+package replicate
+
+import (
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/tharsis/tharsis/blockdev"
+)
+
+// Defaults of Options.
+const (
+	DefaultSegmentSize        = 256 << 20
+	DefaultCheckpointInterval = 2 * time.Second
+	// chunkSize splits long writes into records.
+	chunkSize = 8 << 20
+)
+
+// Options configure OpenPrimary.
+type Options struct {
+	Dir      string // log directory of the resource (created if missing)
+	Node     string // this node's name, part of segment names
+	Resource string // the resource's name, used in messages
+	// SegmentSize is the rotation threshold; 0 means DefaultSegmentSize.
+	SegmentSize int64
+	// MinFree is kept free on the log filesystem: a write that would leave
+	// less fails with blockdev.ErrNoSpace.
+	MinFree int64
+	// CheckpointInterval is how often the applied position is persisted
+	// (after flushing the data device); 0 means the default. It is also
+	// persisted on every rotation and on Close.
+	CheckpointInterval time.Duration
+	Logger             *slog.Logger
+	FS                 FS // nil: OSFS
+	// MinAppliedByPeers, if set, returns the lowest position applied on
+	// every other node of the resource; DeleteApplied keeps what it does
+	// not cover. Nil: only this node counts.
+	MinAppliedByPeers func() Position
+}
+
+// Primary is the replicated blockdev.Device of a resource's primary: every
+// WriteAt, Trim and WriteZeroes is appended to the log, made durable
+// (group commit), applied to the data device, and only then returns. Reads
+// come from the data device, which holds every acknowledged write.
+type Primary struct {
+	data   blockdev.Device
+	opts   Options
+	fsys   FS
+	logger *slog.Logger
+	w      *logWriter
+
+	mu        sync.Mutex
+	pending   []*entry // not yet finished, in log order
+	nextIdx   uint64   // idx of the next entry
+	base      uint64   // idx of pending[0]
+	applied   Position // every record up to here is applied
+	persisted Position // applied position on disk
+	failed    error    // the data device failed: refuse writes
+	closed    bool
+	replayed  int
+
+	inflight sync.WaitGroup
+	ckMu     sync.Mutex
+	kick     chan struct{}
+	stop     chan struct{}
+	bg       sync.WaitGroup
+}
+
+var _ blockdev.Device = (*Primary)(nil)
+
+// OpenPrimary recovers the log in opts.Dir onto data and returns the
+// replicated device. It scans the log, cuts a torn tail of the newest
+// segment, replays every record after the persisted applied position,
+// flushes data, persists the new position, seals the newest segment and
+// starts a new one. Every retained segment is read and checked (sealed
+// segments are shipped to peers, so damage must surface). Damage in the log returns an error wrapping ErrCorrupt
+// that names the segment, the offset and what to do. The Primary owns data
+// and closes it in Close.
+func OpenPrimary(data blockdev.Device, opts Options) (*Primary, error) {
+	if opts.Dir == "" || !validNode(opts.Node) {
+		return nil, fmt.Errorf("replicate: need a log directory and a node name of letters, digits, '_', '.', '-' (got dir %q node %q)", opts.Dir, opts.Node)
+	}
+	if opts.SegmentSize <= 0 {
+		opts.SegmentSize = DefaultSegmentSize
+	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.FS == nil {
+		opts.FS = OSFS{}
+	}
+	p := &Primary{data: data, opts: opts, fsys: opts.FS, logger: opts.Logger.With("resource", opts.Resource),
+		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	if err := p.recover(); err != nil {
+		return nil, err
+	}
+	p.bg.Add(1)
+	go p.checkpointLoop()
+	return p, nil
+}
+
+func (p *Primary) recover() error {
+	fsys, dir := p.fsys, p.opts.Dir
+	if err := fsys.MkdirAll(dir); err != nil {
+		return fmt.Errorf("create log directory: %w", err)
+	}
+	// A crash during rotation can leave an empty newest segment: drop it.
+	names, err := listSegments(fsys, dir)
+	if err != nil {
+		return fmt.Errorf("list log directory: %w", err)
+	}
+	for len(names) > 0 {
+		last := filepath.Join(dir, names[len(names)-1].String())
+		f, err := fsys.Open(last)
+		if err != nil {
+			return fmt.Errorf("open log segment: %w", err)
+		}
+		size, err := f.Size()
+		f.Close()
+		if err != nil || size != 0 {
+			break
+		}
+		if err := fsys.Remove(last); err != nil {
+			return fmt.Errorf("remove empty log segment: %w", err)
+		}
+		names = names[:len(names)-1]
+	}
+	from, err := ReadApplied(fsys, dir)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	res, err := replayLog(dir, p.data, from, ReplayOptions{FS: fsys, Resource: p.opts.Resource, Logger: p.logger, CutTornTail: true, VerifyAll: true})
+	if err != nil {
+		return fmt.Errorf("recover resource %s: %w", resName(p.opts.Resource), err)
+	}
+	p.replayed = res.n
+	if res.n > 0 || res.cut > 0 {
+		p.logger.Info("transaction log replayed", "records", res.n, "bytes", res.bytes, "from", from.String(), "to", res.last.String(),
+			"torn_bytes_cut", res.cut, "took", time.Since(start).Round(time.Millisecond))
+	}
+	if err := p.data.Flush(); err != nil {
+		return fmt.Errorf("flush data device after replay: %w", err)
+	}
+
+	// Seal the newest segment and start a new one (every restart rotates).
+	segs := res.segs
+	last := res.last
+	if n := len(segs); n > 0 && !segs[n-1].Sealed && segs[n-1].Records > 0 {
+		s := &segs[n-1]
+		path := filepath.Join(dir, s.Name.String())
+		f, err := fsys.Open(path)
+		if err != nil {
+			return fmt.Errorf("open log segment: %w", err)
+		}
+		marker := Record{Kind: KindSegmentEnd, Segment: s.Name.Seq, Seq: s.LastSeq + 1, Synced: s.End}
+		b, _ := marker.AppendBinary(nil)
+		_, err = f.WriteAt(b, s.End)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			if isNoSpace(err) {
+				err = fmt.Errorf("%w: %w", blockdev.ErrNoSpace, err)
+			}
+			return fmt.Errorf("seal log segment %s: %w", path, err)
+		}
+		s.Sealed, s.Records, s.LastSeq, s.End = true, s.Records+1, marker.Seq, s.End+int64(len(b))
+		last = Position{Segment: s.Name.Seq, Offset: s.End, Seq: marker.Seq}
+	}
+	// Everything up to the end of the log (the marker included) is applied
+	// and flushed.
+	if last != from {
+		if err := WriteApplied(fsys, dir, last); err != nil {
+			return err
+		}
+	}
+	p.applied, p.persisted = last, last
+
+	var cur File
+	if n := len(segs); n > 0 && segs[n-1].Records == 0 {
+		// The newest segment is empty (its whole content was a torn
+		// tail): it is as good as a new one.
+		cur, err = fsys.Open(filepath.Join(dir, segs[n-1].Name.String()))
+		if err != nil {
+			return fmt.Errorf("open log segment: %w", err)
+		}
+	} else {
+		next := SegmentName{Seq: 1, Node: p.opts.Node}
+		if n > 0 {
+			next.Seq = segs[n-1].Name.Seq + 1
+		}
+		cur, err = fsys.Create(filepath.Join(dir, next.String()))
+		if err == nil {
+			err = fsys.SyncDir(dir)
+		}
+		if err != nil {
+			if isNoSpace(err) {
+				err = fmt.Errorf("%w: %w", blockdev.ErrNoSpace, err)
+			}
+			return fmt.Errorf("start log segment %s: %w", next, err)
+		}
+		segs = append(segs, SegmentInfo{Name: next})
+	}
+	p.w = startWriter(&logWriter{
+		fsys: fsys, dir: dir, node: p.opts.Node, segSize: p.opts.SegmentSize, minFree: p.opts.MinFree,
+		resource: resName(p.opts.Resource), logger: p.logger, onRotate: func(SegmentInfo) { p.kickCheckpoint() },
+	}, cur, segs, last.Seq, last)
+	return nil
+}
+
+// Replayed is the number of records replayed when the Primary was opened.
+func (p *Primary) Replayed() int { return p.replayed }
+
+// ReadAt implements blockdev.Device. It sees every acknowledged write.
+func (p *Primary) ReadAt(b []byte, off int64) (int, error) { return p.data.ReadAt(b, off) }
+
+// Size implements blockdev.Device.
+func (p *Primary) Size() int64 { return p.data.Size() }
+
+// WriteAt implements blockdev.Device: it returns once the write is durable
+// in the log and applied to the data device. A write that cannot be logged
+// for lack of space returns an error wrapping blockdev.ErrNoSpace.
+func (p *Primary) WriteAt(b []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(off, int64(len(b)), p.data.Size()); err != nil {
+		return 0, err
+	}
+	if len(b) == 0 {
+		return 0, nil
+	}
+	es := make([]*entry, 0, (len(b)+chunkSize-1)/chunkSize)
+	for o := 0; o < len(b); o += chunkSize {
+		c := b[o:min(o+chunkSize, len(b))]
+		es = append(es, &entry{rec: Record{Kind: KindWrite, Offset: off + int64(o), Length: int64(len(c)), Payload: c}})
+	}
+	if err := p.do(es); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// Trim implements blockdev.Device.
+func (p *Primary) Trim(off, length int64) error { return p.zero(KindTrim, off, length) }
+
+// WriteZeroes implements blockdev.Device.
+func (p *Primary) WriteZeroes(off, length int64) error { return p.zero(KindWriteZeroes, off, length) }
+
+func (p *Primary) zero(k Kind, off, length int64) error {
+	if err := blockdev.CheckRange(off, length, p.data.Size()); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	return p.do([]*entry{{rec: Record{Kind: k, Offset: off, Length: length}}})
+}
+
+// do logs es, waits for durability and applies them in log order with
+// respect to overlapping earlier records.
+func (p *Primary) do(es []*entry) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return errClosed
+	}
+	if p.failed != nil {
+		p.mu.Unlock()
+		return p.failed
+	}
+	p.inflight.Add(1)
+	defer p.inflight.Done()
+	for _, e := range es {
+		e.idx = p.nextIdx
+		p.nextIdx++
+		e.finished = make(chan struct{})
+		p.pending = append(p.pending, e)
+	}
+	t := p.w.append(es) // under p.mu: pending order == log order
+	p.mu.Unlock()
+
+	<-t.done
+	if t.err != nil {
+		p.finish(es, false)
+		return t.err
+	}
+	for i, e := range es {
+		p.waitEarlier(e)
+		if err := apply(p.data, e.rec); err != nil {
+			err = fmt.Errorf("apply logged record %d to the data device: %w; the record is safe in the log and is replayed on restart: check the disk, then restart the daemon", e.pos.Seq, err)
+			p.mu.Lock()
+			if p.failed == nil {
+				p.failed = err
+			}
+			p.mu.Unlock()
+			p.logger.Error("data device failed", "err", err)
+			// The unapplied entries must not advance the applied position.
+			p.finish(es[i:], false)
+			p.finish(es[:i], true)
+			return err
+		}
+	}
+	p.finish(es, true)
+	return nil
+}
+
+func overlaps(a, b *Record) bool {
+	return a.Offset < b.Offset+b.Length && b.Offset < a.Offset+a.Length
+}
+
+// waitEarlier waits until every earlier pending record overlapping e is
+// finished, so overlapping records reach the data device in log order.
+func (p *Primary) waitEarlier(e *entry) {
+	var waits []chan struct{}
+	p.mu.Lock()
+	for _, x := range p.pending[:e.idx-p.base] {
+		if !x.done && overlaps(&x.rec, &e.rec) {
+			waits = append(waits, x.finished)
+		}
+	}
+	p.mu.Unlock()
+	for _, ch := range waits {
+		<-ch
+	}
+}
+
+// finish marks es finished and advances the applied position over the
+// finished prefix of the pending list. A failed entry (never logged, or
+// not applied) stops the applied position at the failure when ok is false
+// and the data device failed.
+func (p *Primary) finish(es []*entry, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range es {
+		if e.done {
+			continue
+		}
+		e.done, e.ok = true, ok
+		close(e.finished)
+	}
+	for len(p.pending) > 0 && p.pending[0].done {
+		e := p.pending[0]
+		if !e.ok && e.pos.Seq != 0 {
+			// Logged but not applied: the position must not pass it.
+			return
+		}
+		if e.ok {
+			p.applied = e.pos
+		}
+		p.pending[0] = nil
+		p.pending = p.pending[1:]
+		p.base++
+	}
+}
+
+// Flush implements blockdev.Device. Every acknowledged write is already
+// durable in the log, so Flush only reports a failure of the log or of the
+// data device.
+func (p *Primary) Flush() error {
+	p.mu.Lock()
+	err := p.failed
+	p.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return p.w.sticky()
+}
+
+func (p *Primary) kickCheckpoint() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Primary) checkpointLoop() {
+	defer p.bg.Done()
+	t := time.NewTicker(p.opts.CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		case <-p.kick:
+		}
+		if err := p.Checkpoint(); err != nil {
+			p.logger.Error("cannot persist the applied position; replay on restart will start further back", "err", err)
+		}
+	}
+}
+
+// Checkpoint flushes the data device and persists the applied position. It
+// runs in the background every CheckpointInterval, on rotation and on
+// Close; calling it directly is cheap when nothing was applied since.
+func (p *Primary) Checkpoint() error {
+	p.ckMu.Lock()
+	defer p.ckMu.Unlock()
+	p.mu.Lock()
+	if len(p.pending) == 0 && p.failed == nil {
+		// Everything logged is applied; cover segment-end markers too.
+		if lp := p.w.lastPosition(); lp.Seq > p.applied.Seq {
+			p.applied = lp
+		}
+	}
+	pos, persisted := p.applied, p.persisted
+	p.mu.Unlock()
+	if pos == persisted {
+		return nil
+	}
+	if err := p.data.Flush(); err != nil {
+		return fmt.Errorf("flush data device: %w", err)
+	}
+	if err := WriteApplied(p.fsys, p.opts.Dir, pos); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.persisted = pos
+	p.mu.Unlock()
+	return nil
+}
+
+func (w *logWriter) lastPosition() Position {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastPos
+}
+
+// Rotate seals the current segment and starts a new one (`tharsis
+// log-rotate`). It does nothing when the current segment is empty.
+func (p *Primary) Rotate() error { return p.w.rotate() }
+
+// DeleteApplied removes applied segments (`tharsis log-delete`): the oldest
+// one, or with all every one but the current segment (`log-delete-all`). A
+// segment counts as applied when the persisted applied position (and
+// MinAppliedByPeers, if set) covers all its records. It returns the names
+// removed, or an error saying why nothing could be.
+func (p *Primary) DeleteApplied(all bool) ([]string, error) {
+	if err := p.Checkpoint(); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	upto := p.persisted
+	p.mu.Unlock()
+	if p.opts.MinAppliedByPeers != nil {
+		if peers := p.opts.MinAppliedByPeers(); peers.Seq < upto.Seq {
+			upto = peers
+		}
+	}
+	w := p.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var removed []string
+	var why error
+	for len(w.segs) > 1 && (all || len(removed) == 0) {
+		s := w.segs[0]
+		applied := s.Name.Seq < upto.Segment || (s.LastSeq != 0 && s.LastSeq <= upto.Seq)
+		if !applied {
+			why = fmt.Errorf("segment %s is not applied yet (records up to %d, applied up to %d%s)",
+				s.Name, s.LastSeq, upto.Seq, map[bool]string{true: " on every node", false: ""}[p.opts.MinAppliedByPeers != nil])
+			break
+		}
+		if err := p.fsys.Remove(filepath.Join(p.opts.Dir, s.Name.String())); err != nil {
+			why = fmt.Errorf("remove log segment: %w", err)
+			break
+		}
+		removed = append(removed, s.Name.String())
+		w.segs = w.segs[1:]
+	}
+	if len(removed) > 0 {
+		if err := p.fsys.SyncDir(p.opts.Dir); err != nil {
+			p.logger.Warn("sync log directory after deleting segments", "err", err)
+		}
+		p.logger.Info("deleted applied log segments", "segments", removed)
+		return removed, nil
+	}
+	if why == nil {
+		why = fmt.Errorf("only the current segment %s is left; rotate first with `tharsis log-rotate %s`", w.current(), resName(p.opts.Resource))
+	}
+	return nil, fmt.Errorf("nothing deleted from the log of %s: %w", resName(p.opts.Resource), why)
+}
+
+// Close stops accepting writes, waits for those in flight, flushes the data
+// device, persists the applied position and closes the log and the data
+// device. It does not seal the current segment (the next open does).
+func (p *Primary) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+	p.inflight.Wait()
+	close(p.stop)
+	p.bg.Wait()
+	err := p.Checkpoint()
+	if werr := p.w.close(); err == nil {
+		err = werr
+	}
+	if derr := p.data.Close(); err == nil {
+		err = derr
+	}
+	return err
+}
+
+// SegmentStatus describes one segment for Status.
+type SegmentStatus struct {
+	Name    string `json:"name"`
+	Size    int64  `json:"size"`
+	Records int    `json:"records"` // -1: not scanned since the daemon started
+	Sealed  bool   `json:"sealed"`
+	Applied bool   `json:"applied"`
+}
+
+// Status is the state of the log for `tharsis view`.
+type Status struct {
+	Current   string   `json:"current"`
+	Written   Position `json:"written"`   // end of the log (durable)
+	Applied   Position `json:"applied"`   // applied to the data device
+	Persisted Position `json:"persisted"` // applied position on disk
+	// PendingReplay is the number of log bytes after Persisted: what a
+	// restart would replay now.
+	PendingReplay int64           `json:"pending_replay_bytes"`
+	Segments      []SegmentStatus `json:"segments"`
+	Err           string          `json:"error,omitempty"`
+}
+
+// Status returns the state of the log.
+func (p *Primary) Status() Status {
+	p.mu.Lock()
+	st := Status{Applied: p.applied, Persisted: p.persisted}
+	if p.failed != nil {
+		st.Err = p.failed.Error()
+	}
+	p.mu.Unlock()
+	w := p.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st.Written = w.lastPos
+	st.Current = w.current().String()
+	if w.err != nil && st.Err == "" {
+		st.Err = w.err.Error()
+	}
+	for _, s := range w.segs {
+		st.Segments = append(st.Segments, SegmentStatus{Name: s.Name.String(), Size: s.End, Records: s.Records, Sealed: s.Sealed,
+			Applied: s.Name.Seq < st.Persisted.Segment || (s.LastSeq != 0 && s.LastSeq <= st.Persisted.Seq)})
+		switch {
+		case s.Name.Seq > st.Persisted.Segment:
+			st.PendingReplay += s.End
+		case s.Name.Seq == st.Persisted.Segment:
+			st.PendingReplay += max(0, s.End-st.Persisted.Offset)
+		}
+	}
+	return st
+}

@@ -1,0 +1,338 @@
+package replicate
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+
+	"github.com/tharsis/tharsis/blockdev"
+)
+
+// spaceReserve is kept free on the log filesystem for segment-end markers,
+// new segment files and the applied-position file.
+const spaceReserve = 64 << 10
+
+// entry is one record on its way through the writer (and, in Primary, to the
+// data device).
+type entry struct {
+	rec Record   // Kind, Offset, Length, Payload set by the appender
+	pos Position // end of the record, set by the writer once written
+
+	// Primary's bookkeeping, guarded by Primary.mu.
+	idx      uint64        // index in Primary.pending
+	finished chan struct{} // closed once applied or failed
+	ok       bool          // applied to the data device
+	done     bool
+}
+
+// ticket is the group commit of one batch: done is closed once the batch is
+// durable (err == nil) or failed.
+type ticket struct {
+	done chan struct{}
+	err  error
+}
+
+// logWriter appends records to the current segment with group commit: one
+// goroutine (flushLoop) writes every pending record with one pwrite, calls
+// fdatasync once and releases every waiter of the batch.
+type logWriter struct {
+	fsys     FS
+	dir      string
+	node     string
+	segSize  int64
+	minFree  int64
+	resource string
+	logger   *slog.Logger
+	onRotate func(sealed SegmentInfo)
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	queue   []*entry
+	cur     *ticket
+	rotReq  []chan error
+	closing bool
+	err     error // sticky: the log can no longer be written
+
+	// Owned by flushLoop; changed under mu so Status can read them.
+	f       File
+	segs    []SegmentInfo // every segment known; the last is current
+	written int64         // bytes in the current segment, all synced
+	lastSeq uint64        // last record written (and synced)
+	lastPos Position
+
+	loopDone chan struct{}
+	buf      []byte
+}
+
+// startWriter starts a writer appending to the open, empty segment f (the
+// last of segs) after record lastSeq.
+func startWriter(w *logWriter, f File, segs []SegmentInfo, lastSeq uint64, lastPos Position) *logWriter {
+	w.cond = sync.NewCond(&w.mu)
+	w.f = f
+	w.segs = segs
+	w.lastSeq = lastSeq
+	w.lastPos = lastPos
+	w.loopDone = make(chan struct{})
+	go w.flushLoop()
+	return w
+}
+
+func (w *logWriter) segPath(n SegmentName) string { return filepath.Join(w.dir, n.String()) }
+
+func (w *logWriter) current() SegmentName { return w.segs[len(w.segs)-1].Name }
+
+// append queues entries (in order, contiguously) and returns the ticket of
+// their batch.
+func (w *logWriter) append(es []*entry) *ticket {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil || w.closing {
+		t := &ticket{done: make(chan struct{}), err: w.err}
+		if t.err == nil {
+			t.err = errClosed
+		}
+		close(t.done)
+		return t
+	}
+	w.queue = append(w.queue, es...)
+	if w.cur == nil {
+		w.cur = &ticket{done: make(chan struct{})}
+	}
+	w.cond.Signal()
+	return w.cur
+}
+
+var errClosed = errors.New("the replicated device is closed")
+
+// rotate asks the flush loop to seal the current segment and start a new
+// one, and waits for it.
+func (w *logWriter) rotate() error {
+	ch := make(chan error, 1)
+	w.mu.Lock()
+	if w.err != nil || w.closing {
+		err := w.err
+		w.mu.Unlock()
+		if err == nil {
+			err = errClosed
+		}
+		return err
+	}
+	w.rotReq = append(w.rotReq, ch)
+	w.cond.Signal()
+	w.mu.Unlock()
+	return <-ch
+}
+
+// close drains the queue, stops the flush loop and closes the segment. It
+// does not seal the segment.
+func (w *logWriter) close() error {
+	w.mu.Lock()
+	if w.closing {
+		w.mu.Unlock()
+		<-w.loopDone
+		return nil
+	}
+	w.closing = true
+	w.cond.Signal()
+	w.mu.Unlock()
+	<-w.loopDone
+	return w.f.Close()
+}
+
+func (w *logWriter) flushLoop() {
+	defer close(w.loopDone)
+	for {
+		w.mu.Lock()
+		for len(w.queue) == 0 && len(w.rotReq) == 0 && !w.closing {
+			w.cond.Wait()
+		}
+		if len(w.queue) == 0 && len(w.rotReq) == 0 && w.closing {
+			w.mu.Unlock()
+			return
+		}
+		q, t, rot := w.queue, w.cur, w.rotReq
+		w.queue, w.cur, w.rotReq = nil, nil, nil
+		w.mu.Unlock()
+
+		if len(q) > 0 {
+			t.err = w.writeBatch(q)
+			close(t.done)
+		}
+		if len(rot) > 0 || w.written >= w.segSize {
+			err := w.rotateNow(len(rot) > 0)
+			if err != nil {
+				w.logger.Error("cannot rotate the transaction log; writing on to the current segment", "segment", w.current(), "err", err)
+			}
+			for _, ch := range rot {
+				ch <- err
+			}
+		}
+	}
+}
+
+// fail makes err sticky: nothing can be appended any more.
+func (w *logWriter) fail(err error) error {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	err = w.err
+	w.mu.Unlock()
+	w.logger.Error("transaction log failed; writes are refused until the daemon is restarted", "err", err)
+	return err
+}
+
+func (w *logWriter) sticky() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+func (w *logWriter) noSpace(need int, cause error) error {
+	if cause != nil {
+		return fmt.Errorf("%w: the log directory %s of resource %s is full (%v); free space there or delete applied segments with `tharsis log-delete %s`",
+			blockdev.ErrNoSpace, w.dir, w.resource, cause, w.resource)
+	}
+	return fmt.Errorf("%w: the log directory %s of resource %s has too little free space for %d more bytes (minimum free %d); free space there or delete applied segments with `tharsis log-delete %s`",
+		blockdev.ErrNoSpace, w.dir, w.resource, need, w.minFree, w.resource)
+}
+
+// writeBatch writes and syncs the records of q. On failure nothing of q is
+// left in the segment.
+func (w *logWriter) writeBatch(q []*entry) error {
+	err := w.writeBatchOnce(q)
+	if err != nil {
+		for _, e := range q {
+			e.pos = Position{} // not logged
+		}
+	}
+	return err
+}
+
+func (w *logWriter) writeBatchOnce(q []*entry) error {
+	if err := w.sticky(); err != nil {
+		return err
+	}
+	seg := w.current()
+	start := w.written
+	buf := w.buf[:0]
+	seq := w.lastSeq
+	for _, e := range q {
+		seq++
+		e.rec.Segment, e.rec.Seq, e.rec.Synced = seg.Seq, seq, start
+		var err error
+		if buf, err = e.rec.AppendBinary(buf); err != nil {
+			return fmt.Errorf("encode log record: %w", err)
+		}
+		e.pos = Position{Segment: seg.Seq, Offset: start + int64(len(buf)), Seq: seq}
+	}
+	if cap(buf) <= 16<<20 {
+		w.buf = buf
+	} else {
+		w.buf = nil
+	}
+	if avail, err := w.fsys.Available(w.dir); err == nil && avail < int64(len(buf))+w.minFree+spaceReserve {
+		return w.noSpace(len(buf), nil)
+	}
+	n, err := w.f.WriteAt(buf, start)
+	if err == nil && n != len(buf) {
+		err = fmt.Errorf("short write (%d of %d bytes)", n, len(buf))
+	}
+	if err != nil {
+		// Leave nothing that could later read as a record.
+		if terr := w.f.Truncate(start); terr != nil {
+			return w.fail(fmt.Errorf("write log segment %s: %w; cutting the failed write failed too: %v", w.segPath(seg), err, terr))
+		}
+		if isNoSpace(err) {
+			return w.noSpace(len(buf), err)
+		}
+		return fmt.Errorf("write log segment %s: %w", w.segPath(seg), err)
+	}
+	if err := w.f.Sync(); err != nil {
+		// After a failed fdatasync nothing is known about what reached
+		// the disk (fsyncgate); only a restart (recovery) can tell.
+		return w.fail(fmt.Errorf("fdatasync log segment %s: %w; check the disk, then restart the daemon", w.segPath(seg), err))
+	}
+	w.mu.Lock()
+	w.written = start + int64(len(buf))
+	w.lastSeq = seq
+	w.lastPos = q[len(q)-1].pos
+	cur := &w.segs[len(w.segs)-1]
+	if cur.FirstSeq == 0 {
+		cur.FirstSeq = q[0].pos.Seq
+	}
+	cur.LastSeq = seq
+	cur.Records += len(q)
+	cur.End = w.written
+	w.mu.Unlock()
+	return nil
+}
+
+// rotateNow seals the current segment with an end marker and continues in a
+// new one. The new file is created (and the directory synced) first, so a
+// crash leaves either the old segment unsealed and newest (an empty later
+// segment is removed on recovery) or it sealed and the new one in place.
+// An empty segment is rotated only when asked explicitly.
+func (w *logWriter) rotateNow(explicit bool) error {
+	if err := w.sticky(); err != nil {
+		return err
+	}
+	if w.written == 0 && !explicit {
+		return nil
+	}
+	if w.written == 0 {
+		return nil // nothing to seal: the current segment is already fresh
+	}
+	old := w.current()
+	next := SegmentName{Seq: old.Seq + 1, Node: w.node}
+	nf, err := w.fsys.Create(w.segPath(next))
+	if err != nil {
+		return fmt.Errorf("create log segment: %w", err)
+	}
+	undo := func() {
+		nf.Close()
+		w.fsys.Remove(w.segPath(next))
+	}
+	if err := w.fsys.SyncDir(w.dir); err != nil {
+		undo()
+		return fmt.Errorf("sync log directory %s: %w", w.dir, err)
+	}
+	marker := Record{Kind: KindSegmentEnd, Segment: old.Seq, Seq: w.lastSeq + 1, Synced: w.written}
+	b, _ := marker.AppendBinary(nil)
+	if n, err := w.f.WriteAt(b, w.written); err != nil || n != len(b) {
+		if terr := w.f.Truncate(w.written); terr != nil {
+			undo()
+			return w.fail(fmt.Errorf("write segment-end marker to %s: %v; cutting it failed too: %w", w.segPath(old), err, terr))
+		}
+		undo()
+		return fmt.Errorf("write segment-end marker to %s: %w", w.segPath(old), err)
+	}
+	if err := w.f.Sync(); err != nil {
+		undo()
+		return w.fail(fmt.Errorf("fdatasync log segment %s: %w; check the disk, then restart the daemon", w.segPath(old), err))
+	}
+	oldf := w.f
+	w.mu.Lock()
+	w.f = nf
+	w.lastSeq++
+	w.lastPos = Position{Segment: old.Seq, Offset: w.written + int64(len(b)), Seq: w.lastSeq}
+	cur := &w.segs[len(w.segs)-1]
+	cur.Sealed = true
+	cur.Records++
+	cur.LastSeq = w.lastSeq
+	cur.End = w.lastPos.Offset
+	sealed := *cur
+	w.segs = append(w.segs, SegmentInfo{Name: next})
+	w.written = 0
+	w.mu.Unlock()
+	if err := oldf.Close(); err != nil {
+		w.logger.Warn("closing sealed log segment", "segment", old, "err", err)
+	}
+	w.logger.Info("transaction log rotated", "sealed", old.String(), "current", next.String())
+	if w.onRotate != nil {
+		w.onRotate(sealed)
+	}
+	return nil
+}
