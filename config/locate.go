@@ -362,7 +362,8 @@ func (sc *scanner) literalString() (string, bool) {
 	return "", false
 }
 
-// multiline skips a """...""" or ”'...”' string at pos, counting lines.
+// multiline skips a multi-line string (three double or three single quotes)
+// at pos, counting lines.
 func (sc *scanner) multiline(q byte) {
 	sc.pos += 3
 	for !sc.eof() {

@@ -76,6 +76,12 @@ var examples = map[string]string{
 	"description":  `description = "database volume"`,
 }
 
+// Parse decodes into generic maps and walks them against the schema, rather
+// than decoding into structs and asking MetaData.Undecoded for unknown keys:
+// a struct decode stops at the first wrong type, while the walk reports every
+// wrong type, unknown key (each level knows its valid keys, for the "did you
+// mean") and bad reference in one pass. Lines come from locate (locate.go).
+
 // Parse validates the TOML document data. file names it in errors (and in
 // Config.File); relative paths in it are resolved against dir ("" means ".").
 // When data is not valid, Parse returns nil and Errors listing every problem
