@@ -1,0 +1,28 @@
+// Package vmtests boots a small QEMU guest running Debian's kernel with the
+// real Linux aoe and nbd drivers, aoetools and nbd-client, and drives it
+// against tharsis exports (or, for reference, Debian's vblade and
+// nbd-server) on a tap device created for the run.
+//
+// The guest is built from packages already installed on the host: the
+// kernel and modules of linux-image-amd64, busybox-static, aoetools (plus
+// bash, which aoe-stat needs), nbd-client and e2fsprogs' mke2fs, each with
+// the shared libraries ldd names. The base initramfs is cached under
+// CacheDir, keyed by a hash of every input, and rebuilt only when an input
+// changes. Each boot appends a tiny second cpio archive holding the
+// scenario script (/scenario.sh), so scenarios never rebuild the base.
+//
+// The guest's /init loads the modules, configures eth0 from the kernel
+// command line, runs /scenario.sh and powers off. Everything the host needs
+// to know comes back on the serial console as marker lines:
+//
+//	THARSIS-MARK <key> <value...>
+//
+// A scenario can also block on a host action with `hoststep NAME`, which
+// fetches http://<host>/step/NAME from a Control server on the tap's host
+// address; the host runs the step (for instance restarting the target) and
+// answers when it is done.
+//
+// The scenarios themselves live in vm_test.go behind the build tag vm:
+//
+//	go test -tags vm ./vm-tests/...
+package vmtests
