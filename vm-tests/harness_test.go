@@ -251,4 +251,3 @@ func randBytes(seed uint64, n int) []byte {
 }
 
 func ptr[T any](v T) *T { return &v }
-
