@@ -307,3 +307,40 @@ func mustRead(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+func TestMarshalStrings(t *testing.T) {
+	c := mustParse(t, `
+[nodes.a]
+replication = "h:1"
+[resources.r]
+disk = { a = "/dev/with \"quote\" and \\ back" }
+[[exports.nbd]]
+resource = "r"
+name = "é ☃"
+description = "line one\nline two\ttab \u0001"
+read_only = true
+[[exports.aoe]]
+resource = "r"
+shelf = 3
+slot = 4
+interfaces = ["eth0"]
+allow_macs = ["00:11:22:33:44:55"]
+read_only = true
+`)
+	c2, err := Parse("t.toml", c.Marshal(), "/etc/tharsis")
+	if err != nil || !reflect.DeepEqual(c, c2) {
+		t.Fatalf("round trip: %v\n%s", err, c.Marshal())
+	}
+	sum := c.Summary()
+	for _, w := range []string{`nbd "é ☃" on 0.0.0.0:10809, read-only`, "aoe e3.4 on eth0 (1 MAC, read-only)", "resource r: size of the smallest disk on a"} {
+		if !strings.Contains(sum, w) {
+			t.Errorf("Summary lacks %q:\n%s", w, sum)
+		}
+	}
+	if got := c.DiskNodes("r"); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Errorf("DiskNodes = %v", got)
+	}
+	if got := c.DiskNodes("nope"); got != nil {
+		t.Errorf("DiskNodes(nope) = %v", got)
+	}
+}

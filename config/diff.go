@@ -43,14 +43,19 @@ type Change struct {
 	Kind ChangeKind
 	What string // WhatSecret, WhatNode, WhatResource, WhatAoE or WhatNBD
 	// Name identifies the thing: a node or resource name, an AoE export's
-	// "shelf.slot" (e.g. "1.1"), an NBD export's "listen/name".
+	// "shelf.slot" (e.g. "1.1"), an NBD export's "listen/name"; "" for
+	// secret_file.
 	Name string
 	// Fields lists the TOML keys whose values differ (Modified only), sorted.
 	Fields []string
 }
 
 func (c Change) String() string {
-	s := fmt.Sprintf("%s %s %s", c.What, c.Name, c.Kind)
+	s := c.What + " "
+	if c.Name != "" {
+		s += c.Name + " "
+	}
+	s += c.Kind.String()
 	if len(c.Fields) > 0 {
 		s += ": " + strings.Join(c.Fields, ", ")
 	}
@@ -71,7 +76,7 @@ func Diff(old, new *Config) []Change {
 	}
 	var out []Change
 	if old.SecretFile != new.SecretFile {
-		out = append(out, Change{Kind: Modified, What: WhatSecret, Name: WhatSecret})
+		out = append(out, Change{Kind: Modified, What: WhatSecret})
 	}
 	out = append(out, diffMap(WhatNode, old.Nodes, new.Nodes, nodeFields)...)
 	out = append(out, diffMap(WhatResource, old.Resources, new.Resources, resourceFields)...)

@@ -32,7 +32,7 @@ func TestDiff(t *testing.T) {
 	}{
 		{"same", diffBase, nil},
 		{"add node", diffBase + "[nodes.c]\nreplication = \"10.0.0.3:7777\"\n", []string{"node c added"}},
-		{"modify node", `secret_file = "/s"` + diffBase + "[nodes.c]\nreplication = \"10.0.0.3:7777\"\n", []string{"secret_file secret_file modified", "node c added"}},
+		{"modify node", `secret_file = "/s"` + diffBase + "[nodes.c]\nreplication = \"10.0.0.3:7777\"\n", []string{"secret_file modified", "node c added"}},
 		{"resource fields", diffBase + "[resources.t]\ndisk = { b = \"/dev/t\" }\n[resources.r.connect]\na = [\"b\"]\n", []string{"resource r modified: connect", "resource t added"}},
 		{"resource removed, aoe moved", `
 [nodes.a]

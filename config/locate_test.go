@@ -1,6 +1,10 @@
 package config
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/BurntSushi/toml"
+)
 
 func TestLocate(t *testing.T) {
 	doc := `# comment [not.a.table]
@@ -114,5 +118,36 @@ func TestLocateGarbage(t *testing.T) {
 	// Never panics or loops on input that is not TOML.
 	for _, doc := range []string{"", "[", "[[", "[a", "a", "a =", "a = [", "a = {", `a = "`, `a = """`, "= 1", "a = [[[[[[", "\"\\u12", "a = {b = {c = [1, {d = 2}]}}", "a.=1", "[a.]"} {
 		locate([]byte(doc))
+	}
+}
+
+func TestLocateQuotedKeys(t *testing.T) {
+	doc := "[t]\n\"a\\\"b\" = 1\n\"\\u0041\\tZ\" = 2\n'lit\\' = 3\n\"\\U0001F600\" = 4\nm = '''x\ny''' # c\nn = \"\"\"a\\\n  b\"\"\"\"\"\no = 5\n"
+	l := locate([]byte(doc))
+	for path, want := range map[string]int{
+		`t."a\"b"`:  2,
+		`t."A\tZ"`:  3,
+		`t."lit\\"`: 4,
+		`t."😀"`:     5,
+		"t.m":       6,
+		"t.n":       8,
+		"t.o":       10,
+	} {
+		if got := l.line(path); got != want {
+			t.Errorf("line(%q) = %d, want %d", path, got, want)
+		}
+	}
+}
+
+func TestQuoteTOML(t *testing.T) {
+	for _, s := range []string{"", "plain", `q"uote`, `back\slash`, "nl\nand\ttab\r", "ctl\x01\x1f\x7f", "é ☃ 😀"} {
+		q := quoteTOML(s)
+		var v struct{ K string }
+		if _, err := toml.Decode("K = "+q, &v); err != nil || v.K != s {
+			t.Errorf("quoteTOML(%q) = %s decodes to %q, %v", s, q, v.K, err)
+		}
+	}
+	if got := quoteTOML("bad\xffutf8"); got != `"bad\uFFFDutf8"` {
+		t.Errorf("quoteTOML(invalid UTF-8) = %s", got)
 	}
 }
