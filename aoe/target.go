@@ -349,7 +349,9 @@ func (t *target) handle(b []byte, n int, e *env) outcome {
 	}
 	if o.n < MinFrameLen {
 		// Pad with zeros: never leak an older frame's bytes.
-		clear(b[max(o.n, n):MinFrameLen])
+		if from := max(o.n, n); from < MinFrameLen {
+			clear(b[from:MinFrameLen])
+		}
 		o.n = MinFrameLen
 	}
 	return o

@@ -183,14 +183,6 @@ func TestTargetATA(t *testing.T) {
 	}
 }
 
-func identString(id []byte, word, n int) string {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = id[word*2+i^1]
-	}
-	return string(bytes.TrimRight(b, " "))
-}
-
 func TestTargetReadOnly(t *testing.T) {
 	c := newTestCore(t, TargetConfig{Shelf: 1, Slot: 1, Device: blockdev.NewMemory(1 << 20), ReadOnly: true})
 	_, arg := one(t, exchange(c, request(hostMAC, 1, 1, CmdATA, ataReq(ATAWriteSectors, 0, 1, make([]byte, 512)))))
