@@ -36,10 +36,13 @@ type conn struct {
 	flags      uint16
 
 	// Transmission.
-	budget  *budget
-	replies chan *op
-	workers sync.WaitGroup
-	failed  atomic.Bool // the writer failed; replies are dropped
+	budget   *budget
+	work     chan *op // to idle workers
+	nworkers int      // workers started; only the reader touches it
+	replies  chan *op
+	workers  sync.WaitGroup
+	bufs     net.Buffers // the writer's iovecs (a field, so WriteTo does not allocate)
+	failed   atomic.Bool // the writer failed; replies are dropped
 }
 
 // op is one request on its way from the reader through a worker to the
@@ -113,6 +116,7 @@ func (c *conn) transmit() {
 	// Every op in flight holds a budget slot, so at most
 	// maxInflightRequests replies are ever queued and senders never block.
 	c.replies = make(chan *op, maxInflightRequests)
+	c.work = make(chan *op)
 	writerDone := make(chan struct{})
 	go c.writer(writerDone)
 
@@ -120,6 +124,7 @@ func (c *conn) transmit() {
 	if err != nil && !c.closing.Load() && !isClosed(err) {
 		c.log.Info("nbd: closing connection", "err", err)
 	}
+	close(c.work)
 	c.workers.Wait()
 	close(c.replies)
 	<-writerDone
@@ -172,8 +177,36 @@ func (c *conn) readLoop() error {
 			c.replies <- o
 			continue
 		}
+		c.dispatch(o)
+	}
+}
+
+// dispatch hands o to an idle worker, or starts a new one. Workers live as
+// long as the connection, so a steady stream of requests starts no
+// goroutines; their number never exceeds maxInflightRequests, since every
+// request in flight holds a budget slot.
+func (c *conn) dispatch(o *op) {
+	select {
+	case c.work <- o:
+		return
+	default:
+	}
+	if c.nworkers < maxInflightRequests {
+		c.nworkers++
 		c.workers.Add(1)
-		go c.work(o)
+		go c.worker(o)
+		return
+	}
+	c.work <- o
+}
+
+// worker performs o and then every request it receives until the
+// connection ends.
+func (c *conn) worker(o *op) {
+	defer c.workers.Done()
+	c.perform(o)
+	for o := range c.work {
+		c.perform(o)
 	}
 }
 
@@ -224,9 +257,9 @@ func check(r *request, size int64, readOnly bool, maxPayload uint32) (uint32, st
 	return 0, ""
 }
 
-// work performs one validated request and queues its reply.
-func (c *conn) work(o *op) {
-	defer c.workers.Done()
+// perform executes one validated request and queues its reply. A panic in
+// the device is answered with EIO.
+func (c *conn) perform(o *op) {
 	defer func() {
 		if v := recover(); v != nil {
 			c.log.Error("nbd: device panicked; answering EIO", "command", o.req.typ, "panic", v, "stack", string(debug.Stack()))
@@ -343,9 +376,9 @@ func (c *conn) writer(done chan<- struct{}) {
 					arenaTail = false
 				}
 			}
-			bufs := net.Buffers(iov)
+			c.bufs = iov
 			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if _, err := bufs.WriteTo(c.nc); err != nil {
+			if _, err := c.bufs.WriteTo(c.nc); err != nil {
 				c.failed.Store(true)
 				if !isClosed(err) {
 					c.log.Info("nbd: cannot send replies; closing connection", "err", err)
