@@ -601,23 +601,24 @@ func Stat(ctx context.Context, ifaces []string, timeout time.Duration) ([]Target
 		errs []error
 		wg   sync.WaitGroup
 	)
+	// Open every socket here, in the caller's network namespace, then
+	// discover in parallel.
 	for _, name := range ifaces {
+		in, err := NewInitiator(name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			in, err := NewInitiator(name)
-			if err == nil {
-				defer in.Close()
-				var ts []TargetInfo
-				ts, err = in.Discover(ctx, timeout)
-				mu.Lock()
-				out = append(out, ts...)
-				mu.Unlock()
-			}
+			defer in.Close()
+			ts, err := in.Discover(ctx, timeout)
+			mu.Lock()
+			defer mu.Unlock()
+			out = append(out, ts...)
 			if err != nil {
-				mu.Lock()
 				errs = append(errs, err)
-				mu.Unlock()
 			}
 		}()
 	}
