@@ -1,0 +1,7 @@
+// Package crashtest holds the process-level crash tests of the transaction
+// log: they build cmd/tharsis, run `tharsis run` as a child, write through
+// its NBD export with a small raw NBD client, SIGKILL it at random moments
+// and check every acknowledged write after each restart. Test-only.
+//
+//	go test ./replicate/crashtest/ -run Crash -cycles 100 -v
+package crashtest
