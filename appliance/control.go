@@ -1,0 +1,115 @@
+package appliance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The control API is HTTP over a unix socket (mode 0600, root only):
+//
+//	GET  /v0/status              the node's Status as JSON
+//	POST /v0/resource/RES/VERB   an admin verb on one resource ("all": every resource)
+//
+// Errors come back as HTTP 4xx/5xx with the operator-facing message as the
+// body.
+type controlServer struct {
+	path string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// verbFunc runs an admin verb on one resource and returns what to print.
+type verbFunc func(d *Daemon, r *resource) (string, error)
+
+// verbs are the admin verbs the running daemon answers.
+var verbs = map[string]verbFunc{}
+
+func (d *Daemon) startControl() error {
+	path := d.node.Control
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	// A leftover socket from a crash is removed; a live one means another
+	// daemon runs for this node.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("control socket %s answers: another tharsis daemon runs for node %s; stop it first", path, d.node.Name)
+	}
+	os.Remove(path)
+	old := syscall.Umask(0o077)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v0/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(d.Status())
+	})
+	mux.HandleFunc("POST /v0/resource/{res}/{verb}", d.handleVerb)
+	c := &controlServer{path: path, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
+	go c.srv.Serve(ln)
+	d.control = c
+	return nil
+}
+
+func (d *Daemon) handleVerb(w http.ResponseWriter, req *http.Request) {
+	name, verb := req.PathValue("res"), req.PathValue("verb")
+	fn, ok := verbs[verb]
+	if !ok {
+		http.Error(w, fmt.Sprintf("unknown verb %q", verb), http.StatusNotFound)
+		return
+	}
+	d.mu.Lock()
+	var targets []*resource
+	if name == "all" {
+		for _, k := range sortedKeys(d.resources) {
+			targets = append(targets, d.resources[k])
+		}
+	} else if r := d.resources[name]; r != nil {
+		targets = append(targets, r)
+	}
+	d.mu.Unlock()
+	if len(targets) == 0 {
+		http.Error(w, fmt.Sprintf("resource %q is not held by node %s (see `tharsis view`)", name, d.node.Name), http.StatusNotFound)
+		return
+	}
+	var out []string
+	var errs []error
+	for _, r := range targets {
+		msg, err := fn(d, r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.name, err))
+			continue
+		}
+		if msg != "" {
+			out = append(out, msg)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		http.Error(w, strings.Join(append(out, err.Error()), "\n"), http.StatusConflict)
+		return
+	}
+	fmt.Fprintln(w, strings.Join(out, "\n"))
+}
+
+func (d *Daemon) stopControl() {
+	if d.control == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	d.control.srv.Shutdown(ctx)
+	os.Remove(d.control.path)
+	d.control = nil
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/template"
+
+	"github.com/tharsis/tharsis/appliance"
+	"github.com/tharsis/tharsis/blockdev"
+	"github.com/tharsis/tharsis/config"
+)
+
+// demoConfig is the embedded default: one node serving one resource.
+var demoConfig = template.Must(template.New("demo").Parse(`# tharsis demo config, written by ` + "`tharsis demo`" + `
+[nodes.demo]
+replication = "127.0.0.1:{{.ReplPort}}"
+state_dir = "{{.Dir}}/state"
+
+[resources.demo]
+disk = { demo = "{{.Dir}}/demo.img" }
+
+[[exports.nbd]]
+resource = "demo"
+listen = "{{.Listen}}"
+name = "demo"
+description = "tharsis demo resource"
+{{if .AoEIface}}
+[[exports.aoe]]
+resource = "demo"
+shelf = 1
+slot = 1
+interfaces = ["{{.AoEIface}}"]
+{{end}}`))
+
+const (
+	demoVethTarget = "thdemo0" // the target's end of the demo veth pair
+	demoVethClient = "thdemo1" // where clients (aoe-stat) look
+)
+
+func init() {
+	c := &command{name: "demo", summary: "run a demo node on this machine: a sparse 1 GiB resource over NBD (and AoE on a veth pair when root)"}
+	c.run = func(args []string) error {
+		fs := newFlagSet(c)
+		listen := fs.String("listen", "127.0.0.1:10809", "NBD listen address")
+		size := fs.String("size", "1GiB", "size of the demo resource")
+		dir := fs.String("dir", "", "directory for the demo's files (default: a new temporary directory, removed at exit)")
+		noAoE := fs.Bool("no-aoe", false, "do not export over AoE")
+		level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+		if err := parse(fs, args); err != nil {
+			return err
+		}
+		log, err := newLogger(*level)
+		if err != nil {
+			return err
+		}
+		sz, err := config.ParseSize(*size)
+		if err != nil {
+			return usageError{fmt.Sprintf("--size: %v", err)}
+		}
+		root := *dir
+		if root == "" {
+			root, err = os.MkdirTemp("", "tharsis-demo-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(root)
+		} else if err := os.MkdirAll(root, 0o700); err != nil {
+			return err
+		}
+		disk, err := blockdev.CreateFile(filepath.Join(root, "demo.img"), sz)
+		if err != nil {
+			return err
+		}
+		disk.Close()
+
+		aoeIface, why := "", ""
+		switch {
+		case *noAoE:
+			why = "--no-aoe given"
+		case os.Geteuid() != 0:
+			why = "creating a veth pair and raw sockets need root: run `sudo tharsis demo` to see AoE too"
+		default:
+			if err := makeVeth(demoVethTarget, demoVethClient); err != nil {
+				why = fmt.Sprintf("could not create the demo veth pair: %v", err)
+			} else {
+				aoeIface = demoVethTarget
+				defer exec.Command("ip", "link", "del", demoVethTarget).Run()
+			}
+		}
+
+		var buf bytes.Buffer
+		demoConfig.Execute(&buf, map[string]any{"Dir": root, "Listen": *listen, "ReplPort": 17777, "AoEIface": aoeIface})
+		cfgPath := filepath.Join(root, "tharsis.toml")
+		if err := os.WriteFile(cfgPath, buf.Bytes(), 0o600); err != nil {
+			return err
+		}
+		cfg, err := config.Load(cfgPath)
+		if err != nil {
+			return fmt.Errorf("demo config is invalid (a bug in tharsis): %w", err)
+		}
+		d, err := appliance.New(appliance.Options{Config: cfg, Node: "demo", Logger: log})
+		if err != nil {
+			return err
+		}
+		ctx, stop := signalContext()
+		defer stop()
+		return d.Run(ctx, func(d *appliance.Daemon) {
+			printDemoHelp(os.Stdout, *listen, cfgPath, aoeIface, why)
+		})
+	}
+	register(c)
+}
+
+func makeVeth(a, b string) error {
+	exec.Command("ip", "link", "del", a).Run() // a leftover from an earlier demo
+	for _, args := range [][]string{
+		{"link", "add", a, "type", "veth", "peer", "name", b},
+		{"link", "set", a, "up"},
+		{"link", "set", b, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
+}
+
+func printDemoHelp(w *os.File, listen, cfgPath, aoeIface, aoeWhy string) {
+	host, port := listen, "10809"
+	if i := strings.LastIndex(listen, ":"); i >= 0 {
+		host, port = listen[:i], listen[i+1:]
+	}
+	uri := "nbd://" + host
+	if port != "10809" {
+		uri += ":" + port
+	}
+	uri += "/demo"
+	fmt.Fprintf(w, `
+tharsis demo is running: resource "demo" (1 GiB, sparse) with its transaction log.
+config: %s
+
+Try it over NBD (from another terminal):
+  nbdinfo %s
+  head -c 64M /dev/urandom > /tmp/rand && nbdcopy /tmp/rand %s   # write 64 MiB
+  nbdcopy %s - | head -c 64M | sha256sum; sha256sum /tmp/rand      # read it back
+  qemu-img info %s
+  sudo nbd-client %s %s -N demo /dev/nbd0    # needs the nbd kernel module
+  tharsis view --config %s
+`, cfgPath, uri, uri, uri, uri, host, port, cfgPath)
+	if aoeIface != "" {
+		fmt.Fprintf(w, `
+Over AoE: target e1.1 on %s (veth pair; its other end is %s):
+  tharsis aoe-stat -i %s
+  sudo modprobe aoe && aoe-discover && aoe-stat   # hosts with the aoe driver, on %s
+`, aoeIface, demoVethClient, demoVethClient, demoVethClient)
+	} else {
+		fmt.Fprintf(w, "\nAoE export skipped: %s\n", aoeWhy)
+	}
+	fmt.Fprintln(w, "\nPress Ctrl-C to stop (the demo's files are removed).")
+}
