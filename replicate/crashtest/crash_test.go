@@ -403,7 +403,7 @@ func TestCrashLogFull(t *testing.T) {
 	if err := c.check(m, now, now); err != nil {
 		t.Fatalf("after ENOSPC: %v", err)
 	}
-	out, err := exec.Command(c.bin, "log-delete", "r0", "--config", c.cfg, "--node", "alpha").CombinedOutput()
+	out, err := exec.Command(c.bin, "log-delete", "--config", c.cfg, "--node", "alpha", "r0").CombinedOutput()
 	if err != nil {
 		t.Fatalf("tharsis log-delete r0: %v\n%s", err, out)
 	}
