@@ -16,12 +16,12 @@ type Status struct {
 
 // ResourceStatus is one resource as this node holds it.
 type ResourceStatus struct {
-	Name       string         `json:"name"`
-	Role       string         `json:"role"` // "primary" or "secondary"
-	Disk       string         `json:"disk"`
-	Size       int64          `json:"size"`
-	Replicated bool           `json:"replicated"`
-	Exports    []ExportStatus `json:"exports,omitempty"`
+	Name       string            `json:"name"`
+	Role       string            `json:"role"` // "primary" or "secondary"
+	Disk       string            `json:"disk"`
+	Size       int64             `json:"size"`
+	Replicated bool              `json:"replicated"`
+	Exports    []ExportStatus    `json:"exports,omitempty"`
 	Log        *replicate.Status `json:"log,omitempty"` // the transaction log, when replicated
 }
 
