@@ -66,7 +66,9 @@ func run(t *testing.T, name string, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = t.TempDir() // fio leaves verify state files in its working directory
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
