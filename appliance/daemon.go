@@ -32,6 +32,7 @@ type Daemon struct {
 	mu        sync.Mutex
 	resources map[string]*resource
 	nbd       []*nbdListener
+	aoe       []*aoeServer
 	control   *controlServer
 	started   time.Time
 }

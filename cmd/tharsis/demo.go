@@ -109,7 +109,7 @@ func init() {
 		ctx, stop := signalContext()
 		defer stop()
 		return d.Run(ctx, func(d *appliance.Daemon) {
-			printDemoHelp(os.Stdout, *listen, cfgPath, aoeIface, why)
+			printDemoHelp(os.Stdout, *listen, config.FormatSize(sz), cfgPath, aoeIface, why)
 		})
 	}
 	register(c)
@@ -129,7 +129,7 @@ func makeVeth(a, b string) error {
 	return nil
 }
 
-func printDemoHelp(w *os.File, listen, cfgPath, aoeIface, aoeWhy string) {
+func printDemoHelp(w *os.File, listen, size, cfgPath, aoeIface, aoeWhy string) {
 	host, port := listen, "10809"
 	if i := strings.LastIndex(listen, ":"); i >= 0 {
 		host, port = listen[:i], listen[i+1:]
@@ -140,8 +140,8 @@ func printDemoHelp(w *os.File, listen, cfgPath, aoeIface, aoeWhy string) {
 	}
 	uri += "/demo"
 	fmt.Fprintf(w, `
-tharsis demo is running: resource "demo" (1 GiB, sparse) with its transaction log.
-config: %s
+tharsis demo is running: resource "demo" (%s, sparse) with its transaction log.
+config: %s   (tharsis below is this binary; from the source tree: go run ./cmd/tharsis)
 
 Try it over NBD (from another terminal):
   nbdinfo %s
@@ -150,7 +150,7 @@ Try it over NBD (from another terminal):
   qemu-img info %s
   sudo nbd-client %s %s -N demo /dev/nbd0    # needs the nbd kernel module
   tharsis view --config %s
-`, cfgPath, uri, uri, uri, uri, host, port, cfgPath)
+`, size, cfgPath, uri, uri, uri, uri, host, port, cfgPath)
 	if aoeIface != "" {
 		fmt.Fprintf(w, `
 Over AoE: target e1.1 on %s (veth pair; its other end is %s):
