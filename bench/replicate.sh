@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Replication on vs off, side by side: the same `tharsis run` NBD export of a
+# file disk with the transaction log (replicated = true: log -> fdatasync ->
+# ack -> apply) and without it (replicated = false: the file device, one
+# fdatasync per FLUSH/FUA), driven by the same clients:
+#   fio --ioengine=nbd 4k randwrite qd32, without and with --fsync=32
+#   nbdcopy --flush sequential 256 MiB write
+# then the time recovery takes to replay a log (go run ./bench/replicate/replay).
+# Prints a table with ratios (on/off) and appends it to bench/RESULTS.md.
+# It asserts nothing: it is not a test.
+#
+# Environment:
+#   BENCH_RUNTIME   fio seconds per run (default 20; 3 for a smoke run)
+#   BENCH_DIR       where disk images and logs live (default /var/tmp: a real
+#                   disk, so fdatasync costs what it costs; /dev/shm hides it)
+#   BENCH_REPLAY_MIB  log size for the replay timing (default 1024)
+#   BENCH_RESULTS   file to append to (default bench/RESULTS.md)
+#   BENCH_PORT      first of two TCP ports on 127.0.0.1 (default 21900)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+RUNTIME=${BENCH_RUNTIME:-20}
+RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
+PORT=${BENCH_PORT:-21900}
+BASE=${BENCH_DIR:-/var/tmp}
+REPLAY_MIB=${BENCH_REPLAY_MIB:-1024}
+SIZE=$((256 << 20))
+
+for tool in go nbdcopy nbdinfo fio python3; do
+	command -v "$tool" >/dev/null || {
+		echo "bench/replicate.sh: $tool is missing; install with: apt-get install libnbd-bin fio python3" >&2
+		exit 1
+	}
+done
+
+WORK=$(mktemp -d "$BASE/tharsis-repl-bench.XXXXXX")
+PID=
+cleanup() {
+	[ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "building tharsis..."
+go build -o "$WORK/tharsis" ./cmd/tharsis
+head -c "$SIZE" /dev/urandom >"$WORK/src.img"
+
+# start MODE(on|off) PORT: run a node exporting r0 with replication MODE.
+start() {
+	local mode=$1 port=$2 repl=true
+	[ "$mode" = off ] && repl=false
+	rm -rf "$WORK/$mode" && mkdir -p "$WORK/$mode"
+	truncate -s $((2 * SIZE)) "$WORK/$mode/r0.img"
+	cat >"$WORK/$mode/tharsis.toml" <<TOML
+[nodes.alpha]
+replication = "127.0.0.1:$((port + 100))"
+state_dir = "$WORK/$mode/state"
+
+[resources.r0]
+disk = { alpha = "$WORK/$mode/r0.img" }
+replicated = $repl
+
+[[exports.nbd]]
+resource = "r0"
+listen = "127.0.0.1:$port"
+name = "r0"
+TOML
+	"$WORK/tharsis" run --config "$WORK/$mode/tharsis.toml" --node alpha >"$WORK/$mode/daemon.log" 2>&1 &
+	PID=$!
+	for _ in $(seq 200); do
+		nbdinfo --size "nbd://127.0.0.1:$port/r0" >/dev/null 2>&1 && return 0
+		sleep 0.05
+	done
+	echo "tharsis run ($mode) did not come up:" >&2
+	cat "$WORK/$mode/daemon.log" >&2
+	exit 1
+}
+
+stop() {
+	kill "$PID" && wait "$PID" 2>/dev/null || true
+	PID=
+}
+
+# fio_iops PORT EXTRA...: write IOPS of 4k randwrite qd32.
+fio_iops() {
+	local port=$1
+	shift
+	fio --name=rw --ioengine=nbd --uri="nbd://127.0.0.1:$port/r0" --rw=randwrite --bs=4k --iodepth=32 \
+		--size=$SIZE --runtime="$RUNTIME" --time_based --output-format=json "$@" >"$WORK/fio.json"
+	# fio prints a line before the JSON
+	python3 -c 'import json,sys; t=open(sys.argv[1]).read(); print("%.0f" % json.loads(t[t.index("{"):])["jobs"][0]["write"]["iops"])' "$WORK/fio.json"
+}
+
+# copy_mibs PORT: MiB/s of nbdcopy --flush of 256 MiB.
+copy_mibs() {
+	local t0 t1
+	t0=$(date +%s.%N)
+	nbdcopy --flush --no-extents "$WORK/src.img" "nbd://127.0.0.1:$1/r0"
+	t1=$(date +%s.%N)
+	python3 -c "print('%.0f' % (256 / ($t1 - $t0)))"
+}
+
+declare -A R
+p=$PORT
+for mode in off on; do
+	echo "== replication $mode"
+	start "$mode" "$p"
+	R[$mode,copy]=$(copy_mibs "$p")
+	R[$mode,rand]=$(fio_iops "$p")
+	R[$mode,randfsync]=$(fio_iops "$p" --fsync=32)
+	echo "   nbdcopy ${R[$mode,copy]} MiB/s, randwrite ${R[$mode,rand]} IOPS, randwrite+fsync=32 ${R[$mode,randfsync]} IOPS"
+	stop
+	p=$((p + 1))
+done
+
+echo "== replay of a ${REPLAY_MIB} MiB log"
+REPLAY=$(go run ./bench/replicate/replay -dir "$WORK" -log-mib "$REPLAY_MIB" | tail -1)
+echo "   $REPLAY"
+replay_s=$(sed -n 's/.*replay_seconds=\([0-9.]*\).*/\1/p' <<<"$REPLAY")
+replay_rate=$(sed -n 's/.*replay_mib_per_s=\([0-9.]*\).*/\1/p' <<<"$REPLAY")
+
+ratio() { python3 -c "print('%.2f' % ($1 / $2) if $2 else 'n/a')"; }
+TABLE=$(
+	cat <<MD
+
+## Replication on vs off ($(date -u +%Y-%m-%d))
+
+Machine: $(nproc) CPUs, $(uname -r), images and log in $BASE ($(df -T "$BASE" | awk 'NR==2{print $2}')); fio ${RUNTIME}s per run; same \`tharsis run\` NBD export, \`replicated = true\` vs \`false\`.
+
+| workload | off (file, fdatasync per FLUSH/FUA) | on (log, ack after fdatasync) | on/off (target ≥ 0.8) |
+| --- | ---: | ---: | ---: |
+| nbdcopy --flush 256 MiB sequential (MiB/s) | ${R[off,copy]} | ${R[on,copy]} | $(ratio "${R[on,copy]}" "${R[off,copy]}") |
+| fio 4k randwrite qd32 (IOPS) | ${R[off,rand]} | ${R[on,rand]} | $(ratio "${R[on,rand]}" "${R[off,rand]}") |
+| fio 4k randwrite qd32 --fsync=32 (IOPS) | ${R[off,randfsync]} | ${R[on,randfsync]} | $(ratio "${R[on,randfsync]}" "${R[off,randfsync]}") |
+
+Recovery replay of a ${REPLAY_MIB} MiB log (64 KiB records): ${replay_s} s (${replay_rate} MiB/s).
+MD
+)
+echo "$TABLE"
+echo "$TABLE" >>"$RESULTS"
+echo "appended to $RESULTS"
