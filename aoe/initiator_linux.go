@@ -190,11 +190,13 @@ func (in *Initiator) flushSend() error {
 func (in *Initiator) queueSend(parts ...[]byte) {
 	if in.nsend == len(in.shdrs) {
 		n := max(16, 2*len(in.shdrs))
-		in.shdrs = make([]mmsghdr, n)
-		in.siovs = make([]unix.Iovec, 2*n)
-		for i := range in.shdrs {
-			in.shdrs[i].hdr.Iov = &in.siovs[2*i]
+		hdrs, iovs := make([]mmsghdr, n), make([]unix.Iovec, 2*n)
+		copy(hdrs, in.shdrs) // keep what is queued
+		copy(iovs, in.siovs)
+		for i := range hdrs {
+			hdrs[i].hdr.Iov = &iovs[2*i]
 		}
+		in.shdrs, in.siovs = hdrs, iovs
 	}
 	i := in.nsend
 	k := 0

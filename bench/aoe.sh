@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Side-by-side AoE benchmark: tharsis' aoe.Server against Debian's vblade on
+# the same veth pair between two network namespaces, serving the same
+# 256 MiB file (on disk, read into the page cache), driven by the same load generator
+# (bench/aoe/load: tharsis' initiator, random full-frame READ EXT / WRITE EXT)
+# at window 1, 16 and 64, at MTU 1500 and 9000. The target is pinned to CPU 0,
+# the load generator to CPU 1. For each run it prints req/s, MB/s and the
+# target's CPU time per request (utime+stime from /proc/PID/stat), then ratios:
+#   reads:  tharsis (write_cache) vs vblade
+#   writes: tharsis write_cache=true vs plain vblade (page cache, no flush)
+#           tharsis durable (default) vs vblade -s (O_SYNC)
+# and appends the table with date, kernel and CPU to bench/RESULTS.md.
+# It asserts nothing.
+#
+# Environment:
+#   BENCH_RUNTIME   seconds per run (default 5; BENCH_RUNTIME=1 for a smoke run)
+#   BENCH_WINDOWS   windows (default "1 16 64")
+#   BENCH_MTUS      MTUs (default "1500 9000")
+#   BENCH_RESULTS   file to append to (default bench/RESULTS.md)
+#   BENCH_DIR       disk-backed directory for the 256 MiB file (default /var/tmp)
+#   BENCH_NOPIN=1   do not pin
+# Needs root, ip(8), vblade, taskset, go, awk. Prefers `tharsis run` once it
+# serves AoE; until then it uses bench/aoe/serve.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+RUNTIME=${BENCH_RUNTIME:-5}
+WINDOWS=${BENCH_WINDOWS:-1 16 64}
+MTUS=${BENCH_MTUS:-1500 9000}
+RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
+SIZE=$((256 << 20))
+
+[ "$(id -u)" = 0 ] || { echo "bench/aoe.sh: needs root (network namespaces, raw sockets)" >&2; exit 1; }
+for tool in go ip vblade taskset awk; do
+	command -v "$tool" >/dev/null || { echo "bench/aoe.sh: $tool is missing (apt-get install vblade iproute2 util-linux)" >&2; exit 1; }
+done
+
+# A disk-backed directory, so that fdatasync (tharsis durable) and O_SYNC
+# (vblade -s) cost what they cost; the file is read once into the page cache.
+base=${BENCH_DIR:-/var/tmp}
+WORK=$(mktemp -d "$base/tharsis-aoe-bench.XXXXXX")
+ID=$$
+NS_T=aoebt-$ID NS_I=aoebi-$ID IF_T=abt$ID IF_I=abi$ID
+TPID=""
+cleanup() {
+	[ -n "$TPID" ] && kill "$TPID" 2>/dev/null && wait "$TPID" 2>/dev/null || true
+	ip netns del "$NS_T" 2>/dev/null || true
+	ip netns del "$NS_I" 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+SRV=() CLI=() PIN="not pinned"
+if [ "${BENCH_NOPIN:-}" != 1 ] && [ "$(nproc)" -ge 2 ]; then
+	SRV=(taskset -c 0) CLI=(taskset -c 1)
+	PIN="target pinned to CPU 0, load generator to CPU 1 (taskset)"
+fi
+
+echo "building the load generator and the tharsis target..."
+go build -o "$WORK/load" ./bench/aoe/load
+go build -o "$WORK/serve" ./bench/aoe/serve
+head -c "$SIZE" /dev/urandom >"$WORK/disk.img"
+sync "$WORK/disk.img"
+cat "$WORK/disk.img" >/dev/null # into the page cache
+
+ip netns add "$NS_T"
+ip netns add "$NS_I"
+ip link add "$IF_T" netns "$NS_T" type veth peer name "$IF_I" netns "$NS_I"
+ip -n "$NS_T" link set "$IF_T" up
+ip -n "$NS_I" link set "$IF_I" up
+
+TCK=$(getconf CLK_TCK)
+cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# start_target KIND: vblade | vblade-s | tharsis-wc | tharsis
+start_target() {
+	case $1 in
+	vblade) ip netns exec "$NS_T" "${SRV[@]}" vblade -b 64 1 1 "$IF_T" "$WORK/disk.img" >"$WORK/target.log" 2>&1 & ;;
+	vblade-s) ip netns exec "$NS_T" "${SRV[@]}" vblade -s -b 64 1 1 "$IF_T" "$WORK/disk.img" >"$WORK/target.log" 2>&1 & ;;
+	tharsis-wc) ip netns exec "$NS_T" "${SRV[@]}" "$WORK/serve" -write-cache -i "$IF_T" -f "$WORK/disk.img" >"$WORK/target.log" 2>&1 & ;;
+	tharsis) ip netns exec "$NS_T" "${SRV[@]}" "$WORK/serve" -i "$IF_T" -f "$WORK/disk.img" >"$WORK/target.log" 2>&1 & ;;
+	esac
+	TPID=$!
+}
+stop_target() { kill "$TPID" 2>/dev/null || true; wait "$TPID" 2>/dev/null || true; TPID=""; }
+
+ROWS=$WORK/rows
+: >"$ROWS"
+# run KIND OP MTU WINDOW -> appends "kind op mtu window reqs/s MB/s us-cpu/req errors"
+run() {
+	local kind=$1 op=$2 mtu=$3 w=$4 t0 t1 out
+	t0=$(cputicks "$TPID")
+	out=$(ip netns exec "$NS_I" "${CLI[@]}" "$WORK/load" -i "$IF_I" -op "$op" -window "$w" -duration "${RUNTIME}s")
+	t1=$(cputicks "$TPID")
+	echo "$out" | awk -v k="$kind" -v o="$op" -v m="$mtu" -v w="$w" -v c=$((t1 - t0)) -v tck="$TCK" \
+		'{ printf "%s %s %s %s %.0f %.1f %.2f %d\n", k, o, m, w, $1/$3, $2/$3/1e6, ($1 > 0 ? c/tck*1e6/$1 : 0), $4 }' >>"$ROWS"
+	tail -1 "$ROWS"
+}
+
+for mtu in $MTUS; do
+	ip -n "$NS_T" link set "$IF_T" mtu "$mtu"
+	ip -n "$NS_I" link set "$IF_I" mtu "$mtu"
+	for kind in vblade tharsis-wc vblade-s tharsis; do
+		start_target "$kind"
+		for w in $WINDOWS; do
+			case $kind in
+			vblade | tharsis-wc) run "$kind" read "$mtu" "$w"; run "$kind" write "$mtu" "$w" ;;
+			*) run "$kind" write "$mtu" "$w" ;;
+			esac
+		done
+		stop_target
+	done
+done
+
+CPU=$(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//')
+TABLE=$(awk -v pin="$PIN" -v rt="$RUNTIME" '
+{ key = $2 " " $3 " " $4; r[$1 " " key] = $5; mb[$1 " " key] = $6; cpu[$1 " " key] = $7; e[$1 " " key] = $8; keys[key] = 1; order[n++] = key }
+END {
+	print "| op | MTU | window | vblade req/s | tharsis req/s | ratio | vblade CPU µs/req | tharsis CPU µs/req | CPU ratio | tharsis MB/s |"
+	print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+	for (i = 0; i < n; i++) {
+		k = order[i]; if (seen[k]++) continue
+		split(k, f, " ")
+		if (f[1] == "read") { a = "vblade " k; b = "tharsis-wc " k; lbl = "read" }
+		else { continue }
+		printf "| %s | %s | %s | %s | %s | %.2f | %s | %s | %.2f | %s |\n", lbl, f[2], f[3], r[a], r[b], (r[a] ? r[b]/r[a] : 0), cpu[a], cpu[b], (cpu[a] ? cpu[b]/cpu[a] : 0), mb[b]
+	}
+	for (i = 0; i < n; i++) {
+		k = order[i]; if (seen2[k]++) continue
+		split(k, f, " ")
+		if (f[1] != "write") continue
+		a = "vblade " k; b = "tharsis-wc " k
+		printf "| write (tharsis write_cache vs vblade) | %s | %s | %s | %s | %.2f | %s | %s | %.2f | %s |\n", f[2], f[3], r[a], r[b], (r[a] ? r[b]/r[a] : 0), cpu[a], cpu[b], (cpu[a] ? cpu[b]/cpu[a] : 0), mb[b]
+		a = "vblade-s " k; b = "tharsis " k
+		printf "| durable write (tharsis vs vblade -s) | %s | %s | %s | %s | %.2f | %s | %s | %.2f | %s |\n", f[2], f[3], r[a], r[b], (r[a] ? r[b]/r[a] : 0), cpu[a], cpu[b], (cpu[a] ? cpu[b]/cpu[a] : 0), mb[b]
+	}
+	for (x in e) if (e[x] > 0) printf "\nerrors (timeouts or I/O errors) in %s: %d\n", x, e[x]
+}' "$ROWS")
+
+{
+	echo
+	echo "## AoE target vs vblade ($(date -u +%Y-%m-%d))"
+	echo
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), kernel $(uname -r), $(nproc) x $CPU; $PIN; ${RUNTIME}s per run;"
+	echo "256 MiB file in $base (in page cache), veth pair between two netns, load: bench/aoe/load (tharsis initiator, random full-frame READ/WRITE EXT);"
+	echo "tharsis: bench/aoe/serve (write_cache for reads and cached writes, default durable for durable writes); vblade $(dpkg-query -W -f '${Version}' vblade 2>/dev/null) -b 64."
+	echo
+	echo "$TABLE"
+} | tee -a "$RESULTS"
