@@ -190,9 +190,8 @@ func (p *process) stop() error {
 	}
 }
 
-// waitReady polls until the NBD ports accept connections and at least
-// aoeSockets packet sockets are bound on the tap, failing early when a
-// server exits.
+// waitReady polls until the NBD ports listen and at least aoeSockets
+// packet sockets are bound on the tap, failing early when a server exits.
 func waitReady(ctx context.Context, s *Setup, procs []*process, aoeSockets int) error {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
@@ -315,14 +314,15 @@ func (t *tharsis) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	base := packetSockets(t.s.Tap.Index) // other targets may share the tap
 	p, err := startProcess("tharsis run", &t.out, t.bin, "run", "--config", t.cfg, "--node", "host")
 	if err != nil {
 		return err
 	}
 	t.proc = p
-	aoe := 0
+	aoe := base
 	if len(t.s.AoE) > 0 {
-		aoe = 1
+		aoe++
 	}
 	if err := waitReady(ctx, t.s, []*process{p}, aoe); err != nil {
 		p.stop()
@@ -354,6 +354,7 @@ func (r *reference) Start(ctx context.Context) error {
 	if len(r.procs) > 0 {
 		return errors.New("reference target is already running")
 	}
+	base := packetSockets(r.s.Tap.Index) // other targets may share the tap
 	for _, e := range r.s.AoE {
 		var args []string
 		if e.ReadOnly {
@@ -399,7 +400,7 @@ func (r *reference) Start(ctx context.Context) error {
 		p.oneShot = true
 		r.procs = append(r.procs, p)
 	}
-	if err := waitReady(ctx, r.s, r.procs, len(r.s.AoE)); err != nil {
+	if err := waitReady(ctx, r.s, r.procs, base+len(r.s.AoE)); err != nil {
 		r.Stop()
 		return fmt.Errorf("reference peers: %w", err)
 	}
