@@ -1,7 +1,8 @@
 // Package replicate is tharsis's durable transaction log: on a resource's
-// primary every write is appended to a checksummed log, made durable
-// (group-committed fdatasync), acknowledged, and then applied to the data
-// device. Secondaries (a later issue) fetch the same segments and replay them.
+// primary every write is appended to a checksummed log and applied to the
+// data device before it is acknowledged; it is made durable (group-committed
+// fdatasync) by the client's next flush, or before the acknowledgement with
+// sync = true. Secondaries fetch the same segments and replay them.
 //
 // # Segments
 //
@@ -55,12 +56,44 @@
 //
 // # Writing and applying
 //
-// The log writer has one goroutine that takes every pending record, writes
-// them with one pwrite and calls fdatasync once for all of them (group
-// commit); each appender waits on the ticket of its batch. Primary, a
+// The log writer works in two stages, as pebble's LogWriter keeps flushing
+// and syncing apart. One goroutine takes every pending record and writes
+// them with one pwrite; a second one calls fdatasync whenever somebody
+// wants records durable, once for everything written when it starts (group
+// commit), so the next batch is written while an fdatasync runs. Primary, a
 // blockdev.Device, logs each WriteAt/Trim/WriteZeroes, waits until it is
-// durable, applies it to the data device (concurrently; overlapping requests
+// written, applies it to the data device (concurrently; overlapping requests
 // in log order) and only then returns, so reads of the data device see every
-// acknowledged write. The applied position is persisted in the background
-// after the data device was flushed; on open the log is replayed from it.
+// acknowledged write. What the acknowledgement promises depends on
+// Options.Sync (TOML `sync`):
+//
+//   - sync = false (default): the record is in the log file (page cache): it
+//     survives a kill of the process, not a crash of the machine. Flush (NBD
+//     FLUSH and FUA, AoE after each write without write_cache) returns once
+//     every record written before it is durable: the promise of a plain
+//     file device with an fdatasync per FLUSH/FUA.
+//   - sync = true: the acknowledgement also waits for the record's
+//     fdatasync; Flush then has nothing left to do.
+//
+// A record's synced field only ever claims offsets an fdatasync covered
+// when it was encoded; a segment-end marker claims the same, and its own
+// fdatasync makes the whole segment durable before the next one is written.
+//
+// # Invariants
+//
+// The applied position is persisted in the background (every
+// CheckpointInterval, on rotation and on Close), and replay on open starts
+// from it. Checkpoint keeps, in this order:
+//
+//  1. durable log ≥ applied position: the log is fdatasync'd up to the
+//     position first. After a machine crash the log may lose its unsynced
+//     tail; were the persisted position beyond the durable end, recovery
+//     would continue the sequence below it and replay (which skips records
+//     by sequence number) would drop the records logged anew. Recovery
+//     relies on it too: a bad record before the persisted position in its
+//     segment is corruption, never a torn tail.
+//  2. data device flushed ≥ applied position: the data device is flushed
+//     before the position is written, so nothing before it needs replay.
+//
+// So persisted ≤ durable end of the log ≤ written end of the log always.
 package replicate

@@ -27,7 +27,11 @@ type faultFS struct {
 	avail     int64 // < 0: the real value
 	writeErr  error // a segment write writes half and fails with this
 	syncErr   error // a segment fdatasync fails with this
-	syncCount int
+	syncCount int   // segment fdatasyncs
+	// syncGate, if set, holds every segment fdatasync: it first sends on
+	// syncEntered (if set), then waits until syncGate is closed.
+	syncGate    chan struct{}
+	syncEntered chan struct{}
 }
 
 func newFaultFS() *faultFS { return &faultFS{avail: -1} }
@@ -82,14 +86,30 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (f *faultFile) Sync() error {
+	if !f.seg {
+		return f.File.Sync()
+	}
 	f.fs.mu.Lock()
 	err := f.fs.syncErr
 	f.fs.syncCount++
+	gate, entered := f.fs.syncGate, f.fs.syncEntered
 	f.fs.mu.Unlock()
-	if err != nil && f.seg {
+	if gate != nil {
+		if entered != nil {
+			entered <- struct{}{}
+		}
+		<-gate
+	}
+	if err != nil {
 		return err
 	}
 	return f.File.Sync()
+}
+
+func (f *faultFS) syncs() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.syncCount
 }
 
 var errENOSPC = unix.ENOSPC

@@ -34,6 +34,14 @@ type Options struct {
 	CheckpointInterval time.Duration
 	Logger             *slog.Logger
 	FS                 FS // nil: OSFS
+	// Sync makes every write durable before it is acknowledged: WriteAt
+	// returns after the group-committed fdatasync of its record (TOML
+	// `sync = true`). Without it (the default) WriteAt returns once the
+	// record is written to the log file (the page cache: it survives a kill
+	// of the process, not a crash of the machine) and applied, and Flush
+	// makes every write acknowledged before it durable, the promise of a
+	// plain file device with an fdatasync per FLUSH/FUA.
+	Sync bool
 	// MinAppliedByPeers, if set, returns the lowest position applied on
 	// every other node of the resource; DeleteApplied keeps what it does
 	// not cover. Nil: only this node counts.
@@ -41,9 +49,10 @@ type Options struct {
 }
 
 // Primary is the replicated blockdev.Device of a resource's primary: every
-// WriteAt, Trim and WriteZeroes is appended to the log, made durable
-// (group commit), applied to the data device, and only then returns. Reads
-// come from the data device, which holds every acknowledged write.
+// WriteAt, Trim and WriteZeroes is appended to the log, applied to the data
+// device and only then returns; with Options.Sync it also waits until the
+// record is durable (group commit), otherwise Flush does. Reads come from
+// the data device, which holds every acknowledged write.
 type Primary struct {
 	data   blockdev.Device
 	opts   Options
@@ -158,9 +167,15 @@ func (p *Primary) recover() error {
 		if err != nil {
 			return fmt.Errorf("open log segment: %w", err)
 		}
+		// What was read may have been only in the page cache (the daemon
+		// was killed before a Flush): make it durable before the marker
+		// claims so, and before the applied position is persisted.
+		err = f.Sync()
 		marker := Record{Kind: KindSegmentEnd, Segment: s.Name.Seq, Seq: s.LastSeq + 1, Synced: s.End}
 		b, _ := marker.AppendBinary(nil)
-		_, err = f.WriteAt(b, s.End)
+		if err == nil {
+			_, err = f.WriteAt(b, s.End)
+		}
 		if err == nil {
 			err = f.Sync()
 		}
@@ -213,6 +228,7 @@ func (p *Primary) recover() error {
 	p.w = startWriter(&logWriter{
 		fsys: fsys, dir: dir, node: p.opts.Node, segSize: p.opts.SegmentSize, minFree: p.opts.MinFree,
 		resource: resName(p.opts.Resource), logger: p.logger, onRotate: func(SegmentInfo) { p.kickCheckpoint() },
+		syncEvery: p.opts.Sync,
 	}, cur, segs, last.Seq, last)
 	return nil
 }
@@ -226,9 +242,10 @@ func (p *Primary) ReadAt(b []byte, off int64) (int, error) { return p.data.ReadA
 // Size implements blockdev.Device.
 func (p *Primary) Size() int64 { return p.data.Size() }
 
-// WriteAt implements blockdev.Device: it returns once the write is durable
-// in the log and applied to the data device. A write that cannot be logged
-// for lack of space returns an error wrapping blockdev.ErrNoSpace.
+// WriteAt implements blockdev.Device: it returns once the write is in the
+// log and applied to the data device, and with Options.Sync durable in the
+// log (otherwise after the next Flush). A write that cannot be logged for
+// lack of space returns an error wrapping blockdev.ErrNoSpace.
 func (p *Primary) WriteAt(b []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(off, int64(len(b)), p.data.Size()); err != nil {
 		return 0, err
@@ -263,8 +280,9 @@ func (p *Primary) zero(k Kind, off, length int64) error {
 	return p.do([]*entry{{rec: Record{Kind: k, Offset: off, Length: length}}})
 }
 
-// do logs es, waits for durability and applies them in log order with
-// respect to overlapping earlier records.
+// do logs es, applies them in log order with respect to overlapping
+// earlier records and, with Options.Sync, waits for their fdatasync (which
+// runs meanwhile).
 func (p *Primary) do(es []*entry) error {
 	p.mu.Lock()
 	if p.closed {
@@ -308,6 +326,9 @@ func (p *Primary) do(es []*entry) error {
 		}
 	}
 	p.finish(es, true)
+	if p.opts.Sync {
+		return p.w.waitDurable(es[len(es)-1].pos.Seq)
+	}
 	return nil
 }
 
@@ -360,9 +381,11 @@ func (p *Primary) finish(es []*entry, ok bool) {
 	}
 }
 
-// Flush implements blockdev.Device. Every acknowledged write is already
-// durable in the log, so Flush only reports a failure of the log or of the
-// data device.
+// Flush implements blockdev.Device: it returns once every record written
+// to the log before it is durable. Concurrent callers share one fdatasync;
+// it returns at once when nothing is pending (always the case for
+// acknowledged writes with Options.Sync). It reports a failure of the log or
+// of the data device.
 func (p *Primary) Flush() error {
 	p.mu.Lock()
 	err := p.failed
@@ -370,7 +393,7 @@ func (p *Primary) Flush() error {
 	if err != nil {
 		return err
 	}
-	return p.w.sticky()
+	return p.w.flush()
 }
 
 func (p *Primary) kickCheckpoint() {
@@ -397,16 +420,17 @@ func (p *Primary) checkpointLoop() {
 	}
 }
 
-// Checkpoint flushes the data device and persists the applied position. It
-// runs in the background every CheckpointInterval, on rotation and on
-// Close; calling it directly is cheap when nothing was applied since.
+// Checkpoint makes the log durable up to the applied position, flushes the
+// data device and persists the position (see "Invariants" in the package
+// doc). It runs in the background every CheckpointInterval, on rotation and
+// on Close; calling it directly is cheap when nothing was applied since.
 func (p *Primary) Checkpoint() error {
 	p.ckMu.Lock()
 	defer p.ckMu.Unlock()
 	p.mu.Lock()
 	if len(p.pending) == 0 && p.failed == nil {
 		// Everything logged is applied; cover segment-end markers too.
-		if lp := p.w.lastPosition(); lp.Seq > p.applied.Seq {
+		if lp := p.w.writtenPosition(); lp.Seq > p.applied.Seq {
 			p.applied = lp
 		}
 	}
@@ -414,6 +438,12 @@ func (p *Primary) Checkpoint() error {
 	p.mu.Unlock()
 	if pos == persisted {
 		return nil
+	}
+	// Never persist an applied position past the durable end of the log:
+	// after a machine crash the log could end before it, and replay would
+	// skip (by sequence number) the records logged anew in its place.
+	if err := p.w.waitDurable(pos.Seq); err != nil {
+		return fmt.Errorf("make the log durable up to the applied position: %w", err)
 	}
 	if err := p.data.Flush(); err != nil {
 		return fmt.Errorf("flush data device: %w", err)
@@ -427,11 +457,6 @@ func (p *Primary) Checkpoint() error {
 	return nil
 }
 
-func (w *logWriter) lastPosition() Position {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.lastPos
-}
 
 // Rotate seals the current segment and starts a new one (`tharsis
 // log-rotate`). It does nothing when the current segment is empty.
@@ -523,7 +548,8 @@ type SegmentStatus struct {
 // Status is the state of the log for `tharsis view`.
 type Status struct {
 	Current   string   `json:"current"`
-	Written   Position `json:"written"`   // end of the log (durable)
+	Written   Position `json:"written"`   // end of the durable log (what peers may fetch)
+	Logged    Position `json:"logged"`    // end of the records in the log file, durable or not (≥ Written)
 	Applied   Position `json:"applied"`   // applied to the data device
 	Persisted Position `json:"persisted"` // applied position on disk
 	// PendingReplay is the number of log bytes after Persisted: what a
@@ -544,7 +570,8 @@ func (p *Primary) Status() Status {
 	w := p.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	st.Written = w.lastPos
+	st.Written = w.durable
+	st.Logged = w.lastPos
 	st.Current = w.current().String()
 	if w.err != nil && st.Err == "" {
 		st.Err = w.err.Error()

@@ -99,7 +99,8 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 		return res, fmt.Errorf("list log directory: %w", err)
 	}
 	var buf []byte
-	prev := uint64(0) // last sequence number seen in scanned segments
+	prev := uint64(0)   // last sequence number seen in scanned segments
+	maxSeq := uint64(0) // highest record of the scanned segments
 	for i, name := range names {
 		path := filepath.Join(dir, name.String())
 		if name.Seq < from.Segment && !opt.VerifyAll {
@@ -123,7 +124,11 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 		}
 		newest := i == len(names)-1
 		first := true
-		info, err := ScanSegment(f, size, name, ScanOptions{Newest: newest, PrevSeq: prev, Path: path, Resource: opt.Resource, Buf: buf},
+		var durable int64 // the applied position is durable (see "Invariants")
+		if name.Seq == from.Segment {
+			durable = from.Offset
+		}
+		info, err := ScanSegment(f, size, name, ScanOptions{Newest: newest, PrevSeq: prev, Durable: durable, Path: path, Resource: opt.Resource, Buf: buf},
 			func(rec Record, end int64) error {
 				if first && prev == 0 && rec.Seq > from.Seq+1 {
 					return &CorruptError{File: path, Offset: end - int64(rec.EncodedSize()), Resource: opt.Resource,
@@ -145,6 +150,7 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 			return res, err
 		}
 		if info.LastSeq != 0 {
+			maxSeq = max(maxSeq, info.LastSeq)
 			if info.LastSeq > res.last.Seq {
 				res.last = Position{Segment: name.Seq, Offset: info.End, Seq: info.LastSeq}
 			}
@@ -169,9 +175,9 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 		f.Close()
 		res.segs = append(res.segs, info)
 	}
-	if res.last.Seq < from.Seq {
+	if maxSeq != 0 && maxSeq < from.Seq {
 		return res, fmt.Errorf("%w: the applied position (%v) is past the end of the log in %s (record %d); the log lost records: run `tharsis invalidate %s` to resync this node",
-			ErrCorrupt, from, dir, res.last.Seq, resName(opt.Resource))
+			ErrCorrupt, from, dir, maxSeq, resName(opt.Resource))
 	}
 	return res, nil
 }

@@ -140,6 +140,10 @@ type ScanOptions struct {
 	// PrevSeq, if not 0, is the sequence number of the record before the
 	// segment's first record.
 	PrevSeq uint64
+	// Durable, if not 0, is an offset of the segment known from elsewhere
+	// to have been synced (the persisted applied position lies there): a
+	// bad record before it is corruption, never a torn tail.
+	Durable int64
 	// Path names the segment in errors.
 	Path     string
 	Resource string
@@ -175,6 +179,9 @@ func ScanSegment(r io.ReaderAt, size int64, n SegmentName, opt ScanOptions, fn f
 					return info, corrupt(off, "bytes after the segment-end marker (%v)", err)
 				}
 				return info, corrupt(off, "%v", err)
+			}
+			if off < opt.Durable {
+				return info, corrupt(off, "%v, but the applied position at offset %d says everything before it had been synced", err, opt.Durable)
 			}
 			if proof, ok := syncedPast(r, size, off, n.Seq, &buf); ok {
 				return info, corrupt(off, "%v, but the record at offset %d says everything before offset %d had been synced", err, proof.at, proof.synced)

@@ -27,28 +27,38 @@ type entry struct {
 	done     bool
 }
 
-// ticket is the group commit of one batch: done is closed once the batch is
-// durable (err == nil) or failed.
+// ticket is one batch of the writer: done is closed once the batch is
+// written to the segment file (err == nil) or failed. Written is not
+// durable: see logWriter.waitDurable.
 type ticket struct {
 	done chan struct{}
 	err  error
 }
 
-// logWriter appends records to the current segment with group commit: one
-// goroutine (flushLoop) writes every pending record with one pwrite, calls
-// fdatasync once and releases every waiter of the batch.
+// logWriter appends records to the current segment in two stages, as
+// pebble's LogWriter keeps flushing and syncing apart:
+//
+//   - flushLoop takes every pending record, writes them with one pwrite (the
+//     page cache) and releases the batch's ticket;
+//   - syncLoop calls fdatasync whenever some waiter wants a record durable
+//     (syncEvery: every batch; otherwise Flush and Checkpoint), once for all
+//     records written when it starts (group commit), and releases every
+//     waiter those records cover.
+//
+// So the pwrites of the next batch proceed while an fdatasync runs.
 type logWriter struct {
-	fsys     FS
-	dir      string
-	node     string
-	segSize  int64
-	minFree  int64
-	resource string
-	logger   *slog.Logger
-	onRotate func(sealed SegmentInfo)
+	fsys      FS
+	dir       string
+	node      string
+	segSize   int64
+	minFree   int64
+	resource  string
+	logger    *slog.Logger
+	onRotate  func(sealed SegmentInfo)
+	syncEvery bool // every written batch is synced at once (Options.Sync)
 
 	mu      sync.Mutex
-	cond    *sync.Cond
+	cond    *sync.Cond // flushLoop waits here for records or rotations
 	queue   []*entry
 	cur     *ticket
 	rotReq  []chan error
@@ -58,24 +68,42 @@ type logWriter struct {
 	// Owned by flushLoop; changed under mu so Status can read them.
 	f       File
 	segs    []SegmentInfo // every segment known; the last is current
-	written int64         // bytes in the current segment, all synced
-	lastSeq uint64        // last record written (and synced)
-	lastPos Position
+	written int64         // bytes written to the current segment
+	lastSeq uint64        // last record written
+	lastPos Position      // end of the last record written
+
+	// The sync stage, under mu.
+	syncCond  *sync.Cond    // syncLoop waits here for wantSeq > durable.Seq
+	durable   Position      // every record up to durable.Seq was fdatasync'd
+	wantSeq   uint64        // highest record some waiter wants durable
+	durableCh chan struct{} // closed and replaced when durable moves or the log fails
+	syncStop  bool          // set by close once flushLoop has ended
+	syncEnded bool          // syncLoop has returned
+	// syncMu is held by syncLoop while it syncs a file outside mu, so a
+	// rotation does not close the old segment under it.
+	syncMu sync.Mutex
 
 	loopDone chan struct{}
+	syncDone chan struct{}
 	buf      []byte
 }
 
 // startWriter starts a writer appending to the open, empty segment f (the
-// last of segs) after record lastSeq.
+// last of segs) after record lastSeq. Everything up to lastPos must be
+// durable.
 func startWriter(w *logWriter, f File, segs []SegmentInfo, lastSeq uint64, lastPos Position) *logWriter {
 	w.cond = sync.NewCond(&w.mu)
+	w.syncCond = sync.NewCond(&w.mu)
 	w.f = f
 	w.segs = segs
 	w.lastSeq = lastSeq
 	w.lastPos = lastPos
+	w.durable = lastPos
+	w.durableCh = make(chan struct{})
 	w.loopDone = make(chan struct{})
+	w.syncDone = make(chan struct{})
 	go w.flushLoop()
+	go w.syncLoop()
 	return w
 }
 
@@ -125,20 +153,129 @@ func (w *logWriter) rotate() error {
 	return <-ch
 }
 
-// close drains the queue, stops the flush loop and closes the segment. It
-// does not seal the segment.
+// close drains the queue, stops the flush loop, then the sync loop (after
+// the syncs already asked for), and closes the segment. It neither syncs
+// what nobody asked to be durable nor seals the segment.
 func (w *logWriter) close() error {
 	w.mu.Lock()
 	if w.closing {
 		w.mu.Unlock()
 		<-w.loopDone
+		<-w.syncDone
 		return nil
 	}
 	w.closing = true
 	w.cond.Signal()
 	w.mu.Unlock()
 	<-w.loopDone
+	w.mu.Lock()
+	w.syncStop = true
+	w.syncCond.Signal()
+	w.mu.Unlock()
+	<-w.syncDone
 	return w.f.Close()
+}
+
+// syncLoop is the second stage of the writer: it makes the written records
+// durable when some waiter wants them so (see waitDurable).
+func (w *logWriter) syncLoop() {
+	defer close(w.syncDone)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for {
+		for !w.syncStop && (w.err != nil || w.wantSeq <= w.durable.Seq || w.lastPos.Seq <= w.durable.Seq) {
+			w.syncCond.Wait()
+		}
+		if w.err != nil || w.wantSeq <= w.durable.Seq || w.lastPos.Seq <= w.durable.Seq {
+			// Stopping, and nothing (more) can be synced.
+			w.syncEnded = true
+			w.releaseDurable()
+			return
+		}
+		// Every record up to target is in the file f: one fdatasync makes
+		// all of them durable, whatever is written meanwhile.
+		target, f := w.lastPos, w.f
+		w.syncMu.Lock()
+		w.mu.Unlock()
+		err := f.Sync()
+		w.syncMu.Unlock()
+		w.mu.Lock()
+		if err != nil {
+			// After a failed fdatasync nothing is known about what
+			// reached the disk (fsyncgate); only a restart (recovery)
+			// can tell.
+			if w.err == nil {
+				w.err = fmt.Errorf("fdatasync log segment %s: %w; check the disk, then restart the daemon", w.segPath(SegmentName{Seq: target.Segment, Node: w.node}), err)
+				w.logger.Error("transaction log failed; writes are refused until the daemon is restarted", "err", w.err)
+			}
+		} else if target.Seq > w.durable.Seq {
+			w.durable = target
+		}
+		w.releaseDurable()
+	}
+}
+
+// releaseDurable wakes every waitDurable. Call with mu held.
+func (w *logWriter) releaseDurable() {
+	close(w.durableCh)
+	w.durableCh = make(chan struct{})
+}
+
+// waitDurable waits until every record up to seq (which must have been
+// written: its ticket released) is durable, asking the sync stage for an
+// fdatasync if none that covers it is under way. Concurrent waiters share
+// fdatasyncs. It returns at once when seq is durable already, and the
+// sticky error if the log failed before seq became durable.
+func (w *logWriter) waitDurable(seq uint64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for {
+		if seq <= w.durable.Seq {
+			return nil
+		}
+		if w.err != nil {
+			return w.err
+		}
+		if w.syncEnded {
+			return errClosed
+		}
+		if seq > w.wantSeq {
+			w.wantSeq = seq
+			w.syncCond.Signal()
+		}
+		ch := w.durableCh
+		w.mu.Unlock()
+		<-ch
+		w.mu.Lock()
+	}
+}
+
+// flush waits until every record written so far is durable (Flush). It
+// reports a failed log even when nothing is pending.
+func (w *logWriter) flush() error {
+	w.mu.Lock()
+	seq, err := w.lastSeq, w.err
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return w.waitDurable(seq)
+}
+
+// lastPosition returns the end of the durable prefix of the log: what may
+// be shipped to peers and what an applied position may claim.
+func (w *logWriter) lastPosition() Position {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.durable
+}
+
+// writtenPosition returns the end of the last record written to the log
+// file (durable or not).
+func (w *logWriter) writtenPosition() Position {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastPos
 }
 
 func (w *logWriter) flushLoop() {
@@ -179,6 +316,7 @@ func (w *logWriter) fail(err error) error {
 		w.err = err
 	}
 	err = w.err
+	w.releaseDurable()
 	w.mu.Unlock()
 	w.logger.Error("transaction log failed; writes are refused until the daemon is restarted", "err", err)
 	return err
@@ -199,8 +337,9 @@ func (w *logWriter) noSpace(need int, cause error) error {
 		blockdev.ErrNoSpace, w.dir, w.resource, need, w.minFree, w.resource)
 }
 
-// writeBatch writes and syncs the records of q. On failure nothing of q is
-// left in the segment.
+// writeBatch writes the records of q (with syncEvery, it also asks the sync
+// stage to make them durable). On failure nothing of q is left in the
+// segment.
 func (w *logWriter) writeBatch(q []*entry) error {
 	err := w.writeBatchOnce(q)
 	if err != nil {
@@ -219,9 +358,11 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 	start := w.written
 	buf := w.buf[:0]
 	seq := w.lastSeq
+	// A record may only claim what an fdatasync has really covered.
+	synced := w.durableIn(seg.Seq)
 	for _, e := range q {
 		seq++
-		e.rec.Segment, e.rec.Seq, e.rec.Synced = seg.Seq, seq, start
+		e.rec.Segment, e.rec.Seq, e.rec.Synced = seg.Seq, seq, synced
 		var err error
 		if buf, err = e.rec.AppendBinary(buf); err != nil {
 			return fmt.Errorf("encode log record: %w", err)
@@ -250,11 +391,6 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 		}
 		return fmt.Errorf("write log segment %s: %w", w.segPath(seg), err)
 	}
-	if err := w.f.Sync(); err != nil {
-		// After a failed fdatasync nothing is known about what reached
-		// the disk (fsyncgate); only a restart (recovery) can tell.
-		return w.fail(fmt.Errorf("fdatasync log segment %s: %w; check the disk, then restart the daemon", w.segPath(seg), err))
-	}
 	w.mu.Lock()
 	w.written = start + int64(len(buf))
 	w.lastSeq = seq
@@ -266,8 +402,24 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 	cur.LastSeq = seq
 	cur.Records += len(q)
 	cur.End = w.written
+	if w.syncEvery && seq > w.wantSeq {
+		w.wantSeq = seq
+	}
+	if w.wantSeq > w.durable.Seq {
+		w.syncCond.Signal()
+	}
 	w.mu.Unlock()
 	return nil
+}
+
+// durableIn returns the offset up to which segment seg is known durable.
+func (w *logWriter) durableIn(seg uint64) int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.durable.Segment == seg {
+		return w.durable.Offset
+	}
+	return 0
 }
 
 // rotateNow seals the current segment with an end marker and continues in a
@@ -299,7 +451,10 @@ func (w *logWriter) rotateNow(explicit bool) error {
 		undo()
 		return fmt.Errorf("sync log directory %s: %w", w.dir, err)
 	}
-	marker := Record{Kind: KindSegmentEnd, Segment: old.Seq, Seq: w.lastSeq + 1, Synced: w.written}
+	// The marker claims only what is durable already; its own fdatasync
+	// then covers the rest of the segment before anything is written to
+	// the next one.
+	marker := Record{Kind: KindSegmentEnd, Segment: old.Seq, Seq: w.lastSeq + 1, Synced: w.durableIn(old.Seq)}
 	b, _ := marker.AppendBinary(nil)
 	if n, err := w.f.WriteAt(b, w.written); err != nil || n != len(b) {
 		if terr := w.f.Truncate(w.written); terr != nil {
@@ -326,8 +481,14 @@ func (w *logWriter) rotateNow(explicit bool) error {
 	sealed := *cur
 	w.segs = append(w.segs, SegmentInfo{Name: next})
 	w.written = 0
+	w.durable = w.lastPos // the marker's fdatasync covered the segment
+	w.releaseDurable()
 	w.mu.Unlock()
-	if err := oldf.Close(); err != nil {
+	// A sync of the old segment may still be running in syncLoop.
+	w.syncMu.Lock()
+	err = oldf.Close()
+	w.syncMu.Unlock()
+	if err != nil {
 		w.logger.Warn("closing sealed log segment", "segment", old, "err", err)
 	}
 	w.logger.Info("transaction log rotated", "sealed", old.String(), "current", next.String())
