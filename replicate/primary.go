@@ -457,7 +457,6 @@ func (p *Primary) Checkpoint() error {
 	return nil
 }
 
-
 // Rotate seals the current segment and starts a new one (`tharsis
 // log-rotate`). It does nothing when the current segment is empty.
 func (p *Primary) Rotate() error { return p.w.rotate() }
