@@ -118,6 +118,13 @@ func BuildGuest(ctx context.Context) (*Guest, error) {
 		return nil, err
 	}
 	g.Rebuilt = true
+	// Inputs changed: older entries can never be hit again.
+	old, _ := filepath.Glob(filepath.Join(CacheDir(), "guest-*"))
+	for _, d := range old {
+		if d != dir {
+			os.RemoveAll(d)
+		}
+	}
 	return g, nil
 }
 
