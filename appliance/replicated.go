@@ -27,6 +27,7 @@ func openReplicated(d *Daemon, rc *config.Resource, disk blockdev.Device, log *s
 		Node:        d.node.Name,
 		Resource:    rc.Name,
 		SegmentSize: rc.SegmentSize,
+		Sync:        rc.Sync,
 		Logger:      log,
 	})
 	if err != nil {
