@@ -45,6 +45,7 @@ func newCore(iface string, targets []TargetConfig, node string, logger *slog.Log
 			return nil, fmt.Errorf("AoE target %s is configured twice on %s; give each export its own shelf.slot", t.name, iface)
 		}
 		c.byAddr[key] = t
+		t.idx = len(c.targets)
 		c.targets = append(c.targets, t)
 	}
 	return c, nil

@@ -97,6 +97,14 @@ type target struct {
 	writes  atomic.Uint64
 	ioerrs  atomic.Uint64
 	dropped atomic.Uint64 // frames dropped by the Mac Mask list
+	// idx is the target's index in its core's targets.
+	idx int
+	// inlineWrites: the device's WriteAt only copies into the page cache
+	// or memory (blockdev.File, blockdev.Memory), so a receiving worker may
+	// call it itself. Any other device (e.g. replicate.Primary, whose
+	// WriteAt waits for the log's fdatasync) is written from the write
+	// stage, so that many writes are in flight at once.
+	inlineWrites bool
 }
 
 func newTarget(cfg TargetConfig, node string, logger *slog.Logger) (*target, error) {
@@ -125,6 +133,7 @@ func newTarget(cfg TargetConfig, node string, logger *slog.Logger) (*target, err
 	if cfg.Firmware == "" {
 		t.cfg.Firmware = "tharsis1"
 	}
+	t.inlineWrites = inlineDevice(cfg.Device)
 	t.buildIdent()
 	st := &targetState{}
 	for _, a := range cfg.AllowMACs {
@@ -276,6 +285,33 @@ func (t *target) putIdent(b []byte, sectors uint64) {
 	}
 	binary.LittleEndian.PutUint32(b[120:124], uint32(lba28)) // words 60-61
 	binary.LittleEndian.PutUint64(b[200:208], sectors&0xffffffffffff)
+}
+
+// inlineDevice reports whether d's WriteAt returns without waiting for a
+// sync (a variable so that tests can make a fake device count as one).
+var inlineDevice = func(d blockdev.Device) bool {
+	switch d.(type) {
+	case *blockdev.File, *blockdev.Memory:
+		return true
+	}
+	return false
+}
+
+// blocks reports whether handling the request frame b[:n] may wait for the
+// device to sync: FLUSH CACHE (EXT) always, and writes to a device whose
+// WriteAt is not inline (see target.inlineWrites). Such frames are handled
+// off the receiving path.
+func (t *target) blocks(b []byte, n int) bool {
+	if n < ATAFrameLen || Command(b[19]) != CmdATA {
+		return false
+	}
+	switch b[HeaderLen+3] {
+	case ATAFlushCache, ATAFlushCacheExt:
+		return true
+	case ATAWriteSectors, ATAWriteSectorsExt:
+		return !t.inlineWrites && !t.cfg.ReadOnly
+	}
+	return false
 }
 
 // env is what request handling needs to know about the interface.

@@ -41,6 +41,12 @@ type Server struct {
 	conn    *packet.Conn
 	raw     syscall.RawConn
 	workers int
+	frames  int // frame buffers of the write stage (and its writers)
+
+	// The write stage, created by Serve.
+	pool    chan *frame  // free frames
+	slowq   chan *frame  // frames for the writers
+	commits []*committer // by target.idx
 
 	mu      sync.Mutex
 	closed  bool
@@ -92,9 +98,13 @@ func NewServer(iface string, targets []TargetConfig, logger *slog.Logger) (*Serv
 	for _, t := range c.targets {
 		bufs += int(t.bufcnt)
 	}
-	// Enough buffers in workers for every advertised frame, twice over, so
-	// a worker waiting on a flush does not stall the others.
+	// Receiving workers: enough buffers for every advertised frame, twice
+	// over. Workers hand frames that wait for a sync to the write stage,
+	// whose frames (and writer goroutines) also cover every advertised
+	// frame twice over (retransmits, several initiators), within a fixed
+	// bound so memory stays bounded whatever the bufcnt.
 	s.workers = min(max(4, 2*bufs/batchLen), 64)
+	s.frames = min(max(2*bufs, 64), maxFrames)
 	rcvbuf := min(bufs*c.frameLen*2, 64<<20)
 	_ = s.raw.Control(func(fd uintptr) {
 		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf) != nil {
@@ -186,6 +196,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	stopStages := s.startStages()
 	errc := make(chan error, s.workers)
 	var wg sync.WaitGroup
 	for range s.workers {
@@ -219,6 +230,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	cancel()
 	s.Close()
 	wg.Wait()
+	stopStages() // frames in flight are finished (their responses are not sent)
 	return err
 }
 
@@ -258,38 +270,240 @@ func (s *Server) Close() error {
 	return s.conn.Close()
 }
 
-// worker receives a batch of frames, handles them, flushes the devices the
-// batch wrote to (unless write-cached) and sends the responses.
+// maxFrames bounds the write stage's frame buffers per Server (about 4.5 MB
+// of 9 KB buffers).
+const maxFrames = 512
+
+// A frame is a request buffer that a receiving worker handed to the write
+// stage in exchange for a free one: writers handle it (WriteAt may wait for
+// a sync), the target's committer flushes the device and sends its
+// response, and then it returns to the pool.
+type frame struct {
+	buf   []byte // s.frameLen bytes
+	n     int    // request length; once handled, the response length
+	t     *target
+	e     *env
+	flush bool // the response acknowledges a write: flush before sending
+}
+
+// committer group-commits one target's write responses: it takes every
+// response queued, flushes the device once for all of them (concurrent
+// writes share one fdatasync), then sends them with one sendmmsg. While it
+// flushes, workers and writers keep queueing the next group.
+type committer struct {
+	s     *Server
+	t     *target
+	q     chan *frame
+	batch []*frame
+	snd   *sender
+}
+
+// startStages creates the frame pool, the writers and one committer per
+// target. The returned function stops them once no worker runs any more.
+func (s *Server) startStages() (stop func()) {
+	s.pool = make(chan *frame, s.frames)
+	s.slowq = make(chan *frame, s.frames)
+	for range s.frames {
+		s.pool <- &frame{buf: make([]byte, s.frameLen)}
+	}
+	var writers, committers sync.WaitGroup
+	for range s.frames {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			s.write()
+		}()
+	}
+	for _, t := range s.targets {
+		c := &committer{s: s, t: t, q: make(chan *frame, s.frames),
+			batch: make([]*frame, 0, s.frames), snd: newSender(s, s.frames)}
+		s.commits = append(s.commits, c)
+		committers.Add(1)
+		go func() {
+			defer committers.Done()
+			c.run()
+		}()
+	}
+	return func() {
+		close(s.slowq)
+		writers.Wait()
+		for _, c := range s.commits {
+			close(c.q)
+		}
+		committers.Wait()
+	}
+}
+
+// write is one writer: it handles frames that may block (writes to a
+// device whose WriteAt waits for a sync, FLUSH CACHE), so that as many of
+// them are in flight as the initiators keep outstanding.
+func (s *Server) write() {
+	for f := range s.slowq {
+		o := f.t.handle(f.buf, f.n, f.e)
+		if o.n == 0 {
+			s.release(f)
+			continue
+		}
+		f.n, f.flush = o.n, o.flush
+		s.commits[f.t.idx].q <- f // never blocks: the queue holds every frame
+	}
+}
+
+func (s *Server) release(f *frame) {
+	f.t, f.e, f.flush = nil, nil, false
+	s.pool <- f // never blocks: the pool holds every frame
+}
+
+func (c *committer) run() {
+	for f := range c.q {
+		c.batch = append(c.batch[:0], f)
+	drain:
+		for len(c.batch) < cap(c.batch) {
+			select {
+			case f, ok := <-c.q:
+				if !ok {
+					break drain
+				}
+				c.batch = append(c.batch, f)
+			default:
+				break drain
+			}
+		}
+		c.commit()
+	}
+}
+
+// commit flushes the device if a queued response acknowledges a write,
+// marks those responses ERR|DRDY with UNC if the flush failed, sends the
+// batch and returns its frames to the pool.
+func (c *committer) commit() {
+	var err error
+	for _, f := range c.batch {
+		if f.flush {
+			if err = c.t.cfg.Device.Flush(); err != nil {
+				c.t.ioerrs.Add(1)
+				c.t.log.Error("flush after write failed; reporting UNC to the initiator", "err", err)
+			}
+			break
+		}
+	}
+	for _, f := range c.batch {
+		if err != nil && f.flush {
+			setUNC(f.buf)
+		}
+		c.snd.add(f.buf[:f.n])
+	}
+	c.snd.send()
+	for i, f := range c.batch {
+		c.s.release(f)
+		c.batch[i] = nil
+	}
+}
+
+// setUNC turns the ATA response frame b into ERR|DRDY with UNC.
+func setUNC(b []byte) {
+	arg := b[HeaderLen:ATAFrameLen]
+	arg[1], arg[3] = ATAErrUNC, ATAStatusDRDY|ATAStatusERR
+}
+
+// sender queues responses and sends them with sendmmsg.
+type sender struct {
+	s     *Server
+	out   []mmsghdr
+	iov   []unix.Iovec
+	n     int // queued
+	sent  int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool
+}
+
+func newSender(s *Server, n int) *sender {
+	q := &sender{s: s, out: make([]mmsghdr, n), iov: make([]unix.Iovec, n)}
+	for i := range q.out {
+		q.out[i].hdr.Iov = &q.iov[i]
+		q.out[i].hdr.SetIovlen(1)
+	}
+	q.fn = q.do
+	return q
+}
+
+// add queues b and returns its index; the caller sends before the queue
+// is full.
+func (q *sender) add(b []byte) int {
+	i := q.n
+	q.iov[i].Base = &b[0]
+	q.iov[i].SetLen(len(b))
+	q.n++
+	return i
+}
+
+// do runs sendmmsg for the queued responses from q.sent on.
+func (q *sender) do(fd uintptr) bool {
+	for q.sent < q.n {
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&q.out[q.sent])),
+			uintptr(q.n-q.sent), unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			q.sent += int(r)
+		case unix.EINTR:
+		case unix.EAGAIN, unix.ENOBUFS:
+			return false
+		default:
+			// A response the interface refuses (e.g. larger than a
+			// lowered MTU): drop it, the initiator retransmits.
+			q.errno = errno
+			q.sent++
+		}
+	}
+	return true
+}
+
+// send sends the queue and empties it.
+func (q *sender) send() {
+	if q.n == 0 {
+		return
+	}
+	q.sent, q.errno = 0, 0
+	if err := q.s.raw.Write(q.fn); err != nil {
+		q.s.log.Debug("AoE send failed", "err", err)
+	}
+	if q.errno != 0 {
+		q.s.log.Warn("AoE response dropped by the interface", "err", q.errno)
+	}
+	q.n = 0
+}
+
+// worker receives a batch of frames and answers it. It handles reads and
+// other quick requests itself; it hands frames whose handling waits for a
+// sync to the write stage (writers, then the target's committer) in
+// exchange for free buffers, so that it goes on receiving while syncs run.
+// Only when every frame of the pool is in use does it handle such a frame
+// itself, flushing once per batch.
 type worker struct {
-	s      *Server
-	bufs   [][]byte
-	iovs   []unix.Iovec
-	names  []unix.RawSockaddrLinklayer
-	hdrs   []mmsghdr
-	out    []mmsghdr // responses queued for sendmmsg
-	outIov []unix.Iovec
-	nout   int
-	flush  []*target // targets written by this batch, not yet flushed
-	fixup  []int     // indexes into out of responses that wait on a flush
-	fixT   []*target
-	extra  [][]byte // buffers for broadcast fan-out
-	route  []*target
+	s     *Server
+	bufs  [][]byte
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrLinklayer
+	hdrs  []mmsghdr
+	snd   *sender   // responses of this batch
+	flush []*target // targets written by this batch, not yet flushed
+	fixup []int     // indexes into snd of responses that wait on a flush
+	fixT  []*target
+	extra [][]byte // buffers for broadcast fan-out
+	route []*target
 
 	nrecv  int
-	sent   int
 	errno  syscall.Errno
 	readFn func(fd uintptr) bool
-	sendFn func(fd uintptr) bool
 }
 
 func newWorker(s *Server) *worker {
 	w := &worker{s: s,
-		bufs:   make([][]byte, batchLen),
-		iovs:   make([]unix.Iovec, batchLen),
-		names:  make([]unix.RawSockaddrLinklayer, batchLen),
-		hdrs:   make([]mmsghdr, batchLen),
-		out:    make([]mmsghdr, batchLen+len(s.targets)),
-		outIov: make([]unix.Iovec, batchLen+len(s.targets)),
+		bufs:  make([][]byte, batchLen),
+		iovs:  make([]unix.Iovec, batchLen),
+		names: make([]unix.RawSockaddrLinklayer, batchLen),
+		hdrs:  make([]mmsghdr, batchLen),
+		snd:   newSender(s, batchLen+len(s.targets)),
 	}
 	for i := range w.bufs {
 		w.bufs[i] = make([]byte, s.frameLen)
@@ -299,12 +513,7 @@ func newWorker(s *Server) *worker {
 		w.hdrs[i].hdr.Iov = &w.iovs[i]
 		w.hdrs[i].hdr.SetIovlen(1)
 	}
-	for i := range w.out {
-		w.out[i].hdr.Iov = &w.outIov[i]
-		w.out[i].hdr.SetIovlen(1)
-	}
 	w.readFn = w.doRead
-	w.sendFn = w.doSend
 	return w
 }
 
@@ -329,32 +538,22 @@ func (w *worker) doRead(fd uintptr) bool {
 	}
 }
 
-// doSend runs sendmmsg for the queued responses from w.sent on.
-func (w *worker) doSend(fd uintptr) bool {
-	for w.sent < w.nout {
-		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.out[w.sent])),
-			uintptr(w.nout-w.sent), unix.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case 0:
-			w.sent += int(r)
-		case unix.EINTR:
-		case unix.EAGAIN, unix.ENOBUFS:
-			return false
-		default:
-			// A response the interface refuses (e.g. larger than a
-			// lowered MTU): drop it, the initiator retransmits.
-			w.errno = errno
-			w.sent++
-		}
+// handoff exchanges the frame buffer w.bufs[i] for a free frame of the pool
+// and returns that frame, now holding the buffer; nil if the pool is empty.
+func (w *worker) handoff(i int) *frame {
+	var f *frame
+	select {
+	case f = <-w.s.pool:
+	default:
+		return nil
 	}
-	return true
+	f.buf, w.bufs[i] = w.bufs[i], f.buf
+	w.iovs[i].Base = &w.bufs[i][0]
+	return f
 }
 
 func (w *worker) queue(b []byte, t *target, flush bool) {
-	i := w.nout
-	w.outIov[i].Base = &b[0]
-	w.outIov[i].SetLen(len(b))
-	w.nout++
+	i := w.snd.add(b)
 	if flush {
 		if !containsTarget(w.flush, t) {
 			w.flush = append(w.flush, t)
@@ -383,24 +582,40 @@ func (w *worker) commit() {
 			t.log.Error("flush after write failed; reporting UNC to the initiator", "err", err)
 			for j, i := range w.fixup {
 				if w.fixT[j] == t {
-					arg := unsafe.Slice(w.outIov[i].Base, ATAFrameLen)[HeaderLen:]
-					arg[1], arg[3] = ATAErrUNC, ATAStatusDRDY|ATAStatusERR
+					setUNC(unsafe.Slice(w.snd.iov[i].Base, ATAFrameLen))
 				}
 			}
 		}
 	}
 	w.flush, w.fixup, w.fixT = w.flush[:0], w.fixup[:0], w.fixT[:0]
-	if w.nout == 0 {
+	w.snd.send()
+}
+
+// handle answers the frame w.bufs[i] (n bytes) addressed to t alone.
+func (w *worker) handle(i, n int, t *target, e *env) {
+	s := w.s
+	b := w.bufs[i]
+	if t.blocks(b, n) {
+		if f := w.handoff(i); f != nil {
+			f.t, f.n, f.e = t, n, e
+			s.slowq <- f // never blocks: the queue holds every frame
+			return
+		}
+	}
+	o := t.handle(b, n, e)
+	if o.n == 0 {
 		return
 	}
-	w.sent, w.errno = 0, 0
-	if err := w.s.raw.Write(w.sendFn); err != nil {
-		w.s.log.Debug("AoE send failed", "err", err)
+	if o.flush {
+		// Written to the page cache: the committer flushes it together
+		// with every other write that arrives meanwhile.
+		if f := w.handoff(i); f != nil {
+			f.t, f.n, f.flush = t, o.n, true
+			s.commits[t.idx].q <- f
+			return
+		}
 	}
-	if w.errno != 0 {
-		w.s.log.Warn("AoE response dropped by the interface", "err", w.errno)
-	}
-	w.nout = 0
+	w.queue(b[:o.n], t, o.flush)
 }
 
 func (w *worker) run() error {
@@ -434,10 +649,7 @@ func (w *worker) run() error {
 				e = s.env.Load()
 			}
 			if len(w.route) == 1 {
-				t := w.route[0]
-				if o := t.handle(b, n, e); o.n > 0 {
-					w.queue(b[:o.n], t, o.flush)
-				}
+				w.handle(i, n, w.route[0], e)
 				continue
 			}
 			// A broadcast reaching several targets: one response each,
