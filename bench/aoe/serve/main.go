@@ -1,7 +1,11 @@
 // Command serve exports a file as one AoE target on an interface with
-// tharsis' aoe.Server, for bench/aoe.sh (until `tharsis run` serves AoE).
+// tharsis' aoe.Server, without the daemon: for bench/aoe.sh with
+// BENCH_THARSIS=serve, and for profiling the target alone. With -log DIR
+// the device is replicate.Primary over the file (the transaction log in
+// DIR, as `tharsis run` does with replicated = true); put DIR on the same
+// disk-backed filesystem as the file (not tmpfs, where fsync is free).
 //
-//	serve -i IFACE -f FILE [-shelf 1] [-slot 1] [-write-cache] [-ro] [-bufcnt 64]
+//	serve -i IFACE -f FILE [-shelf 1] [-slot 1] [-write-cache] [-ro] [-bufcnt 64] [-log DIR [-sync]]
 package main
 
 import (
@@ -15,6 +19,7 @@ import (
 
 	"github.com/tharsis/tharsis/aoe"
 	"github.com/tharsis/tharsis/blockdev"
+	"github.com/tharsis/tharsis/replicate"
 )
 
 func main() {
@@ -25,23 +30,34 @@ func main() {
 	wc := flag.Bool("write-cache", false, "acknowledge writes before flushing (vblade's default)")
 	ro := flag.Bool("ro", false, "read-only")
 	bufcnt := flag.Int("bufcnt", 64, "buffer count advertised")
+	logDir := flag.String("log", "", "replicate through a transaction log in this directory (replicate.Primary)")
+	syncEvery := flag.Bool("sync", false, "with -log: acknowledge a write only after the log's fdatasync (TOML sync = true)")
 	flag.Parse()
-	if err := run(*iface, *file, uint16(*shelf), uint8(*slot), *wc, *ro, *bufcnt); err != nil {
+	if err := run(*iface, *file, uint16(*shelf), uint8(*slot), *wc, *ro, *bufcnt, *logDir, *syncEvery); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		os.Exit(1)
 	}
 }
 
-func run(iface, file string, shelf uint16, slot uint8, wc, ro bool, bufcnt int) error {
+func run(iface, file string, shelf uint16, slot uint8, wc, ro bool, bufcnt int, logDir string, syncEvery bool) error {
 	if iface == "" || file == "" {
-		return fmt.Errorf("usage: serve -i IFACE -f FILE [-write-cache] [-ro]")
+		return fmt.Errorf("usage: serve -i IFACE -f FILE [-write-cache] [-ro] [-log DIR [-sync]]")
 	}
-	dev, err := blockdev.OpenFile(file, ro)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	disk, err := blockdev.OpenFile(file, ro)
 	if err != nil {
 		return err
 	}
+	var dev blockdev.Device = disk
+	if logDir != "" {
+		// The Primary owns the file and closes it.
+		if dev, err = replicate.OpenPrimary(disk, replicate.Options{Dir: logDir, Node: "bench",
+			Resource: "bench", Sync: syncEvery, Logger: log}); err != nil {
+			disk.Close()
+			return err
+		}
+	}
 	defer dev.Close()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv, err := aoe.NewServer(iface, []aoe.TargetConfig{{Shelf: shelf, Slot: slot, Device: dev,
 		WriteCache: wc, ReadOnly: ro, BufCnt: bufcnt}}, log)
 	if err != nil {
