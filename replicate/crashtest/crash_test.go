@@ -22,6 +22,7 @@ import (
 
 var (
 	cycles = flag.Int("cycles", 3, "kill -9 cycles of TestCrashKill9")
+	syncOn = flag.Bool("sync", false, "run the daemon with `sync = true` (fdatasync before each acknowledgement); a kill -9 must lose no acknowledged write either way")
 	nbdkit = flag.String("nbdkit", "", "self-check of the harness: serve the image with this nbdkit binary instead of tharsis run (TestCrashKill9 only)")
 )
 
@@ -113,10 +114,10 @@ func newCluster(t *testing.T, logDir string) *cluster {
 	f.Close()
 	state := filepath.Join(c.dir, "alpha")
 	c.logDir = filepath.Join(state, "r0", "log")
-	logLine := ""
+	logLine := fmt.Sprintf("sync = %v\n", *syncOn)
 	if logDir != "" {
 		c.logDir = logDir
-		logLine = fmt.Sprintf("log_dir = %q\n", logDir)
+		logLine += fmt.Sprintf("log_dir = %q\n", logDir)
 	}
 	cfg := fmt.Sprintf(`[nodes.alpha]
 replication = %q

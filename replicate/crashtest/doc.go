@@ -4,4 +4,8 @@
 // and check every acknowledged write after each restart. Test-only.
 //
 //	go test ./replicate/crashtest/ -run Crash -cycles 100 -v
+//	go test ./replicate/crashtest/ -run Crash -cycles 100 -sync -v   # sync = true
+//
+// The daemon runs with the resource's default `sync = false` (acknowledged
+// from the page cache, which a process kill keeps) unless -sync is given.
 package crashtest
