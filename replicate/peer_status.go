@@ -1,0 +1,174 @@
+package replicate
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Roles of a node for a resource in ResourceStatus.
+const (
+	RolePrimary   = "primary"
+	RoleSecondary = "secondary"
+)
+
+// NodeStatus is what a node tells its peers about itself (and what `tharsis
+// view` renders for every node): one entry per resource it holds a log of.
+type NodeStatus struct {
+	Node      string           `json:"node"`
+	Time      time.Time        `json:"time"` // the node's clock when taken
+	Resources []ResourceStatus `json:"resources"`
+}
+
+// Resource returns the status of resource res, or false.
+func (n *NodeStatus) Resource(res string) (ResourceStatus, bool) {
+	for _, r := range n.Resources {
+		if r.Resource == res {
+			return r, true
+		}
+	}
+	return ResourceStatus{}, false
+}
+
+// ResourceStatus is one node's replication state of one resource.
+type ResourceStatus struct {
+	Resource string `json:"resource"`
+	Role     string `json:"role"` // RolePrimary or RoleSecondary
+	// End is the durable end of the log held here: what was written (on
+	// the primary) or fetched and fsync'd (on a secondary).
+	End Position `json:"end"`
+	// Applied is the position up to which the data device holds the log:
+	// the replay position of a secondary (persisted), the applied position
+	// of the primary. During a full sync it is the position the sync
+	// started from (the node needs the log after it).
+	Applied Position `json:"applied"`
+	// Consistent is false while a sync has not finished, or after it
+	// finished until the log written during it is replayed.
+	Consistent bool `json:"consistent"`
+	// Source is the peer a secondary fetches from ("" when not fetching)
+	// and SourceEnd the log end that peer reported last.
+	Source    string   `json:"source,omitempty"`
+	SourceEnd Position `json:"source_end"`
+	// LagBytes is the log a secondary has not replayed yet: what it has not
+	// fetched from its source plus what it fetched but did not replay.
+	LagBytes int64 `json:"lag_bytes"`
+	// LagSeconds is how long ago this node's data device last held the
+	// whole log of its source (0 when caught up); it needs no clock sync.
+	LagSeconds   float64 `json:"lag_seconds"`
+	FetchPaused  bool    `json:"fetch_paused,omitempty"`
+	ReplayPaused bool    `json:"replay_paused,omitempty"`
+	SyncPaused   bool    `json:"sync_paused,omitempty"`
+	// Sync is the progress of a full sync, when one is running or needed.
+	Sync     *SyncProgress    `json:"sync,omitempty"`
+	Segments []SegmentSummary `json:"segments"`
+	Err      string           `json:"error,omitempty"`
+}
+
+// SegmentSummary is one segment of a node's log in its status.
+type SegmentSummary struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	Sealed bool   `json:"sealed"`
+	// SHA256 is the hex SHA-256 of a sealed segment's bytes (empty for the
+	// segment being written, or until it is computed), so nodes holding the
+	// same segment can be compared.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// SyncProgress is the progress of a fast full sync.
+type SyncProgress struct {
+	// State is "needed" (not started: paused or no source), "running" or
+	// "catching-up" (chunks done, replaying the log written meanwhile).
+	State string `json:"state"`
+	// Start is the source's applied position when the sync started; the
+	// log after it is replayed once the chunks are done.
+	Start  Position `json:"start"`
+	Source string   `json:"source,omitempty"`
+	// Compared and Total count bytes of the device compared so far and in
+	// all; Transferred the bytes of differing chunks copied.
+	Compared    int64     `json:"compared_bytes"`
+	Total       int64     `json:"total_bytes"`
+	Transferred int64     `json:"transferred_bytes"`
+	Started     time.Time `json:"started,omitzero"`
+	ETASeconds  float64   `json:"eta_seconds"`
+}
+
+// segmentSums caches the SHA-256 of sealed segments (they never change).
+// Sums are computed in the background, one at a time, so a status request
+// never waits for hashing a large segment.
+var segmentSums = struct {
+	sync.Mutex
+	m    map[string]string // path|size -> hex sum
+	busy bool
+	todo []sumJob
+}{m: map[string]string{}}
+
+type sumJob struct {
+	key, path string
+	size      int64
+}
+
+// segmentSum returns the cached SHA-256 of a sealed segment, or "" (and
+// queues its computation).
+func segmentSum(dir, name string, size int64, sealed bool) string {
+	if !sealed {
+		return ""
+	}
+	path := filepath.Join(dir, name)
+	key := fmt.Sprintf("%s|%d", path, size)
+	s := &segmentSums
+	s.Lock()
+	defer s.Unlock()
+	if v, ok := s.m[key]; ok {
+		return v
+	}
+	for _, j := range s.todo {
+		if j.key == key {
+			return ""
+		}
+	}
+	if len(s.todo) < 64 {
+		s.todo = append(s.todo, sumJob{key: key, path: path, size: size})
+	}
+	if !s.busy {
+		s.busy = true
+		go sumWorker()
+	}
+	return ""
+}
+
+func sumWorker() {
+	s := &segmentSums
+	for {
+		s.Lock()
+		if len(s.todo) == 0 {
+			s.busy = false
+			s.Unlock()
+			return
+		}
+		j := s.todo[0]
+		s.todo = s.todo[1:]
+		s.Unlock()
+		sum := ""
+		if f, err := os.Open(j.path); err == nil {
+			h := sha256.New()
+			if n, err := io.Copy(h, io.LimitReader(f, j.size)); err == nil && n == j.size {
+				sum = hex.EncodeToString(h.Sum(nil))
+			}
+			f.Close()
+		}
+		s.Lock()
+		if sum != "" {
+			if len(s.m) > 4096 {
+				clear(s.m)
+			}
+			s.m[j.key] = sum
+		}
+		s.Unlock()
+	}
+}

@@ -1,0 +1,500 @@
+package replicate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/tharsis/tharsis/blockdev"
+)
+
+// Defaults of SecondaryOptions.
+const (
+	DefaultRetryInterval = 2 * time.Second
+	DefaultChunkSize     = 1 << 20
+)
+
+// stateFile holds a secondary's switches and sync state (JSON, replaced
+// atomically) beside its segments and its replay position ("applied").
+const stateFile = "secondary.json"
+
+// SecondaryOptions configure OpenSecondary.
+type SecondaryOptions struct {
+	Dir      string // log directory of the resource on this node (created if missing)
+	Node     string // this node's name
+	Resource string
+	Secret   []byte // the cluster secret (contents of secret_file)
+	// Peers returns the nodes to fetch from, most preferred first (the
+	// resource's connect list, or just the primary). It is called on every
+	// (re)connect, so it may change while running. This node must not be
+	// in it.
+	Peers  func() []Peer
+	Logger *slog.Logger
+	// RetryInterval is the pause between connection attempts and how often
+	// a more preferred peer is probed while fetching from a fallback; 0
+	// means DefaultRetryInterval.
+	RetryInterval time.Duration
+	// CheckpointInterval is how often the replay position is persisted
+	// (after flushing the data device) while replaying; 0 means
+	// DefaultCheckpointInterval. It is also persisted whenever replay
+	// catches up and on shutdown.
+	CheckpointInterval time.Duration
+	// ChunkSize is the chunk size of a full sync; 0 means DefaultChunkSize.
+	ChunkSize int
+}
+
+// secondaryState is what stateFile holds.
+type secondaryState struct {
+	FetchPaused  bool `json:"fetch_paused"`
+	ReplayPaused bool `json:"replay_paused"`
+	SyncPaused   bool `json:"sync_paused"`
+	// Consistent: the data device equals the source's after a prefix of
+	// the log. False from the start of a full sync until ConsistentAt is
+	// replayed.
+	Consistent bool `json:"consistent"`
+	// Sync is "" (none), "needed", "running" or "catching-up".
+	Sync         string   `json:"sync,omitempty"`
+	SyncStart    Position `json:"sync_start"`
+	SyncChunk    uint64   `json:"sync_chunk"` // chunks done (flushed) by a running sync
+	ConsistentAt Position `json:"consistent_at"`
+}
+
+// Secondary fetches a resource's log from its peers into its own log
+// directory and replays it onto its data device, independently: both
+// positions survive a crash (the fetched log is its own record, the replay
+// position is persisted after flushing the data device). A Secondary also
+// serves what it fetched to other nodes (Source), and runs a fast full sync
+// when it joins or is invalidated.
+type Secondary struct {
+	data   blockdev.Device
+	opts   SecondaryOptions
+	logger *slog.Logger
+
+	mu         sync.Mutex
+	st         secondaryState
+	fetched    Position // durable end of the local log
+	replayed   Position // applied to the data device
+	persisted  Position // replay position on disk
+	endCh      chan struct{}
+	source     string
+	sourceEnd  Position
+	caughtUpAt time.Time
+	prog       SyncProgress
+	fetchErr   string
+	replayErr  string
+	syncErr    string
+	running    bool
+	closed     bool
+	// replayGen changes when a sync resets the replay position, so a
+	// replay batch in flight does not overwrite it.
+	replayGen uint64
+
+	kickFetch  chan struct{}
+	kickReplay chan struct{}
+	kickSync   chan struct{}
+	// cancelStream ends the current fetch stream (pause, preferred peer).
+	cancelStream context.CancelFunc
+
+	// applyMu is held while a record is applied to the data device and
+	// while a sync writes chunks.
+	applyMu sync.Mutex
+
+	// crashed makes Run return without the final checkpoint (tests).
+	crashed bool
+}
+
+// OpenSecondary opens (or creates) the secondary side of a resource in
+// opts.Dir: it finds the end of the fetched log (cutting a torn tail left by
+// a crash), reads the replay position and the persisted switches. A node
+// that never synced starts out inconsistent and needing a full sync (or
+// FakeSync). The Secondary owns data and closes it in Close.
+func OpenSecondary(data blockdev.Device, opts SecondaryOptions) (*Secondary, error) {
+	if opts.Dir == "" || !validNode(opts.Node) {
+		return nil, fmt.Errorf("replicate: need a log directory and a node name of letters, digits, '_', '.', '-' (got dir %q node %q)", opts.Dir, opts.Node)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.RetryInterval <= 0 {
+		opts.RetryInterval = DefaultRetryInterval
+	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if opts.ChunkSize <= 0 {
+		opts.ChunkSize = DefaultChunkSize
+	}
+	if opts.ChunkSize < 4096 || opts.ChunkSize > MaxChunkSize {
+		return nil, fmt.Errorf("replicate: sync chunk size %d is not within 4 KiB..%d", opts.ChunkSize, MaxChunkSize)
+	}
+	if opts.Peers == nil {
+		opts.Peers = func() []Peer { return nil }
+	}
+	s := &Secondary{data: data, opts: opts, logger: opts.Logger.With("resource", opts.Resource),
+		endCh: make(chan struct{}), kickFetch: make(chan struct{}, 1), kickReplay: make(chan struct{}, 1), kickSync: make(chan struct{}, 1),
+		caughtUpAt: time.Now()}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create log directory: %w", err)
+	}
+	b, err := os.ReadFile(filepath.Join(opts.Dir, stateFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		s.st = secondaryState{Sync: "needed"}
+	case err != nil:
+		return nil, fmt.Errorf("read secondary state: %w", err)
+	default:
+		if err := json.Unmarshal(b, &s.st); err != nil {
+			return nil, fmt.Errorf("%w: secondary state file %s is unreadable (%v); remove it and run `tharsis invalidate %s`",
+				ErrCorrupt, filepath.Join(opts.Dir, stateFile), err, resName(opts.Resource))
+		}
+	}
+	if s.persisted, err = ReadApplied(OSFS{}, opts.Dir); err != nil {
+		return nil, err
+	}
+	s.replayed = s.persisted
+	if s.fetched, err = recoverFetched(opts.Dir, opts.Resource, s.logger); err != nil {
+		return nil, fmt.Errorf("recover the fetched log of %s: %w", resName(opts.Resource), err)
+	}
+	if err := s.saveState(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// recoverFetched finds the end of the fetched log: the last good record of
+// the newest segment. A torn tail (a crash during a fetch write) is cut;
+// empty newest segments are removed.
+func recoverFetched(dir, res string, logger *slog.Logger) (Position, error) {
+	for {
+		names, err := listSegments(OSFS{}, dir)
+		if err != nil {
+			return Position{}, err
+		}
+		if len(names) == 0 {
+			return Position{}, nil
+		}
+		last := names[len(names)-1]
+		path := filepath.Join(dir, last.String())
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return Position{}, err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return Position{}, err
+		}
+		info, err := ScanSegment(f, st.Size(), last, ScanOptions{Newest: true, Path: path, Resource: res}, nil)
+		if err != nil {
+			f.Close()
+			return Position{}, err
+		}
+		if info.Torn > 0 {
+			logger.Warn("cutting the torn tail of the newest fetched segment (it was never reported as fetched)", "segment", path, "offset", info.End, "bytes", info.Torn)
+			if err := f.Truncate(info.End); err != nil {
+				f.Close()
+				return Position{}, err
+			}
+			if err := f.Sync(); err != nil {
+				f.Close()
+				return Position{}, err
+			}
+		}
+		f.Close()
+		if info.Records == 0 {
+			if err := os.Remove(path); err != nil {
+				return Position{}, err
+			}
+			continue
+		}
+		return Position{Segment: last.Seq, Offset: info.End, Seq: info.LastSeq}, nil
+	}
+}
+
+// saveState persists s.st; the caller must not hold s.mu.
+func (s *Secondary) saveState() error {
+	s.mu.Lock()
+	b, _ := json.Marshal(s.st)
+	s.mu.Unlock()
+	if err := writeFileAtomic(OSFS{}, filepath.Join(s.opts.Dir, stateFile), append(b, '\n')); err != nil {
+		return fmt.Errorf("persist secondary state of %s: %w", resName(s.opts.Resource), err)
+	}
+	return nil
+}
+
+// update changes the persisted state with fn and saves it.
+func (s *Secondary) update(fn func(st *secondaryState)) error {
+	s.mu.Lock()
+	fn(&s.st)
+	s.mu.Unlock()
+	return s.saveState()
+}
+
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// Run fetches, replays and syncs until ctx is done, then persists the
+// replay position (after flushing the data device) and returns. Errors of
+// peers and of the log are logged and shown in Status; Run keeps trying.
+func (s *Secondary) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running || s.closed {
+		s.mu.Unlock()
+		return errors.New("replicate: secondary already running or closed")
+	}
+	s.running = true
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, fn := range []func(context.Context){s.fetchLoop, s.replayLoop, s.syncLoop} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(ctx)
+		}()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	s.mu.Lock()
+	s.running = false
+	crashed := s.crashed
+	s.mu.Unlock()
+	if crashed {
+		return ctx.Err()
+	}
+	return s.checkpoint()
+}
+
+// Close closes the data device. Call it after Run returned.
+func (s *Secondary) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	return s.data.Close()
+}
+
+// SetFetchPaused stops (true) or resumes fetching (`tharsis disconnect` /
+// `connect`); the switch persists across restarts.
+func (s *Secondary) SetFetchPaused(paused bool) error {
+	err := s.update(func(st *secondaryState) { st.FetchPaused = paused })
+	s.mu.Lock()
+	if paused && s.cancelStream != nil {
+		s.cancelStream()
+	}
+	s.mu.Unlock()
+	kick(s.kickFetch)
+	return err
+}
+
+// SetReplayPaused stops or resumes replaying (`pause-replay` /
+// `resume-replay`); the switch persists across restarts.
+func (s *Secondary) SetReplayPaused(paused bool) error {
+	err := s.update(func(st *secondaryState) { st.ReplayPaused = paused })
+	kick(s.kickReplay)
+	return err
+}
+
+// SetSyncPaused stops or resumes a full sync (`pause-sync` /
+// `resume-sync`); the switch persists across restarts.
+func (s *Secondary) SetSyncPaused(paused bool) error {
+	err := s.update(func(st *secondaryState) { st.SyncPaused = paused })
+	kick(s.kickSync)
+	return err
+}
+
+// FakeSync marks the data device consistent without copying anything
+// (`tharsis fake-sync`: both disks are known to be identical, e.g. freshly
+// zeroed), and cancels a needed or running sync.
+func (s *Secondary) FakeSync() error {
+	err := s.update(func(st *secondaryState) {
+		st.Consistent, st.Sync, st.SyncChunk = true, "", 0
+	})
+	kick(s.kickReplay)
+	kick(s.kickFetch)
+	return err
+}
+
+// Invalidate forces a fresh full sync (`tharsis invalidate`): the data
+// device is inconsistent until the sync and the replay after it are done.
+func (s *Secondary) Invalidate() error {
+	err := s.update(func(st *secondaryState) {
+		st.Consistent, st.Sync, st.SyncChunk, st.SyncStart = false, "needed", 0, Position{}
+	})
+	kick(s.kickSync)
+	return err
+}
+
+// Consistent reports whether the data device holds the source's state
+// after some prefix of the log.
+func (s *Secondary) Consistent() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st.Consistent
+}
+
+// Positions returns the fetched (durable) and replayed positions.
+func (s *Secondary) Positions() (fetched, replayed Position) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fetched, s.replayed
+}
+
+// Status returns the replication state of the resource on this node.
+func (s *Secondary) Status() ResourceStatus {
+	s.mu.Lock()
+	rs := ResourceStatus{Resource: s.opts.Resource, Role: RoleSecondary, End: s.fetched, Applied: s.persisted,
+		Consistent: s.st.Consistent, Source: s.source, SourceEnd: s.sourceEnd,
+		FetchPaused: s.st.FetchPaused, ReplayPaused: s.st.ReplayPaused, SyncPaused: s.st.SyncPaused}
+	if s.st.Sync != "" {
+		p := s.prog
+		p.State = s.st.Sync
+		p.Start = s.st.SyncStart
+		if p.Compared > 0 && !p.Started.IsZero() && p.Compared < p.Total {
+			rate := float64(p.Compared) / time.Since(p.Started).Seconds()
+			p.ETASeconds = float64(p.Total-p.Compared) / rate
+		}
+		rs.Sync = &p
+		if s.st.Sync == "running" || s.st.Sync == "catching-up" {
+			// The log this node needs starts after the sync's start.
+			rs.Applied = minPos(s.persisted, s.st.SyncStart)
+		}
+	}
+	caughtUp := s.replayed.Seq >= s.sourceEnd.Seq && s.fetched.Seq >= s.sourceEnd.Seq
+	if caughtUp {
+		s.caughtUpAt = time.Now()
+	} else {
+		rs.LagSeconds = time.Since(s.caughtUpAt).Seconds()
+	}
+	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr} {
+		if e != "" {
+			rs.Err = e
+			break
+		}
+	}
+	fetched, replayed, srcEnd := s.fetched, s.replayed, s.sourceEnd
+	s.mu.Unlock()
+
+	names, _ := listSegments(OSFS{}, s.opts.Dir)
+	sizes := map[uint64]int64{}
+	for _, n := range names {
+		var size int64
+		if st, err := os.Stat(filepath.Join(s.opts.Dir, n.String())); err == nil {
+			size = st.Size()
+		}
+		sealed := n.Seq < fetched.Segment
+		if n.Seq == fetched.Segment {
+			size = fetched.Offset
+		}
+		sizes[n.Seq] = size
+		rs.Segments = append(rs.Segments, SegmentSummary{Name: n.String(), Size: size, Sealed: sealed,
+			SHA256: segmentSum(s.opts.Dir, n.String(), size, sealed)})
+	}
+	rs.LagBytes = logDistance(replayed, fetched, sizes) + logDistance(fetched, srcEnd, sizes)
+	return rs
+}
+
+// logDistance is the number of log bytes from a to b (0 if b is not after
+// a), using sizes of the segments in between where known.
+func logDistance(a, b Position, sizes map[uint64]int64) int64 {
+	if b.Seq <= a.Seq {
+		return 0
+	}
+	if a.Segment == b.Segment {
+		return max(0, b.Offset-a.Offset)
+	}
+	d := max(0, sizes[a.Segment]-a.Offset)
+	for seg := a.Segment + 1; seg < b.Segment; seg++ {
+		d += sizes[seg]
+	}
+	return d + b.Offset
+}
+
+func minPos(a, b Position) Position {
+	if b.Seq < a.Seq {
+		return b
+	}
+	return a
+}
+
+// checkpoint flushes the data device and persists the replay position.
+func (s *Secondary) checkpoint() error {
+	s.mu.Lock()
+	pos, persisted := s.replayed, s.persisted
+	s.mu.Unlock()
+	if pos == persisted {
+		return nil
+	}
+	if err := s.data.Flush(); err != nil {
+		return fmt.Errorf("flush data device: %w", err)
+	}
+	if err := WriteApplied(OSFS{}, s.opts.Dir, pos); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.persisted = pos
+	s.mu.Unlock()
+	return nil
+}
+
+// Source returns the Source serving this secondary's fetched log and (once
+// consistent) its data device to other nodes: give it to
+// ShipServer.AddResource for cascading.
+func (s *Secondary) Source() Source { return secondarySource{s} }
+
+type secondarySource struct{ s *Secondary }
+
+func (ss secondarySource) LogDir() string { return ss.s.opts.Dir }
+
+func (ss secondarySource) End() Position {
+	s := ss.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fetched
+}
+
+func (ss secondarySource) WaitEnd(ctx context.Context, after Position) (Position, error) {
+	s := ss.s
+	t := time.NewTimer(waitSlice)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		e, ch := s.fetched, s.endCh
+		s.mu.Unlock()
+		if e.Seq > after.Seq {
+			return e, nil
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return e, nil
+		case <-ctx.Done():
+			return e, ctx.Err()
+		}
+	}
+}
+
+func (ss secondarySource) SyncData() (blockdev.Device, Position, error) {
+	s := ss.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.st.Consistent || s.st.Sync != "" {
+		return nil, Position{}, errNotConsistent
+	}
+	return s.data, s.persisted, nil
+}
+
+func (ss secondarySource) Status() ResourceStatus { return ss.s.Status() }

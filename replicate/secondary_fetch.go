@@ -1,0 +1,427 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/tharsis/tharsis/replicate/wire"
+)
+
+// fetchStreamTimeout: a stream without any frame for this long is dead
+// (sources send a heartbeat every waitSlice).
+const fetchStreamTimeout = 10 * time.Second
+
+// maxUnsynced bounds fetched bytes written but not yet fdatasync'd while
+// more frames are already waiting.
+const maxUnsynced = 8 << 20
+
+// errPreferred ends a stream when a more preferred peer is back.
+var errPreferred = errors.New("a more preferred peer is reachable again")
+
+// fetchFrom returns where to ask a peer to start: after the fetched log, or
+// at the beginning of the sync's start segment when the local log is empty.
+// ok is false while there is nothing sensible to ask for yet (an empty log
+// and a sync that has not got its start position).
+func (s *Secondary) fetchFrom() (Position, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fetched.Seq > 0 {
+		return s.fetched, true
+	}
+	switch {
+	case s.st.Sync == "needed" && s.st.SyncStart.Seq == 0:
+		return Position{}, false
+	case s.st.Sync != "":
+		return Position{Segment: s.st.SyncStart.Segment}, true
+	}
+	return Position{Segment: s.replayed.Segment}, true
+}
+
+func (s *Secondary) wait(ctx context.Context, ch chan struct{}, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-ch:
+	case <-t.C:
+	}
+}
+
+func (s *Secondary) setFetchErr(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.fetchErr = ""
+	} else {
+		s.fetchErr = err.Error()
+	}
+}
+
+func (s *Secondary) fetchLoop(ctx context.Context) {
+	var fl fetchLog
+	defer fl.close()
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		paused := s.st.FetchPaused
+		s.mu.Unlock()
+		if paused {
+			s.setSource("", Position{})
+			s.wait(ctx, s.kickFetch, time.Hour)
+			continue
+		}
+		if _, ok := s.fetchFrom(); !ok {
+			s.wait(ctx, s.kickFetch, s.opts.RetryInterval)
+			continue
+		}
+		peers := s.opts.Peers()
+		gone := 0
+		var lastErr error
+		for i, p := range peers {
+			err := s.fetchPeer(ctx, &fl, peers, i)
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, errPreferred) {
+				lastErr = nil
+				break
+			}
+			var we *wire.Error
+			if errors.As(err, &we) && we.Code == wire.CodeGone {
+				gone++
+			}
+			if err != nil {
+				lastErr = fmt.Errorf("fetch from %s: %w", p, err)
+				if errors.Is(err, ErrAuth) {
+					s.logger.Warn(err.Error())
+				} else {
+					s.logger.Info("fetching the log failed; trying the next peer", "peer", p.String(), "err", err)
+				}
+			}
+			s.mu.Lock()
+			paused := s.st.FetchPaused
+			s.mu.Unlock()
+			if paused {
+				break
+			}
+		}
+		s.setSource("", Position{})
+		if len(peers) == 0 {
+			lastErr = errors.New("no peer to fetch from (connect list empty)")
+		}
+		if gone > 0 && gone == len(peers) {
+			if s.discardLogForSync(&fl) {
+				continue
+			}
+			lastErr = fmt.Errorf("no peer holds the log this node needs next (%v): run `tharsis invalidate %s` to resync it", lastErr, resName(s.opts.Resource))
+			s.logger.Error(lastErr.Error())
+		}
+		s.setFetchErr(lastErr)
+		s.wait(ctx, s.kickFetch, s.opts.RetryInterval)
+	}
+}
+
+// discardLogForSync drops the local log when no peer holds its
+// continuation but a full sync is under way (the device is rewritten and the
+// log is fetched afresh from the sync's start).
+func (s *Secondary) discardLogForSync(fl *fetchLog) bool {
+	s.mu.Lock()
+	ok := s.st.Sync == "running" || s.st.Sync == "needed" && s.st.SyncStart.Seq > 0
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	fl.close()
+	names, err := listSegments(OSFS{}, s.opts.Dir)
+	if err != nil {
+		return false
+	}
+	for _, n := range names {
+		if err := os.Remove(filepath.Join(s.opts.Dir, n.String())); err != nil {
+			return false
+		}
+	}
+	OSFS{}.SyncDir(s.opts.Dir)
+	s.mu.Lock()
+	s.fetched = Position{}
+	s.mu.Unlock()
+	s.logger.Warn("no peer holds the continuation of the local log; discarded it to fetch afresh from the sync's start")
+	return true
+}
+
+func (s *Secondary) setSource(name string, end Position) {
+	s.mu.Lock()
+	s.source = name
+	if end.Seq > 0 {
+		s.sourceEnd = end
+	}
+	s.mu.Unlock()
+}
+
+// fetchPeer streams the log from peers[i] until the stream fails, fetching
+// is paused, or (for a fallback peer) a more preferred peer is back.
+func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i int) error {
+	p := peers[i]
+	from, ok := s.fetchFrom()
+	if !ok {
+		return nil
+	}
+	pc, err := dialPeer(ctx, s.opts.Node, s.opts.Secret, p)
+	if err != nil {
+		return err
+	}
+	defer pc.close()
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.mu.Lock()
+	s.cancelStream = func() { cancel(context.Canceled) }
+	paused := s.st.FetchPaused
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.cancelStream = nil
+		s.mu.Unlock()
+	}()
+	if paused {
+		return nil
+	}
+	stop := context.AfterFunc(sctx, func() { pc.nc.SetDeadline(time.Now()) })
+	defer stop()
+	if i > 0 {
+		go s.probePreferred(sctx, cancel, peers[:i])
+	}
+	if err := pc.c.SendFlush(&wire.Fetch{Resource: s.opts.Resource, From: toWire(from)}); err != nil {
+		return err
+	}
+	s.logger.Info("fetching the log", "peer", p.String(), "from", from.String())
+	s.setSource(p.Name, Position{})
+	for {
+		pc.nc.SetReadDeadline(time.Now().Add(fetchStreamTimeout))
+		m, err := pc.c.Recv()
+		if err != nil {
+			if c := context.Cause(sctx); c != nil && sctx.Err() != nil {
+				if errors.Is(c, errPreferred) {
+					return errPreferred
+				}
+				return nil
+			}
+			return err
+		}
+		switch m := m.(type) {
+		case *wire.SegmentData:
+			if err := s.storeFetched(fl, m, pc.c.Buffered()); err != nil {
+				return err
+			}
+			s.setSource(p.Name, fromWire(m.End))
+			s.setFetchErr(nil)
+		case *wire.Heartbeat:
+			if err := fl.syncPending(s); err != nil {
+				return err
+			}
+			s.setSource(p.Name, fromWire(m.End))
+			s.setFetchErr(nil)
+		case *wire.Error:
+			return &wire.Error{Code: m.Code, Message: m.Message}
+		default:
+			return fmt.Errorf("peer %s sent %s in a log stream", p, m.Type())
+		}
+	}
+}
+
+// probePreferred checks the more preferred peers every RetryInterval and
+// ends the stream (cause errPreferred) when one of them holds the log this
+// node needs and is not behind it.
+func (s *Secondary) probePreferred(ctx context.Context, cancel context.CancelCauseFunc, better []Peer) {
+	for {
+		t := time.NewTimer(s.opts.RetryInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		from, _ := s.fetchFrom()
+		for _, p := range better {
+			st, err := fetchNodeStatus(ctx, s.opts.Node, s.opts.Secret, p)
+			if err != nil {
+				continue
+			}
+			rs, ok := st.Resource(s.opts.Resource)
+			if !ok || rs.End.Seq < from.Seq || len(rs.Segments) == 0 {
+				continue
+			}
+			if first, ok := ParseSegmentName(rs.Segments[0].Name); !ok || first.Seq > max(from.Segment, 1) {
+				continue
+			}
+			s.logger.Info("a more preferred peer is back; switching to it", "peer", p.String())
+			cancel(errPreferred)
+			return
+		}
+	}
+}
+
+// fetchLog is the local segment being appended by the fetcher.
+type fetchLog struct {
+	f        *os.File
+	name     SegmentName
+	end      int64    // bytes written
+	pending  Position // written but not yet synced
+	unsynced int64
+	sealed   bool // the last record written is a segment-end marker
+}
+
+func (fl *fetchLog) close() {
+	if fl.f != nil {
+		fl.f.Close()
+		fl.f = nil
+	}
+}
+
+// syncPending makes written records durable and publishes the fetched
+// position.
+func (fl *fetchLog) syncPending(s *Secondary) error {
+	if fl.unsynced == 0 {
+		return nil
+	}
+	if err := fl.f.Sync(); err != nil {
+		return fmt.Errorf("fdatasync fetched segment %s: %w", fl.name, err)
+	}
+	fl.unsynced = 0
+	s.publishFetched(fl.pending)
+	return nil
+}
+
+func (s *Secondary) publishFetched(p Position) {
+	s.mu.Lock()
+	s.fetched = p
+	close(s.endCh)
+	s.endCh = make(chan struct{})
+	s.mu.Unlock()
+	kick(s.kickReplay)
+}
+
+// storeFetched checks the records of m against the local log and appends
+// them. They are fdatasync'd before the fetched position moves (now, or
+// with the next frame when more is buffered).
+func (s *Secondary) storeFetched(fl *fetchLog, m *wire.SegmentData, more bool) error {
+	name, ok := ParseSegmentName(m.Segment)
+	if !ok {
+		return fmt.Errorf("peer sent data of %q, not a segment name", m.Segment)
+	}
+	s.mu.Lock()
+	fetched := s.fetched
+	s.mu.Unlock()
+	if fl.unsynced > 0 {
+		fetched = fl.pending
+	}
+	dir := s.opts.Dir
+	if fl.f == nil && fetched.Seq > 0 {
+		// Reopen the newest local segment.
+		f, err := os.OpenFile(filepath.Join(dir, findLocal(dir, fetched.Segment)), os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("open fetched segment: %w", err)
+		}
+		info, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return err
+		}
+		n, _ := ParseSegmentName(info.Name())
+		fl.f, fl.name, fl.end, fl.sealed = f, n, fetched.Offset, false
+		if info.Size() > fetched.Offset {
+			// Bytes beyond the durable end (a failed write): drop them.
+			if err := f.Truncate(fetched.Offset); err != nil {
+				return err
+			}
+		}
+		fl.sealed = isSealedAt(f, fetched.Offset)
+	}
+	switch {
+	case fl.f != nil && name == fl.name:
+		if m.Offset != fl.end {
+			return fmt.Errorf("peer sent %s at offset %d but the local copy ends at %d", name, m.Offset, fl.end)
+		}
+	case m.Offset != 0:
+		return fmt.Errorf("peer sent %s from offset %d, expected a segment start", name, m.Offset)
+	case fl.f != nil && (name.Seq != fl.name.Seq+1 || !fl.sealed):
+		return fmt.Errorf("peer sent segment %s after %s (sealed %v): the logs diverge; run `tharsis invalidate %s`", name, fl.name, fl.sealed, resName(s.opts.Resource))
+	default:
+		// A new segment.
+		if err := fl.syncPending(s); err != nil {
+			return err
+		}
+		fl.close()
+		path := filepath.Join(dir, name.String())
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("create fetched segment: %w", err)
+		}
+		if err := (OSFS{}).SyncDir(dir); err != nil {
+			f.Close()
+			return err
+		}
+		fl.f, fl.name, fl.end, fl.sealed = f, name, 0, false
+	}
+	// Verify every record before writing anything.
+	pos := fetched
+	b := m.Data
+	off := m.Offset
+	for len(b) > 0 {
+		rec, n, err := DecodeRecord(b)
+		if err != nil {
+			return fmt.Errorf("peer sent a bad record of %s at offset %d: %w", name, off, err)
+		}
+		if rec.Segment != name.Seq {
+			return fmt.Errorf("peer sent a record of segment %d inside %s", rec.Segment, name)
+		}
+		if pos.Seq != 0 && rec.Seq != pos.Seq+1 {
+			return fmt.Errorf("peer sent record %d after record %d of %s (records missing): the logs diverge", rec.Seq, pos.Seq, name)
+		}
+		if fl.sealed {
+			return fmt.Errorf("peer sent records after the end of segment %s", name)
+		}
+		off += int64(n)
+		pos = Position{Segment: name.Seq, Offset: off, Seq: rec.Seq}
+		fl.sealed = rec.Kind == KindSegmentEnd
+		b = b[n:]
+	}
+	if _, err := fl.f.WriteAt(m.Data, m.Offset); err != nil {
+		fl.f.Truncate(m.Offset)
+		return fmt.Errorf("write fetched segment %s: %w", name, err)
+	}
+	fl.end = off
+	fl.pending = pos
+	fl.unsynced += int64(len(m.Data))
+	if more && fl.unsynced < maxUnsynced && !fl.sealed {
+		return nil
+	}
+	return fl.syncPending(s)
+}
+
+// findLocal returns the file name of local segment seq ("" if none).
+func findLocal(dir string, seq uint64) string {
+	names, _ := listSegments(OSFS{}, dir)
+	for _, n := range names {
+		if n.Seq == seq {
+			return n.String()
+		}
+	}
+	return ""
+}
+
+// isSealedAt reports whether the record ending at end in f is a
+// segment-end marker.
+func isSealedAt(f *os.File, end int64) bool {
+	if end < HeaderSize {
+		return false
+	}
+	h := make([]byte, HeaderSize)
+	if _, err := f.ReadAt(h, end-HeaderSize); err != nil {
+		return false
+	}
+	rec, n, err := DecodeRecord(h)
+	return err == nil && n == HeaderSize && rec.Kind == KindSegmentEnd
+}

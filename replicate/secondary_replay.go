@@ -1,0 +1,201 @@
+package replicate
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// replayBatch bounds the records applied between two looks at the
+// switches and the fetched position.
+const replayBatch = 4096
+
+func (s *Secondary) setReplayErr(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.replayErr = ""
+	} else {
+		s.replayErr = err.Error()
+	}
+}
+
+// replayLoop applies fetched records to the data device in log order,
+// independently of fetching, and persists the replay position (after a
+// flush of the data device) every CheckpointInterval and whenever it
+// catches up.
+func (s *Secondary) replayLoop(ctx context.Context) {
+	rr := &replayReader{dir: s.opts.Dir}
+	defer rr.close()
+	lastCk := time.Now()
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		blocked := s.st.ReplayPaused || s.st.Sync == "needed" || s.st.Sync == "running"
+		todo := s.fetched.Seq > s.replayed.Seq
+		s.mu.Unlock()
+		if blocked || !todo {
+			if err := s.checkpoint(); err != nil {
+				s.setReplayErr(err)
+				s.logger.Error("cannot persist the replay position", "err", err)
+			}
+			s.maybeConsistent()
+			s.wait(ctx, s.kickReplay, s.opts.CheckpointInterval)
+			lastCk = time.Now()
+			continue
+		}
+		n, err := s.replaySome(rr)
+		if err != nil {
+			s.setReplayErr(err)
+			s.logger.Error("replay stopped", "err", err)
+			s.wait(ctx, s.kickReplay, s.opts.RetryInterval)
+			continue
+		}
+		if n > 0 {
+			s.setReplayErr(nil)
+		}
+		if time.Since(lastCk) >= s.opts.CheckpointInterval {
+			if err := s.checkpoint(); err != nil {
+				s.setReplayErr(err)
+			}
+			lastCk = time.Now()
+		}
+	}
+}
+
+// maybeConsistent marks the node consistent once a finished sync's
+// catch-up is replayed (and persisted).
+func (s *Secondary) maybeConsistent() {
+	s.mu.Lock()
+	done := s.st.Sync == "catching-up" && s.persisted.Seq >= s.st.ConsistentAt.Seq
+	s.mu.Unlock()
+	if !done {
+		return
+	}
+	if err := s.update(func(st *secondaryState) { st.Sync, st.Consistent, st.SyncChunk = "", true, 0 }); err != nil {
+		s.setReplayErr(err)
+		return
+	}
+	s.logger.Info("full sync done: the data device is consistent")
+}
+
+// replaySome applies up to replayBatch records after the replay position,
+// up to the fetched position.
+func (s *Secondary) replaySome(rr *replayReader) (int, error) {
+	s.mu.Lock()
+	pos, end, gen := s.replayed, s.fetched, s.replayGen
+	s.mu.Unlock()
+	n := 0
+	for n < replayBatch && pos.Seq < end.Seq {
+		seg, err := rr.segmentAt(pos)
+		if err != nil {
+			return n, err
+		}
+		if pos.Segment != seg.Seq {
+			pos = Position{Segment: seg.Seq, Offset: 0, Seq: pos.Seq}
+		}
+		limit := rr.size
+		if seg.Seq == end.Segment {
+			limit = end.Offset
+		}
+		if pos.Offset >= limit {
+			if seg.Seq >= end.Segment {
+				return n, nil
+			}
+			// Segment done: the next one.
+			pos = Position{Segment: seg.Seq + 1, Offset: 0, Seq: pos.Seq}
+			continue
+		}
+		rec, next, err := readRecord(rr.f, limit, pos.Offset, &rr.buf)
+		if err != nil {
+			return n, &CorruptError{File: filepath.Join(rr.dir, seg.String()), Offset: pos.Offset, Reason: err.Error(), Resource: s.opts.Resource}
+		}
+		if pos.Seq != 0 && rec.Seq != pos.Seq+1 {
+			if rec.Seq <= pos.Seq {
+				// Before the replay position (a sync's start inside the
+				// segment): already in the data device.
+				pos.Offset = next
+				continue
+			}
+			return n, &CorruptError{File: filepath.Join(rr.dir, seg.String()), Offset: pos.Offset, Resource: s.opts.Resource,
+				Reason: fmt.Sprintf("record %d follows record %d (records missing)", rec.Seq, pos.Seq)}
+		}
+		// Under applyMu, so a sync that starts now writes its first chunk
+		// only after this record.
+		s.applyMu.Lock()
+		s.mu.Lock()
+		stale := s.replayGen != gen || s.st.Sync == "needed" || s.st.Sync == "running"
+		s.mu.Unlock()
+		if stale {
+			s.applyMu.Unlock()
+			return n, nil
+		}
+		err = apply(s.data, rec)
+		pos = Position{Segment: seg.Seq, Offset: next, Seq: rec.Seq}
+		if err == nil {
+			s.mu.Lock()
+			s.replayed = pos
+			s.mu.Unlock()
+		}
+		s.applyMu.Unlock()
+		if err != nil {
+			return n, fmt.Errorf("apply record %d of %s to the data device: %w; check the disk", rec.Seq, seg, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// replayReader reads records of the local log.
+type replayReader struct {
+	dir  string
+	name SegmentName
+	f    *os.File
+	size int64
+	buf  []byte
+}
+
+func (rr *replayReader) close() {
+	if rr.f != nil {
+		rr.f.Close()
+		rr.f = nil
+	}
+}
+
+// segmentAt opens the segment holding the records after pos (pos.Segment,
+// or the first local segment when pos.Segment is 0 or gone) and refreshes
+// its size.
+func (rr *replayReader) segmentAt(pos Position) (SegmentName, error) {
+	if rr.f == nil || rr.name.Seq != pos.Segment {
+		rr.close()
+		names, err := listSegments(OSFS{}, rr.dir)
+		if err != nil {
+			return SegmentName{}, err
+		}
+		var n SegmentName
+		for _, x := range names {
+			if x.Seq >= pos.Segment {
+				n = x
+				break
+			}
+		}
+		if n.Seq == 0 {
+			return SegmentName{}, fmt.Errorf("the local log holds no segment %d", pos.Segment)
+		}
+		if n.Seq != pos.Segment && pos.Segment != 0 && pos.Seq != 0 {
+			return SegmentName{}, fmt.Errorf("the local log has no segment %d (next: %s)", pos.Segment, n)
+		}
+		f, err := os.Open(filepath.Join(rr.dir, n.String()))
+		if err != nil {
+			return SegmentName{}, err
+		}
+		rr.f, rr.name = f, n
+	}
+	st, err := rr.f.Stat()
+	if err != nil {
+		return SegmentName{}, err
+	}
+	rr.size = st.Size()
+	return rr.name, nil
+}

@@ -1,0 +1,288 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tharsis/tharsis/blockdev"
+	"github.com/tharsis/tharsis/internal/testutil"
+)
+
+var testSecret = []byte("cluster secret for tests")
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("THARSIS_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// node is one in-process node of a test cluster: a ship server on a
+// loopback port and either a Primary or a Secondary.
+type node struct {
+	t    testing.TB
+	name string
+	addr string
+	dir  string
+	data *blockdev.Memory
+	srv  *ShipServer
+	l    net.Listener
+
+	prim   *Primary
+	sec    *Secondary
+	cancel context.CancelFunc
+	done   chan error
+	peers  func() []Peer
+	logBuf *lockedBuffer
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newNode(t testing.TB, name string, size int64) *node {
+	n := &node{t: t, name: name, dir: filepath.Join(t.TempDir(), name), data: blockdev.NewMemory(size), logBuf: &lockedBuffer{}}
+	n.listen(testSecret)
+	return n
+}
+
+func (n *node) logger() *slog.Logger {
+	h := slog.NewTextHandler(n.logBuf, nil)
+	if os.Getenv("THARSIS_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.name)
+	}
+	return slog.New(h).With("node", n.name)
+}
+
+func (n *node) listen(secret []byte) {
+	addr := n.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var l net.Listener
+	var err error
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err = net.Listen("tcp", addr)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // the old listener's port is being released
+	}
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.addr = l.Addr().String()
+	n.l = l
+	n.srv = &ShipServer{Node: n.name, Secret: secret, Logger: n.logger()}
+	go n.srv.Serve(l)
+	n.t.Cleanup(func() { n.srv.Shutdown(context.Background()) })
+}
+
+// stopServer shuts the node's ship server down (the node is unreachable).
+func (n *node) stopServer() {
+	n.srv.Shutdown(context.Background())
+}
+
+func (n *node) peer() Peer { return Peer{Name: n.name, Addr: n.addr} }
+
+func (n *node) startPrimary(segSize int64) {
+	p, err := OpenPrimary(noClose{n.data}, Options{Dir: n.dir, Node: n.name, Resource: "r0", SegmentSize: segSize, Logger: n.logger()})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.prim = p
+	n.srv.AddResource("r0", PrimarySource(p))
+	n.t.Cleanup(func() { p.Close() })
+}
+
+func (n *node) startSecondary(peers func() []Peer, mod func(*SecondaryOptions)) {
+	n.peers = peers
+	opts := SecondaryOptions{Dir: n.dir, Node: n.name, Resource: "r0", Secret: testSecret, Peers: peers, Logger: n.logger(),
+		RetryInterval: 50 * time.Millisecond, CheckpointInterval: 50 * time.Millisecond, ChunkSize: 64 << 10}
+	if mod != nil {
+		mod(&opts)
+	}
+	s, err := OpenSecondary(noClose{n.data}, opts)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.sec = s
+	n.srv.AddResource("r0", s.Source())
+	ctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.done = make(chan error, 1)
+	go func() { n.done <- s.Run(ctx) }()
+	n.t.Cleanup(n.stopSecondary)
+}
+
+// stopSecondary shuts the secondary down cleanly.
+func (n *node) stopSecondary() {
+	if n.sec == nil {
+		return
+	}
+	n.cancel()
+	select {
+	case <-n.done:
+	case <-time.After(10 * time.Second):
+		n.t.Errorf("secondary %s did not stop", n.name)
+	}
+	n.srv.RemoveResource("r0")
+	n.sec.Close()
+	n.sec = nil
+}
+
+// crashSecondary stops the secondary as kill -9 would: no final
+// checkpoint.
+func (n *node) crashSecondary() {
+	n.sec.mu.Lock()
+	n.sec.crashed = true
+	n.sec.mu.Unlock()
+	n.stopSecondary()
+}
+
+// noClose keeps a memory device usable across a close (a disk survives
+// the process).
+type noClose struct{ blockdev.Device }
+
+func (noClose) Close() error { return nil }
+
+// caughtUp reports whether sec has fetched and replayed the primary's
+// whole log and is consistent.
+func caughtUp(prim *Primary, sec *Secondary) bool {
+	end := prim.Status().Logged
+	f, r := sec.Positions()
+	return sec.Consistent() && f.Seq >= end.Seq && r.Seq >= end.Seq
+}
+
+func waitCaughtUp(t testing.TB, prim *Primary, secs ...*node) {
+	t.Helper()
+	for _, s := range secs {
+		testutil.WaitFor(t, 20*time.Second, "secondary "+s.name+" to catch up", func() bool { return caughtUp(prim, s.sec) })
+	}
+}
+
+func sameData(t testing.TB, a, b *node) {
+	t.Helper()
+	ab, bb := make([]byte, a.data.Size()), make([]byte, b.data.Size())
+	a.data.ReadAt(ab, 0)
+	b.data.ReadAt(bb, 0)
+	if !bytes.Equal(ab, bb) {
+		for i := range ab {
+			if ab[i] != bb[i] {
+				t.Fatalf("data of %s and %s differ, first at byte %d: %x vs %x; %s", a.name, b.name, i, ab[i:i+8], bb[i:i+8], debugDescribe(int64(i)))
+			}
+		}
+	}
+}
+
+// writer writes random data through the primary and records each
+// acknowledged write.
+type writer struct {
+	mu   sync.Mutex
+	hist []histEntry
+	rng  *rand.Rand
+}
+
+type histEntry struct {
+	off  int64
+	data []byte // nil: trim
+	n    int64
+}
+
+func (w *writer) write(t testing.TB, p *Primary, n int) {
+	t.Helper()
+	size := p.Size()
+	for range n {
+		w.mu.Lock()
+		l := int64(512 * (1 + w.rng.IntN(64)))
+		off := w.rng.Int64N(size-l) / 512 * 512
+		trim := w.rng.IntN(10) == 0
+		var b []byte
+		if !trim {
+			b = make([]byte, l)
+			for i := range b {
+				b[i] = byte(w.rng.Uint32())
+			}
+		}
+		w.mu.Unlock()
+		var err error
+		if trim {
+			err = p.Trim(off, l)
+		} else {
+			_, err = p.WriteAt(b, off)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.mu.Lock()
+		w.hist = append(w.hist, histEntry{off: off, data: b, n: l})
+		w.mu.Unlock()
+	}
+}
+
+var debugDescribe = func(int64) string { return "" }
+
+func TestReplicateTwoSecondaries(t *testing.T) {
+	const size = 4 << 20
+	a, b, c := newNode(t, "alpha", size), newNode(t, "beta", size), newNode(t, "gamma", size)
+	a.startPrimary(256 << 10)
+	w := &writer{rng: rand.New(rand.NewPCG(1, 2))}
+	debugDescribe = w.describe
+	w.write(t, a.prim, 200) // history before the secondaries join
+	peersA := func() []Peer { return []Peer{a.peer()} }
+	b.startSecondary(peersA, nil)
+	c.startSecondary(peersA, nil)
+	w.write(t, a.prim, 300)
+	waitCaughtUp(t, a.prim, b, c)
+	sameData(t, a, b)
+	sameData(t, a, c)
+	st := b.sec.Status()
+	if st.Source != "alpha" || !st.Consistent || st.Role != RoleSecondary || st.LagBytes != 0 {
+		t.Errorf("status of beta: %+v", st)
+	}
+	// The live tail reaches them with low latency.
+	start := time.Now()
+	before := a.prim.Status().Written
+	w.write(t, a.prim, 1)
+	t.Logf("written before %v after %v", before, a.prim.Status().Written)
+	waitCaughtUp(t, a.prim, b, c)
+	t.Logf("one write reached both secondaries in %v", time.Since(start))
+	f, r := b.sec.Positions()
+	t.Logf("primary %v beta fetched %v replayed %v; last write %+v", a.prim.Status().Written, f, r, w.describe(457728))
+	sameData(t, a, b)
+}
+
+func (w *writer) describe(off int64) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := ""
+	for i, h := range w.hist {
+		if off >= h.off && off < h.off+h.n {
+			s += fmt.Sprintf(" #%d[%d,+%d trim=%v %x]", i, h.off, h.n, h.data == nil, h.data[off-h.off:off-h.off+8])
+		}
+	}
+	return s
+}

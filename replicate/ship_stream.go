@@ -1,0 +1,229 @@
+package replicate
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/tharsis/tharsis/replicate/wire"
+)
+
+// stream sends the log of r after from on c until the connection or the
+// resource goes away: history first (read from the segment files), then the
+// live tail as the source's End moves. Every SegmentData frame holds whole
+// records (up to about shipBatch bytes, or one larger record). With from.Seq
+// == 0 the stream starts at the beginning of segment from.Segment (the first
+// segment held when 0): a joining node's log begins there.
+func (s *ShipServer) stream(r *shipRes, nc net.Conn, c *wire.Conn, from Position) error {
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	go func() {
+		// The client sends nothing after Fetch: a read returns when it
+		// closes the connection.
+		io.Copy(io.Discard, nc)
+		cancel()
+	}()
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+
+	src := r.src
+	dir := src.LogDir()
+	ss := &segStream{dir: dir}
+	defer ss.close()
+	segs, err := listSegments(OSFS{}, dir)
+	if err != nil {
+		return &wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("list log directory: %v", err)}
+	}
+	cur := SegmentName{}
+	off := from.Offset
+	if from.Seq == 0 {
+		off = 0
+		for _, n := range segs {
+			if n.Seq >= from.Segment {
+				cur = n
+				break
+			}
+		}
+		if cur.Seq == 0 || from.Segment != 0 && cur.Seq != from.Segment {
+			if len(segs) > 0 && from.Segment < segs[0].Seq {
+				return &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("node %s no longer holds segment %d of the log (its oldest is %s)", s.Node, from.Segment, segs[0])}
+			}
+			// Not there yet (this node is behind): wait for it.
+			cur = SegmentName{Seq: max(from.Segment, 1)}
+		}
+	} else {
+		for _, n := range segs {
+			if n.Seq == from.Segment {
+				cur = n
+			}
+		}
+		if cur.Seq == 0 {
+			if len(segs) == 0 || from.Segment < segs[0].Seq {
+				return &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("node %s no longer holds segment %d of the log, which the fetcher needs next (run a full sync: `tharsis invalidate RES`)", s.Node, from.Segment)}
+			}
+			cur = SegmentName{Seq: from.Segment}
+		}
+	}
+
+	var buf []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		end := src.End()
+		if cur.Node == "" {
+			// Waiting for a segment this node has not got yet.
+			if end.Segment >= cur.Seq {
+				if n, ok, err := findSegment(dir, cur.Seq); err != nil {
+					return err
+				} else if ok {
+					cur = n
+					continue
+				}
+			}
+		} else {
+			var limit int64
+			switch {
+			case cur.Seq < end.Segment:
+				if limit, err = ss.size(cur); err != nil {
+					return err
+				}
+			case cur.Seq == end.Segment:
+				limit = end.Offset
+			}
+			if off < limit {
+				var n int
+				n, buf, err = ss.readRecords(cur, off, limit, buf)
+				if err != nil {
+					return &wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("node %s cannot read its log: %v", s.Node, err)}
+				}
+				if err := c.SendFlush(&wire.SegmentData{Segment: cur.String(), Offset: off, End: toWire(end), Data: buf[:n]}); err != nil {
+					return err
+				}
+				off += int64(n)
+				continue
+			}
+			if cur.Seq < end.Segment {
+				// The segment is complete (sealed): go on with the next.
+				next, ok, err := findSegment(dir, cur.Seq+1)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("node %s holds no segment %d of the log after %s", s.Node, cur.Seq+1, cur)}
+				}
+				cur, off = next, 0
+				continue
+			}
+		}
+		e, err := src.WaitEnd(ctx, end)
+		if err != nil {
+			return err
+		}
+		if e.Seq == end.Seq {
+			if err := c.SendFlush(&wire.Heartbeat{End: toWire(e)}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// findSegment looks up the segment numbered seq in dir.
+func findSegment(dir string, seq uint64) (SegmentName, bool, error) {
+	segs, err := listSegments(OSFS{}, dir)
+	if err != nil {
+		return SegmentName{}, false, &wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("list log directory: %v", err)}
+	}
+	for _, n := range segs {
+		if n.Seq == seq {
+			return n, true, nil
+		}
+	}
+	return SegmentName{}, false, nil
+}
+
+// segStream reads whole records from the segment files of a log.
+type segStream struct {
+	dir  string
+	name SegmentName
+	f    *os.File
+}
+
+func (ss *segStream) open(n SegmentName) error {
+	if ss.f != nil && ss.name == n {
+		return nil
+	}
+	ss.close()
+	f, err := os.Open(filepath.Join(ss.dir, n.String()))
+	if err != nil {
+		return &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("open log segment: %v", err)}
+	}
+	ss.f, ss.name = f, n
+	return nil
+}
+
+func (ss *segStream) close() {
+	if ss.f != nil {
+		ss.f.Close()
+		ss.f = nil
+	}
+}
+
+func (ss *segStream) size(n SegmentName) (int64, error) {
+	if err := ss.open(n); err != nil {
+		return 0, err
+	}
+	st, err := ss.f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+// readRecords reads whole records of segment n from off (a record
+// boundary) up to limit (a record boundary): about shipBatch bytes, or one
+// larger record. It returns their length and the buffer holding them.
+func (ss *segStream) readRecords(n SegmentName, off, limit int64, buf []byte) (int, []byte, error) {
+	if err := ss.open(n); err != nil {
+		return 0, buf, err
+	}
+	want := min(limit-off, shipBatch)
+	if int64(cap(buf)) < want {
+		buf = make([]byte, max(want, shipBatch))
+	}
+	b := buf[:want]
+	if _, err := ss.f.ReadAt(b, off); err != nil {
+		return 0, buf, fmt.Errorf("read %s at %d: %w", n, off, err)
+	}
+	pos := 0
+	for pos+HeaderSize <= len(b) {
+		h, err := decodeHeader(b[pos:])
+		if err != nil {
+			return 0, buf, fmt.Errorf("segment %s at offset %d: %w", n, off+int64(pos), err)
+		}
+		rl := HeaderSize + h.paylen
+		if pos+rl > len(b) {
+			if pos == 0 {
+				// One record larger than the batch: read it whole.
+				if off+int64(rl) > limit {
+					return 0, buf, fmt.Errorf("segment %s: record at offset %d crosses the end of the durable log", n, off)
+				}
+				nb := make([]byte, rl)
+				copy(nb, b)
+				if _, err := ss.f.ReadAt(nb[len(b):], off+int64(len(b))); err != nil {
+					return 0, buf, fmt.Errorf("read %s at %d: %w", n, off, err)
+				}
+				return rl, nb, nil
+			}
+			break
+		}
+		pos += rl
+	}
+	if pos == 0 {
+		return 0, buf, fmt.Errorf("segment %s: no whole record at offset %d before %d", n, off, limit)
+	}
+	return pos, buf, nil
+}

@@ -1,0 +1,271 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/tharsis/tharsis/replicate/wire"
+)
+
+// syncBatch is the number of chunks compared per checksum request.
+const syncBatch = 256
+
+// syncTimeout bounds the wait for one answer during a sync.
+const syncTimeout = 60 * time.Second
+
+var errSyncPaused = errors.New("sync paused")
+
+func (s *Secondary) setSyncErr(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		s.syncErr = ""
+	} else {
+		s.syncErr = err.Error()
+	}
+}
+
+func (s *Secondary) syncLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		need := s.st.Sync == "needed" || s.st.Sync == "running"
+		paused := s.st.SyncPaused
+		s.mu.Unlock()
+		if !need || paused {
+			s.wait(ctx, s.kickSync, time.Minute)
+			continue
+		}
+		err := s.runSync(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.setSyncErr(err)
+		if err != nil {
+			s.logger.Warn("full sync failed; retrying", "err", err)
+			s.wait(ctx, s.kickSync, s.opts.RetryInterval)
+		}
+	}
+}
+
+// runSync runs a full sync from the first peer in the connect order that
+// can be a sync source.
+func (s *Secondary) runSync(ctx context.Context) error {
+	peers := s.opts.Peers()
+	if len(peers) == 0 {
+		return errors.New("no peer to sync from (connect list empty)")
+	}
+	var errs []error
+	for _, p := range peers {
+		err := s.syncFrom(ctx, p)
+		if err == nil || errors.Is(err, errSyncPaused) || ctx.Err() != nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("sync from %s: %w", p, err))
+	}
+	return errors.Join(errs...)
+}
+
+// syncFrom compares the data device chunk by chunk with peer p's and copies
+// the chunks that differ. It records p's applied position at the start; the
+// log after it is replayed once the chunks are done (replay is idempotent,
+// and every chunk read later holds at least that position's state). A sync
+// interrupted by a crash or a pause resumes at the last flushed batch; if it
+// resumes from another source, the start is the lower of the two positions.
+func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
+	pc, err := dialPeer(ctx, s.opts.Node, s.opts.Secret, p)
+	if err != nil {
+		return err
+	}
+	defer pc.close()
+	st, err := pc.status(ctx)
+	if err != nil {
+		return err
+	}
+	rs, ok := st.Resource(s.opts.Resource)
+	switch {
+	case !ok:
+		return fmt.Errorf("peer %s holds no resource %s", p, s.opts.Resource)
+	case !rs.Consistent:
+		return fmt.Errorf("peer %s is not consistent itself", p)
+	}
+	cs := uint32(s.opts.ChunkSize)
+	m, err := pc.request(ctx, &wire.ChecksumRequest{Resource: s.opts.Resource, ChunkSize: cs}, syncTimeout)
+	if err != nil {
+		return err
+	}
+	sums, ok := m.(*wire.Checksums)
+	if !ok {
+		return fmt.Errorf("peer %s answered a checksum request with %s", p, m.Type())
+	}
+	size := s.data.Size()
+	if sums.Size != size {
+		return fmt.Errorf("the data device of %s on peer %s has %d bytes, this node's %d: make them the same size", s.opts.Resource, p, sums.Size, size)
+	}
+	err = s.update(func(st *secondaryState) {
+		if st.Sync == "running" {
+			st.SyncStart = minPos(st.SyncStart, rs.Applied)
+		} else {
+			st.SyncStart, st.SyncChunk = rs.Applied, 0
+		}
+		st.Sync, st.Consistent = "running", false
+	})
+	if err != nil {
+		return err
+	}
+	kick(s.kickFetch)
+	nchunks := uint64((size + int64(cs) - 1) / int64(cs))
+	s.mu.Lock()
+	idx := s.st.SyncChunk
+	start := s.st.SyncStart
+	s.prog = SyncProgress{Source: p.Name, Total: size, Compared: min(size, int64(idx)*int64(cs)), Started: time.Now()}
+	s.mu.Unlock()
+	s.logger.Info("full sync started", "peer", p.String(), "start", start.String(), "from_chunk", idx, "chunks", nchunks)
+	var compared, transferred int64
+	local := make([]byte, cs)
+	began := time.Now()
+	for idx < nchunks {
+		s.mu.Lock()
+		paused := s.st.SyncPaused
+		s.mu.Unlock()
+		if paused {
+			s.logger.Info("full sync paused", "chunk", idx)
+			return errSyncPaused
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		cnt := min(uint64(syncBatch), nchunks-idx)
+		// Hash the local chunks while the peer hashes its own.
+		localSums := make(chan []byte, 1)
+		go func() {
+			out := make([]byte, 0, cnt*wire.SumSize)
+			for i := range cnt {
+				off := int64(idx+i) * int64(cs)
+				b := local[:min(int64(cs), size-off)]
+				if _, err := s.data.ReadAt(b, off); err != nil {
+					localSums <- nil
+					return
+				}
+				sum := sha256.Sum256(b)
+				out = append(out, sum[:wire.SumSize]...)
+			}
+			localSums <- out
+		}()
+		m, err := pc.request(ctx, &wire.ChecksumRequest{Resource: s.opts.Resource, ChunkSize: cs, First: idx, Count: uint32(cnt)}, syncTimeout)
+		mine := <-localSums
+		if err != nil {
+			return err
+		}
+		theirs, ok := m.(*wire.Checksums)
+		if !ok || theirs.First != idx || uint64(len(theirs.Sums)) != cnt*wire.SumSize {
+			return fmt.Errorf("peer %s sent a wrong checksum answer", p)
+		}
+		if mine == nil {
+			return fmt.Errorf("read the local data device of %s", s.opts.Resource)
+		}
+		var diff []uint64
+		for i := range cnt {
+			a, b := mine[i*wire.SumSize:(i+1)*wire.SumSize], theirs.Sums[i*wire.SumSize:(i+1)*wire.SumSize]
+			if !bytes.Equal(a, b) {
+				diff = append(diff, idx+i)
+			}
+		}
+		n, err := s.fetchChunks(ctx, pc, diff, cs)
+		transferred += n
+		if err != nil {
+			return err
+		}
+		idx += cnt
+		compared += int64(cnt) * int64(cs)
+		if err := s.data.Flush(); err != nil {
+			return fmt.Errorf("flush data device: %w", err)
+		}
+		if err := s.update(func(st *secondaryState) { st.SyncChunk = idx }); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.prog.Compared = min(size, int64(idx)*int64(cs))
+		s.prog.Transferred += n
+		s.mu.Unlock()
+	}
+	// Every chunk now holds the source's state at start or later; the log
+	// from start on makes it consistent once replayed past the source's
+	// end as of now.
+	st, err = pc.status(ctx)
+	if err != nil {
+		return err
+	}
+	rs, _ = st.Resource(s.opts.Resource)
+	if err := s.data.Flush(); err != nil {
+		return fmt.Errorf("flush data device: %w", err)
+	}
+	if err := WriteApplied(OSFS{}, s.opts.Dir, start); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.replayed, s.persisted = start, start
+	s.replayGen++
+	s.mu.Unlock()
+	if err := s.update(func(st *secondaryState) {
+		st.Sync, st.ConsistentAt, st.SyncChunk = "catching-up", rs.End, 0
+	}); err != nil {
+		return err
+	}
+	s.logger.Info("full sync copied the differing chunks; replaying the log written meanwhile", "peer", p.String(),
+		"compared_bytes", compared, "transferred_bytes", transferred, "took", time.Since(began).Round(time.Millisecond),
+		"replay_from", start.String(), "consistent_at", rs.End.String())
+	kick(s.kickReplay)
+	return nil
+}
+
+// fetchChunks asks for the chunks idx (pipelined) and writes them to the
+// data device. It returns the bytes written.
+func (s *Secondary) fetchChunks(ctx context.Context, pc *peerConn, idx []uint64, cs uint32) (int64, error) {
+	if len(idx) == 0 {
+		return 0, nil
+	}
+	stop := context.AfterFunc(ctx, func() { pc.nc.SetDeadline(time.Now()) })
+	defer stop()
+	defer pc.nc.SetDeadline(time.Time{})
+	// Requests are tiny; send them all, then read the answers in order.
+	pc.nc.SetDeadline(time.Now().Add(syncTimeout))
+	for _, i := range idx {
+		if err := pc.c.Send(&wire.ChunkRequest{Resource: s.opts.Resource, ChunkSize: cs, Index: i}); err != nil {
+			return 0, err
+		}
+	}
+	if err := pc.c.Flush(); err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, i := range idx {
+		pc.nc.SetDeadline(time.Now().Add(syncTimeout))
+		m, err := pc.c.Recv()
+		if err != nil {
+			return n, fmt.Errorf("read chunk %d from peer %s: %w", i, pc.peer, err)
+		}
+		switch m := m.(type) {
+		case *wire.ChunkData:
+			off := int64(i) * int64(cs)
+			if m.Index != i || int64(len(m.Data)) != min(int64(cs), s.data.Size()-off) {
+				return n, fmt.Errorf("peer %s sent chunk %d (%d bytes) for chunk %d", pc.peer, m.Index, len(m.Data), i)
+			}
+			s.applyMu.Lock()
+			_, err := s.data.WriteAt(m.Data, off)
+			s.applyMu.Unlock()
+			if err != nil {
+				return n, fmt.Errorf("write chunk %d to the data device: %w", i, err)
+			}
+			n += int64(len(m.Data))
+		case *wire.Error:
+			return n, &wire.Error{Code: m.Code, Message: m.Message}
+		default:
+			return n, fmt.Errorf("peer %s answered a chunk request with %s", pc.peer, m.Type())
+		}
+	}
+	return n, nil
+}
