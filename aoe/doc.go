@@ -48,4 +48,28 @@
 // frame passed to Decode: copy them to keep them past the frame's reuse.
 // Encoders append to a caller buffer (AppendBinary) so a hot path can reuse
 // one buffer per frame.
+//
+// # Server concurrency
+//
+// A Server's receiving workers take batches of frames with recvmmsg and
+// answer reads and other quick requests themselves (no allocation per
+// frame), sending the batch's responses with one sendmmsg. A frame whose
+// answer waits for the device to sync never holds a worker up: the worker
+// exchanges its buffer for a free one of a fixed pool (twice the
+// advertised bufcnt, at most 512 frames) and goes on receiving.
+//
+//   - Durable writes to a device whose WriteAt only copies (blockdev.File,
+//     blockdev.Memory) are written by the worker and queued to the
+//     target's committer, which flushes the device once for every response
+//     queued meanwhile and sends them together (group commit across every
+//     frame the initiators keep outstanding).
+//   - Writes to any other device (replicate.Primary waits in WriteAt for
+//     the log) and FLUSH CACHE go to a pool of writers, one per frame of
+//     the pool, so that every outstanding write is in flight at once and
+//     shares the device's sync; their responses then go through the
+//     committer as well.
+//
+// Responses leave in any order (initiators match them by tag). When the
+// pool is empty a worker handles the frame itself, flushing once per
+// batch, so memory stays bounded under any request mix.
 package aoe

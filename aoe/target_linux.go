@@ -356,6 +356,12 @@ func (s *Server) release(f *frame) {
 
 func (c *committer) run() {
 	for f := range c.q {
+		if len(c.q) == 0 {
+			// Writers woken by the same log commit queue their frames
+			// one after another: let them run first, so that their
+			// responses share this flush and sendmmsg.
+			runtime.Gosched()
+		}
 		c.batch = append(c.batch[:0], f)
 	drain:
 		for len(c.batch) < cap(c.batch) {
