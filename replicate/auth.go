@@ -15,6 +15,14 @@ import (
 // authentication (wrong cluster secret, or not a tharsis peer at all).
 var ErrAuth = errors.New("peer failed authentication")
 
+// authError is an authentication failure with its operator-facing message.
+type authError struct{ msg string }
+
+func (e *authError) Error() string        { return e.msg }
+func (e *authError) Is(target error) bool { return target == ErrAuth }
+
+func authErr(format string, args ...any) error { return &authError{fmt.Sprintf(format, args...)} }
+
 // authMAC is the proof of one side of the handshake: HMAC-SHA256 keyed with
 // the cluster secret over the role, both nonces and both node names. The role
 // separates the two proofs, so a server's proof can never be replayed as a
@@ -47,7 +55,7 @@ func clientHandshake(c *wire.Conn, node string, secret []byte, addr string) (str
 	m, err := c.Recv()
 	if err != nil {
 		if errors.Is(err, wire.ErrBadMagic) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
-			return "", fmt.Errorf("%w: %s is not a tharsis replication peer (%v); check the replication address in the config", ErrAuth, addr, err)
+			return "", authErr("%s is not a tharsis replication peer (%v); check the replication address in the config", addr, err)
 		}
 		return "", err
 	}
@@ -56,10 +64,11 @@ func clientHandshake(c *wire.Conn, node string, secret []byte, addr string) (str
 		if e, ok := m.(*wire.Error); ok {
 			return "", fmt.Errorf("peer %s refused the connection: %s", addr, e.Message)
 		}
-		return "", fmt.Errorf("%w: peer %s answered hello with %s", ErrAuth, addr, m.Type())
+		return "", authErr("peer %s answered hello with %s", addr, m.Type())
 	}
 	if want := authMAC(secret, "server", hello.Nonce, ch.Nonce, node, ch.Node); !hmac.Equal(want[:], ch.MAC[:]) {
-		return "", fmt.Errorf("%w: peer %s (node %q) failed authentication: wrong cluster secret? (compare secret_file on both nodes)", ErrAuth, addr, ch.Node)
+		c.SendFlush(&wire.Error{Code: wire.CodeAuth, Message: fmt.Sprintf("node %s: your proof of the cluster secret does not match: wrong cluster secret? (compare secret_file on both nodes)", node)})
+		return "", authErr("peer %s (node %q) failed authentication: wrong cluster secret? (compare secret_file on both nodes)", addr, ch.Node)
 	}
 	if err := c.SendFlush(&wire.Response{MAC: authMAC(secret, "client", hello.Nonce, ch.Nonce, node, ch.Node)}); err != nil {
 		return "", err
@@ -71,9 +80,9 @@ func clientHandshake(c *wire.Conn, node string, secret []byte, addr string) (str
 	case *wire.Welcome:
 		return ch.Node, nil
 	case *wire.Error:
-		return "", fmt.Errorf("%w: peer %s (node %q) refused us: %s", ErrAuth, addr, ch.Node, m.Message)
+		return "", authErr("peer %s (node %q) refused us: %s", addr, ch.Node, m.Message)
 	}
-	return "", fmt.Errorf("%w: peer %s answered the proof with %s", ErrAuth, addr, m.Type())
+	return "", authErr("peer %s answered the proof with %s", addr, m.Type())
 }
 
 // serverHandshake authenticates an accepted connection from remote and
@@ -83,13 +92,13 @@ func serverHandshake(c *wire.Conn, node string, secret []byte, remote string) (s
 	m, err := c.Recv()
 	if err != nil {
 		if errors.Is(err, wire.ErrBadMagic) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
-			return "", fmt.Errorf("%w: %s is not a tharsis replication peer (%v)", ErrAuth, remote, err)
+			return "", authErr("%s is not a tharsis replication peer (%v)", remote, err)
 		}
 		return "", err
 	}
 	hello, ok := m.(*wire.Hello)
 	if !ok {
-		return "", fmt.Errorf("%w: peer %s opened with %s instead of hello", ErrAuth, remote, m.Type())
+		return "", authErr("peer %s opened with %s instead of hello", remote, m.Type())
 	}
 	ch := &wire.Challenge{Node: node}
 	rand.Read(ch.Nonce[:])
@@ -100,11 +109,14 @@ func serverHandshake(c *wire.Conn, node string, secret []byte, remote string) (s
 	if m, err = c.Recv(); err != nil {
 		return "", err
 	}
+	if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeAuth {
+		return "", authErr("peer %s (says it is node %q) failed authentication: wrong cluster secret? (it refused our proof: %s)", remote, hello.Node, e.Message)
+	}
 	resp, ok := m.(*wire.Response)
 	want := authMAC(secret, "client", hello.Nonce, ch.Nonce, hello.Node, node)
 	if !ok || !hmac.Equal(want[:], resp.MAC[:]) {
 		c.SendFlush(&wire.Error{Code: wire.CodeAuth, Message: "authentication failed: wrong cluster secret? (compare secret_file on both nodes)"})
-		return "", fmt.Errorf("%w: peer %s (says it is node %q) failed authentication: wrong cluster secret?", ErrAuth, remote, hello.Node)
+		return "", authErr("peer %s (says it is node %q) failed authentication: wrong cluster secret?", remote, hello.Node)
 	}
 	if err := c.SendFlush(&wire.Welcome{}); err != nil {
 		return "", err

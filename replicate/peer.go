@@ -64,6 +64,9 @@ func (pc *peerConn) request(ctx context.Context, m wire.Message, timeout time.Du
 	defer stop()
 	pc.nc.SetDeadline(time.Now().Add(timeout))
 	defer pc.nc.SetDeadline(time.Time{})
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if err := pc.c.SendFlush(m); err != nil {
 		return nil, fmt.Errorf("send %s to peer %s: %w", m.Type(), pc.peer, err)
 	}

@@ -64,7 +64,10 @@ type ResourceStatus struct {
 	ReplayPaused bool    `json:"replay_paused,omitempty"`
 	SyncPaused   bool    `json:"sync_paused,omitempty"`
 	// Sync is the progress of a full sync, when one is running or needed.
-	Sync     *SyncProgress    `json:"sync,omitempty"`
+	Sync *SyncProgress `json:"sync,omitempty"`
+	// LastSync is the outcome of the last full sync since the daemon
+	// started (State "done"), for the bytes it compared and transferred.
+	LastSync *SyncProgress    `json:"last_sync,omitempty"`
 	Segments []SegmentSummary `json:"segments"`
 	Err      string           `json:"error,omitempty"`
 }
@@ -82,8 +85,9 @@ type SegmentSummary struct {
 
 // SyncProgress is the progress of a fast full sync.
 type SyncProgress struct {
-	// State is "needed" (not started: paused or no source), "running" or
-	// "catching-up" (chunks done, replaying the log written meanwhile).
+	// State is "needed" (not started: paused or no source), "running",
+	// "catching-up" (chunks done, replaying the log written meanwhile) or
+	// "done" (in LastSync).
 	State string `json:"state"`
 	// Start is the source's applied position when the sync started; the
 	// log after it is replayed once the chunks are done.

@@ -87,6 +87,7 @@ type Secondary struct {
 	sourceEnd  Position
 	caughtUpAt time.Time
 	prog       SyncProgress
+	lastSync   *SyncProgress
 	fetchErr   string
 	replayErr  string
 	syncErr    string
@@ -101,6 +102,8 @@ type Secondary struct {
 	kickSync   chan struct{}
 	// cancelStream ends the current fetch stream (pause, preferred peer).
 	cancelStream context.CancelFunc
+
+	stateMu sync.Mutex // serialises saveState
 
 	// applyMu is held while a record is applied to the data device and
 	// while a sync writes chunks.
@@ -220,6 +223,8 @@ func recoverFetched(dir, res string, logger *slog.Logger) (Position, error) {
 
 // saveState persists s.st; the caller must not hold s.mu.
 func (s *Secondary) saveState() error {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
 	s.mu.Lock()
 	b, _ := json.Marshal(s.st)
 	s.mu.Unlock()
@@ -372,6 +377,10 @@ func (s *Secondary) Status() ResourceStatus {
 			// The log this node needs starts after the sync's start.
 			rs.Applied = minPos(s.persisted, s.st.SyncStart)
 		}
+	}
+	if s.lastSync != nil {
+		ls := *s.lastSync
+		rs.LastSync = &ls
 	}
 	caughtUp := s.replayed.Seq >= s.sourceEnd.Seq && s.fetched.Seq >= s.sourceEnd.Seq
 	if caughtUp {

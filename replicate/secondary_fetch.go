@@ -200,7 +200,11 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 	s.setSource(p.Name, Position{})
 	for {
 		pc.nc.SetReadDeadline(time.Now().Add(fetchStreamTimeout))
-		m, err := pc.c.Recv()
+		var m wire.Message
+		err := sctx.Err() // a cancel before the deadline was set is seen here
+		if err == nil {
+			m, err = pc.c.Recv()
+		}
 		if err != nil {
 			if c := context.Cause(sctx); c != nil && sctx.Err() != nil {
 				if errors.Is(c, errPreferred) {

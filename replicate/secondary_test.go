@@ -3,8 +3,8 @@ package replicate
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -94,7 +94,9 @@ func (n *node) listen(secret []byte) {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	n.addr = l.Addr().String()
+	if n.addr == "" {
+		n.addr = l.Addr().String() // kept across restarts (peers read it)
+	}
 	n.l = l
 	n.srv = &ShipServer{Node: n.name, Secret: secret, Logger: n.logger()}
 	go n.srv.Serve(l)
@@ -285,4 +287,272 @@ func (w *writer) describe(off int64) string {
 		}
 	}
 	return s
+}
+
+// restartServer brings a node's ship server back on the same address.
+func (n *node) restartServer() {
+	n.listen(testSecret)
+	if n.prim != nil {
+		n.srv.AddResource("r0", PrimarySource(n.prim))
+	}
+	if n.sec != nil {
+		n.srv.AddResource("r0", n.sec.Source())
+	}
+}
+
+func TestPriorityFallbackReturnAndCascade(t *testing.T) {
+	const size = 2 << 20
+	a, b, c := newNode(t, "alpha", size), newNode(t, "beta", size), newNode(t, "gamma", size)
+	a.startPrimary(128 << 10)
+	w := &writer{rng: rand.New(rand.NewPCG(5, 6))}
+	w.write(t, a.prim, 50)
+	b.startSecondary(func() []Peer { return []Peer{a.peer()} }, nil)
+	// gamma prefers beta (cascading) and falls back to alpha.
+	c.startSecondary(func() []Peer { return []Peer{b.peer(), a.peer()} }, nil)
+	w.write(t, a.prim, 50)
+	waitCaughtUp(t, a.prim, b, c)
+	testutil.WaitFor(t, 10*time.Second, "gamma to fetch from beta", func() bool { return c.sec.Status().Source == "beta" })
+	sameData(t, a, c)
+
+	// beta goes away: gamma falls back to alpha.
+	b.stopServer()
+	w.write(t, a.prim, 50)
+	waitCaughtUp(t, a.prim, c)
+	if src := c.sec.Status().Source; src != "alpha" {
+		t.Errorf("gamma fetches from %q after beta went away, want alpha", src)
+	}
+	sameData(t, a, c)
+
+	// beta is back: gamma returns to it.
+	b.restartServer()
+	w.write(t, a.prim, 50)
+	testutil.WaitFor(t, 10*time.Second, "gamma to return to beta", func() bool { return c.sec.Status().Source == "beta" })
+	w.write(t, a.prim, 20)
+	waitCaughtUp(t, a.prim, b, c)
+	sameData(t, a, b)
+	sameData(t, a, c)
+}
+
+func TestSecondaryCrashMidReplay(t *testing.T) {
+	const size = 4 << 20
+	a, b := newNode(t, "alpha", size), newNode(t, "beta", size)
+	a.startPrimary(256 << 10)
+	peers := func() []Peer { return []Peer{a.peer()} }
+	b.startSecondary(peers, nil)
+	w := &writer{rng: rand.New(rand.NewPCG(7, 8))}
+	w.write(t, a.prim, 20)
+	waitCaughtUp(t, a.prim, b)
+	for cycle := range 3 {
+		// Fetch a backlog with replay paused, then crash while it replays.
+		b.sec.SetReplayPaused(true)
+		w.write(t, a.prim, 300)
+		testutil.WaitFor(t, 10*time.Second, "beta to fetch the backlog", func() bool {
+			f, _ := b.sec.Positions()
+			return f.Seq >= a.prim.Status().Logged.Seq
+		})
+		_, r0 := b.sec.Positions()
+		b.sec.SetReplayPaused(false)
+		testutil.WaitFor(t, 10*time.Second, "beta to start replaying", func() bool {
+			_, r := b.sec.Positions()
+			return r.Seq > r0.Seq
+		})
+		b.crashSecondary()
+		persisted, err := ReadApplied(OSFS{}, b.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("cycle %d: crashed; persisted replay position %v", cycle, persisted)
+		b.startSecondary(peers, nil)
+		w.write(t, a.prim, 10)
+		waitCaughtUp(t, a.prim, b)
+		sameData(t, a, b)
+	}
+}
+
+func TestPrimaryCrashMidStream(t *testing.T) {
+	const size = 4 << 20
+	a, b := newNode(t, "alpha", size), newNode(t, "beta", size)
+	a.startPrimary(256 << 10)
+	b.startSecondary(func() []Peer { return []Peer{a.peer()} }, nil)
+	w := &writer{rng: rand.New(rand.NewPCG(9, 10))}
+	for cycle := range 3 {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				// Writes fail once the primary is gone.
+				if err := func() (err error) {
+					defer func() {
+						if recover() != nil {
+							err = errClosed
+						}
+					}()
+					w.mu.Lock()
+					off := w.rng.Int64N(size/512-64) * 512
+					b := make([]byte, 512*(1+w.rng.IntN(63)))
+					for i := range b {
+						b[i] = byte(w.rng.Uint32())
+					}
+					w.mu.Unlock()
+					_, err = a.prim.WriteAt(b, off)
+					return err
+				}(); err != nil {
+					return
+				}
+			}
+		}()
+		testutil.WaitFor(t, 10*time.Second, "beta to receive some of the stream", func() bool {
+			f, _ := b.sec.Positions()
+			return f.Seq > a.prim.Status().Written.Seq/2 && f.Seq > 0
+		})
+		// kill -9 of the primary: no checkpoint, segment left unsealed.
+		a.stopServer()
+		a.prim.crash()
+		<-done
+		p, err := OpenPrimary(noClose{a.data}, Options{Dir: a.dir, Node: "alpha", Resource: "r0", SegmentSize: 256 << 10})
+		if err != nil {
+			t.Fatalf("cycle %d: reopen primary: %v", cycle, err)
+		}
+		a.prim = p
+		t.Cleanup(func() { p.Close() })
+		a.restartServer()
+		w.write(t, a.prim, 10)
+		waitCaughtUp(t, a.prim, b)
+		sameData(t, a, b)
+	}
+}
+
+// Fast full sync: a joining node whose disk differs from the primary in
+// about 1 % of its chunks transfers about 1 % of the bytes.
+func TestJoinSyncTransfersDifferingChunks(t *testing.T) {
+	const size = 32 << 20
+	const chunk = 64 << 10
+	a, b := newNode(t, "alpha", size), newNode(t, "beta", size)
+	rng := rand.New(rand.NewPCG(11, 12))
+	buf := make([]byte, size)
+	for i := range buf {
+		buf[i] = byte(rng.Uint32())
+	}
+	a.data.WriteAt(buf, 0)
+	a.startPrimary(1 << 20)
+	w := &writer{rng: rand.New(rand.NewPCG(13, 14))}
+	w.write(t, a.prim, 20)
+	// beta's disk: the same but 5 chunks of 512 (≈1 %).
+	a.data.ReadAt(buf, 0)
+	for _, c := range []int64{3, 100, 101, 300, 511} {
+		for i := c * chunk; i < c*chunk+chunk; i += 4096 {
+			buf[i] ^= 0xff
+		}
+	}
+	b.data.WriteAt(buf, 0)
+	b.startSecondary(func() []Peer { return []Peer{a.peer()} }, func(o *SecondaryOptions) { o.ChunkSize = chunk })
+	if b.sec.Consistent() {
+		t.Fatal("a fresh secondary says it is consistent")
+	}
+	waitCaughtUp(t, a.prim, b)
+	sameData(t, a, b)
+	st := b.sec.Status()
+	if st.LastSync == nil {
+		t.Fatalf("no sync outcome in the status: %+v", st)
+	}
+	ls := st.LastSync
+	t.Logf("sync compared %d bytes, transferred %d (%.2f%%)", ls.Compared, ls.Transferred, 100*float64(ls.Transferred)/float64(size))
+	if ls.Compared != size || ls.Transferred != 5*chunk {
+		t.Errorf("sync compared %d, transferred %d bytes; want %d compared and about %d transferred", ls.Compared, ls.Transferred, size, 5*chunk)
+	}
+	// Invalidate forces another sync, which now transfers (almost) nothing.
+	if err := b.sec.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 20*time.Second, "the second sync", func() bool {
+		st := b.sec.Status()
+		return st.Consistent && st.LastSync != nil && !st.LastSync.Started.Equal(ls.Started)
+	})
+	w.write(t, a.prim, 5)
+	waitCaughtUp(t, a.prim, b)
+	sameData(t, a, b)
+	if tr := b.sec.Status().LastSync.Transferred; tr > 2*chunk {
+		t.Errorf("second sync transferred %d bytes of identical disks", tr)
+	}
+}
+
+// The consistency promise: at any moment (between two applied records) a
+// consistent secondary's data equals the primary's state after some prefix
+// of the acknowledged writes.
+func TestSecondaryPrefixProperty(t *testing.T) {
+	const size = 1 << 20
+	a, b := newNode(t, "alpha", size), newNode(t, "beta", size)
+	a.startPrimary(64 << 10)
+	b.startSecondary(func() []Peer { return []Peer{a.peer()} }, nil)
+	if err := b.sec.FakeSync(); err != nil { // both start zeroed
+		t.Fatal(err)
+	}
+	w := &writer{rng: rand.New(rand.NewPCG(15, 16))}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.write(t, a.prim, 1500)
+	}()
+	img := make([]byte, size)
+	model := make([]byte, size)
+	checks, matched := 0, 0
+	deadline := time.Now().Add(30 * time.Second)
+	for finished := false; !finished && time.Now().Before(deadline); {
+		select {
+		case <-done:
+			finished = true
+		default:
+		}
+		b.sec.applyMu.Lock()
+		b.data.ReadAt(img, 0)
+		b.sec.applyMu.Unlock()
+		w.mu.Lock()
+		hist := w.hist
+		w.mu.Unlock()
+		// Find the prefix: apply the history step by step.
+		clear(model)
+		ok := bytes.Equal(model, img)
+		for i := 0; i < len(hist) && !ok; i++ {
+			h := hist[i]
+			if h.data == nil {
+				clear(model[h.off : h.off+h.n])
+			} else {
+				copy(model[h.off:], h.data)
+			}
+			// Only the touched range can newly match; compare fully
+			// when it does.
+			if bytes.Equal(model[h.off:h.off+h.n], img[h.off:h.off+h.n]) {
+				ok = bytes.Equal(model, img)
+			}
+		}
+		// Writes acknowledged after hist was copied may be in img too.
+		if !ok {
+			w.mu.Lock()
+			more := w.hist[len(hist):]
+			w.mu.Unlock()
+			for _, h := range more {
+				if h.data == nil {
+					clear(model[h.off : h.off+h.n])
+				} else {
+					copy(model[h.off:], h.data)
+				}
+				if ok = bytes.Equal(model, img); ok {
+					break
+				}
+			}
+		}
+		checks++
+		if !ok {
+			t.Fatalf("check %d: beta's data is not the primary's state after any prefix of the writes", checks)
+		}
+		matched++
+		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond) // random moments, not synchronisation
+	}
+	<-done
+	waitCaughtUp(t, a.prim, b)
+	sameData(t, a, b)
+	t.Logf("%d checks of the prefix property passed", matched)
+	if checks < 3 {
+		t.Errorf("only %d checks ran", checks)
+	}
 }

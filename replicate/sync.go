@@ -209,6 +209,10 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	s.mu.Lock()
 	s.replayed, s.persisted = start, start
 	s.replayGen++
+	s.prog.Compared = size
+	ls := s.prog
+	ls.State, ls.Start = "done", start
+	s.lastSync = &ls
 	s.mu.Unlock()
 	if err := s.update(func(st *secondaryState) {
 		st.Sync, st.ConsistentAt, st.SyncChunk = "catching-up", rs.End, 0
@@ -244,6 +248,9 @@ func (s *Secondary) fetchChunks(ctx context.Context, pc *peerConn, idx []uint64,
 	var n int64
 	for _, i := range idx {
 		pc.nc.SetDeadline(time.Now().Add(syncTimeout))
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
 		m, err := pc.c.Recv()
 		if err != nil {
 			return n, fmt.Errorf("read chunk %d from peer %s: %w", i, pc.peer, err)
