@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Replication on vs off, side by side: the same `tharsis run` NBD export of a
-# file disk with the transaction log (replicated = true: log -> fdatasync ->
-# ack -> apply) and without it (replicated = false: the file device, one
-# fdatasync per FLUSH/FUA), driven by the same clients:
-#   fio --ioengine=nbd 4k randwrite qd32, without and with --fsync=32
+# file disk without the transaction log (replicated = false: the file device,
+# one fdatasync per FLUSH/FUA), with it and `sync = false` (the default: log
+# pwrite -> apply -> ack; fdatasync per FLUSH/FUA, so the same promise as
+# off), and with it and `sync = true` (log -> fdatasync -> ack on every write),
+# driven by the same clients:
 #   nbdcopy --flush sequential 256 MiB write
+#   fio --ioengine=nbd 4k randwrite qd32, plain and with --fsync=32
+#   4k random writes qd32 with FUA on every write (go run ./bench/replicate/fua:
+#   fio's nbd engine cannot send FUA, and --sync=1 does nothing for it)
 # then the time recovery takes to replay a log (go run ./bench/replicate/replay).
 # Prints a table with ratios (on/off) and appends it to bench/RESULTS.md.
 # It asserts nothing: it is not a test.
@@ -44,12 +48,15 @@ trap 'exit 130' INT TERM
 
 echo "building tharsis..."
 go build -o "$WORK/tharsis" ./cmd/tharsis
+go build -o "$WORK/fua" ./bench/replicate/fua
 head -c "$SIZE" /dev/urandom >"$WORK/src.img"
 
-# start MODE(on|off) PORT: run a node exporting r0 with replication MODE.
+# start MODE(off|on|sync) PORT: run a node exporting r0 without replication
+# (off), with it (on: sync = false) or with it and sync = true (sync).
 start() {
-	local mode=$1 port=$2 repl=true
+	local mode=$1 port=$2 repl=true sync=false
 	[ "$mode" = off ] && repl=false
+	[ "$mode" = sync ] && sync=true
 	rm -rf "$WORK/$mode" && mkdir -p "$WORK/$mode"
 	truncate -s $((2 * SIZE)) "$WORK/$mode/r0.img"
 	cat >"$WORK/$mode/tharsis.toml" <<TOML
@@ -60,6 +67,7 @@ state_dir = "$WORK/$mode/state"
 [resources.r0]
 disk = { alpha = "$WORK/$mode/r0.img" }
 replicated = $repl
+sync = $sync
 
 [[exports.nbd]]
 resource = "r0"
@@ -101,15 +109,21 @@ copy_mibs() {
 	python3 -c "print('%.0f' % (256 / ($t1 - $t0)))"
 }
 
+# fua_iops PORT: write IOPS of 4k random writes qd32, each with FUA.
+fua_iops() {
+	"$WORK/fua" -addr "127.0.0.1:$1" -name r0 -qd 32 -bs 4096 -seconds "$RUNTIME"
+}
+
 declare -A R
 p=$PORT
-for mode in off on; do
+for mode in off on sync; do
 	echo "== replication $mode"
 	start "$mode" "$p"
 	R[$mode,copy]=$(copy_mibs "$p")
 	R[$mode,rand]=$(fio_iops "$p")
 	R[$mode,randfsync]=$(fio_iops "$p" --fsync=32)
-	echo "   nbdcopy ${R[$mode,copy]} MiB/s, randwrite ${R[$mode,rand]} IOPS, randwrite+fsync=32 ${R[$mode,randfsync]} IOPS"
+	R[$mode,fua]=$(fua_iops "$p")
+	echo "   nbdcopy ${R[$mode,copy]} MiB/s, randwrite ${R[$mode,rand]} IOPS, randwrite+fsync=32 ${R[$mode,randfsync]} IOPS, randwrite+FUA ${R[$mode,fua]} IOPS"
 	stop
 	p=$((p + 1))
 done
@@ -126,13 +140,14 @@ TABLE=$(
 
 ## Replication on vs off ($(date -u +%Y-%m-%d))
 
-Machine: $(nproc) CPUs, $(uname -r), images and log in $BASE ($(df -T "$BASE" | awk 'NR==2{print $2}')); fio ${RUNTIME}s per run; same \`tharsis run\` NBD export, \`replicated = true\` vs \`false\`.
+Machine: $(nproc) CPUs, $(uname -r), images and log in $BASE ($(df -T "$BASE" | awk 'NR==2{print $2}')); ${RUNTIME}s per fio/FUA run; same \`tharsis run\` NBD export: off = \`replicated = false\`, on = \`replicated = true\` with \`sync = false\` (default), sync = \`replicated = true\` with \`sync = true\`.
 
-| workload | off (file, fdatasync per FLUSH/FUA) | on (log, ack after fdatasync) | on/off (target ≥ 0.8) |
-| --- | ---: | ---: | ---: |
-| nbdcopy --flush 256 MiB sequential (MiB/s) | ${R[off,copy]} | ${R[on,copy]} | $(ratio "${R[on,copy]}" "${R[off,copy]}") |
-| fio 4k randwrite qd32 (IOPS) | ${R[off,rand]} | ${R[on,rand]} | $(ratio "${R[on,rand]}" "${R[off,rand]}") |
-| fio 4k randwrite qd32 --fsync=32 (IOPS) | ${R[off,randfsync]} | ${R[on,randfsync]} | $(ratio "${R[on,randfsync]}" "${R[off,randfsync]}") |
+| workload | off (file, fdatasync per FLUSH/FUA) | on, sync = false (log, fdatasync per FLUSH/FUA) | on/off (target ≥ 0.8) | on, sync = true (fdatasync before each ack) | sync/off |
+| --- | ---: | ---: | ---: | ---: | ---: |
+| nbdcopy --flush 256 MiB sequential (MiB/s) | ${R[off,copy]} | ${R[on,copy]} | $(ratio "${R[on,copy]}" "${R[off,copy]}") | ${R[sync,copy]} | $(ratio "${R[sync,copy]}" "${R[off,copy]}") |
+| fio 4k randwrite qd32 (IOPS) | ${R[off,rand]} | ${R[on,rand]} | $(ratio "${R[on,rand]}" "${R[off,rand]}") | ${R[sync,rand]} | $(ratio "${R[sync,rand]}" "${R[off,rand]}") |
+| fio 4k randwrite qd32 --fsync=32 (IOPS) | ${R[off,randfsync]} | ${R[on,randfsync]} | $(ratio "${R[on,randfsync]}" "${R[off,randfsync]}") | ${R[sync,randfsync]} | $(ratio "${R[sync,randfsync]}" "${R[off,randfsync]}") |
+| 4k randwrite qd32, FUA on every write (IOPS) | ${R[off,fua]} | ${R[on,fua]} | $(ratio "${R[on,fua]}" "${R[off,fua]}") | ${R[sync,fua]} | $(ratio "${R[sync,fua]}" "${R[off,fua]}") |
 
 Recovery replay of a ${REPLAY_MIB} MiB log (64 KiB records): ${replay_s} s (${replay_rate} MiB/s).
 MD

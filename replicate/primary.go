@@ -303,6 +303,7 @@ func (p *Primary) do(es []*entry) error {
 	}
 	t := p.w.append(es) // under p.mu: pending order == log order
 	p.mu.Unlock()
+	p.w.lead()
 
 	<-t.done
 	if t.err != nil {

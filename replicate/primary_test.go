@@ -302,6 +302,9 @@ func TestPrimaryNoSpace(t *testing.T) {
 	fsys := newFaultFS()
 	mem := blockdev.NewMemory(devSize)
 	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys })
+	p.w.mu.Lock()
+	p.w.statfsMaxAge = 0 // see every change of the fake free space at once
+	p.w.mu.Unlock()
 	if _, err := p.WriteAt([]byte("acked"), 0); err != nil {
 		t.Fatal(err)
 	}

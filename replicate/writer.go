@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
 )
@@ -64,8 +65,12 @@ type logWriter struct {
 	rotReq  []chan error
 	closing bool
 	err     error // sticky: the log can no longer be written
+	// writing is the right to write to the segment: held by an appender
+	// writing its batch itself, or by flushLoop.
+	writing   bool
+	rotFailed bool // rotation at the size threshold failed; retried after the next batch
 
-	// Owned by flushLoop; changed under mu so Status can read them.
+	// Owned by whoever is writing; changed under mu so Status can read them.
 	f       File
 	segs    []SegmentInfo // every segment known; the last is current
 	written int64         // bytes written to the current segment
@@ -86,7 +91,21 @@ type logWriter struct {
 	loopDone chan struct{}
 	syncDone chan struct{}
 	buf      []byte
+
+	// Free space of the log filesystem, owned by whoever is writing:
+	// statfs runs again when the last answer is older than statfsMaxAge,
+	// or the bytes written since could bring it near the minimum.
+	statfsMaxAge time.Duration
+	availBytes   int64 // statfs answer at availAt
+	availAt      time.Time
+	sinceStatfs  int64 // bytes written since availAt
 }
+
+// Limits of the cached free-space figure (see logWriter.statfsMaxAge).
+const (
+	defaultStatfsMaxAge = 50 * time.Millisecond
+	statfsMaxBytes      = 8 << 20
+)
 
 // startWriter starts a writer appending to the open, empty segment f (the
 // last of segs) after record lastSeq. Everything up to lastPos must be
@@ -102,6 +121,7 @@ func startWriter(w *logWriter, f File, segs []SegmentInfo, lastSeq uint64, lastP
 	w.durableCh = make(chan struct{})
 	w.loopDone = make(chan struct{})
 	w.syncDone = make(chan struct{})
+	w.statfsMaxAge = defaultStatfsMaxAge
 	go w.flushLoop()
 	go w.syncLoop()
 	return w
@@ -112,7 +132,8 @@ func (w *logWriter) segPath(n SegmentName) string { return filepath.Join(w.dir, 
 func (w *logWriter) current() SegmentName { return w.segs[len(w.segs)-1].Name }
 
 // append queues entries (in order, contiguously) and returns the ticket of
-// their batch.
+// their batch. The caller then calls lead (outside its own locks), which
+// writes the batch unless another goroutine is writing and takes it.
 func (w *logWriter) append(es []*entry) *ticket {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -128,8 +149,43 @@ func (w *logWriter) append(es []*entry) *ticket {
 	if w.cur == nil {
 		w.cur = &ticket{done: make(chan struct{})}
 	}
-	w.cond.Signal()
 	return w.cur
+}
+
+// lead writes the queued batch in the calling goroutine if nobody is
+// writing; otherwise the writer (or the flush loop after it) takes it.
+// Handing every batch to the flush loop instead would make each write wait
+// until the scheduler runs that goroutine, behind every runnable writer.
+func (w *logWriter) lead() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.writing || len(w.queue) == 0 {
+		return
+	}
+	// Batches queued meanwhile are written here too (a few at most, to
+	// bound this caller's delay), which saves waking another goroutine.
+	for range 4 {
+		if len(w.queue) == 0 || w.flushLoopWork() || w.closing {
+			break
+		}
+		q, t := w.queue, w.cur
+		w.queue, w.cur = nil, nil
+		w.writing = true
+		w.mu.Unlock()
+		t.err = w.writeBatch(q)
+		close(t.done)
+		w.mu.Lock()
+		w.writing = false
+	}
+	if len(w.queue) > 0 || w.flushLoopWork() || w.closing {
+		w.cond.Signal()
+	}
+}
+
+// flushLoopWork says whether the flush loop has a rotation to do. Call with
+// mu held.
+func (w *logWriter) flushLoopWork() bool {
+	return len(w.rotReq) > 0 || (w.written >= w.segSize && !w.rotFailed)
 }
 
 var errClosed = errors.New("the replicated device is closed")
@@ -278,11 +334,14 @@ func (w *logWriter) writtenPosition() Position {
 	return w.lastPos
 }
 
+// flushLoop writes the batches no appender is writing itself, rotates the
+// segment (at the size threshold and when asked) and drains the queue on
+// close.
 func (w *logWriter) flushLoop() {
 	defer close(w.loopDone)
 	for {
 		w.mu.Lock()
-		for len(w.queue) == 0 && len(w.rotReq) == 0 && !w.closing {
+		for w.writing || (len(w.queue) == 0 && !w.flushLoopWork() && !w.closing) {
 			w.cond.Wait()
 		}
 		if len(w.queue) == 0 && len(w.rotReq) == 0 && w.closing {
@@ -291,21 +350,27 @@ func (w *logWriter) flushLoop() {
 		}
 		q, t, rot := w.queue, w.cur, w.rotReq
 		w.queue, w.cur, w.rotReq = nil, nil, nil
+		w.writing = true
 		w.mu.Unlock()
 
 		if len(q) > 0 {
 			t.err = w.writeBatch(q)
 			close(t.done)
 		}
+		var rotErr error
 		if len(rot) > 0 || w.written >= w.segSize {
-			err := w.rotateNow(len(rot) > 0)
-			if err != nil {
-				w.logger.Error("cannot rotate the transaction log; writing on to the current segment", "segment", w.current(), "err", err)
+			rotErr = w.rotateNow(len(rot) > 0)
+			if rotErr != nil {
+				w.logger.Error("cannot rotate the transaction log; writing on to the current segment", "segment", w.current(), "err", rotErr)
 			}
 			for _, ch := range rot {
-				ch <- err
+				ch <- rotErr
 			}
 		}
+		w.mu.Lock()
+		w.writing = false
+		w.rotFailed = rotErr != nil && w.written >= w.segSize
+		w.mu.Unlock()
 	}
 }
 
@@ -374,7 +439,7 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 	} else {
 		w.buf = nil
 	}
-	if avail, err := w.fsys.Available(w.dir); err == nil && avail < int64(len(buf))+w.minFree+spaceReserve {
+	if !w.spaceFor(int64(len(buf))) {
 		return w.noSpace(len(buf), nil)
 	}
 	n, err := w.f.WriteAt(buf, start)
@@ -391,6 +456,7 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 		}
 		return fmt.Errorf("write log segment %s: %w", w.segPath(seg), err)
 	}
+	w.sinceStatfs += int64(len(buf))
 	w.mu.Lock()
 	w.written = start + int64(len(buf))
 	w.lastSeq = seq
@@ -402,6 +468,7 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 	cur.LastSeq = seq
 	cur.Records += len(q)
 	cur.End = w.written
+	w.rotFailed = false
 	if w.syncEvery && seq > w.wantSeq {
 		w.wantSeq = seq
 	}
@@ -410,6 +477,25 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 	}
 	w.mu.Unlock()
 	return nil
+}
+
+// spaceFor says whether n more bytes leave MinFree (and the reserve) free
+// on the log filesystem. It asks statfs only when the figure it has is old
+// or could be too high; when statfs fails the write is tried anyway (ENOSPC
+// from the write itself is handled too).
+func (w *logWriter) spaceFor(n int64) bool {
+	need := n + w.minFree + spaceReserve
+	est := w.availBytes - w.sinceStatfs
+	if now := time.Now(); now.Sub(w.availAt) >= w.statfsMaxAge || w.sinceStatfs > statfsMaxBytes || est < need {
+		avail, err := w.fsys.Available(w.dir)
+		if err != nil {
+			w.availAt = time.Time{}
+			return true
+		}
+		w.availBytes, w.availAt, w.sinceStatfs = avail, now, 0
+		est = avail
+	}
+	return est >= need
 }
 
 // durableIn returns the offset up to which segment seg is known durable.
