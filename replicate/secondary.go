@@ -48,6 +48,10 @@ type SecondaryOptions struct {
 	CheckpointInterval time.Duration
 	// ChunkSize is the chunk size of a full sync; 0 means DefaultChunkSize.
 	ChunkSize int
+	// MinAppliedByPeers, if set, returns the lowest position applied by
+	// the nodes that fetch from this one (cascading); DeleteApplied keeps
+	// what it does not cover. Nil: only this node counts.
+	MinAppliedByPeers func() Position
 }
 
 // secondaryState is what stateFile holds.
@@ -108,6 +112,10 @@ type Secondary struct {
 	// applyMu is held while a record is applied to the data device and
 	// while a sync writes chunks.
 	applyMu sync.Mutex
+
+	// discardLog asks the fetcher to drop the local log (a sync starts
+	// before its beginning).
+	discardLog bool
 
 	// crashed makes Run return without the final checkpoint (tests).
 	crashed bool
@@ -382,10 +390,7 @@ func (s *Secondary) Status() ResourceStatus {
 		ls := *s.lastSync
 		rs.LastSync = &ls
 	}
-	caughtUp := s.replayed.Seq >= s.sourceEnd.Seq && s.fetched.Seq >= s.sourceEnd.Seq
-	if caughtUp {
-		s.caughtUpAt = time.Now()
-	} else {
+	if !s.noteCaughtUp() {
 		rs.LagSeconds = time.Since(s.caughtUpAt).Seconds()
 	}
 	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr} {
@@ -414,6 +419,16 @@ func (s *Secondary) Status() ResourceStatus {
 	}
 	rs.LagBytes = logDistance(replayed, fetched, sizes) + logDistance(fetched, srcEnd, sizes)
 	return rs
+}
+
+// noteCaughtUp records the time when the data device holds everything the
+// source reported; call with s.mu held.
+func (s *Secondary) noteCaughtUp() bool {
+	if s.replayed.Seq >= s.sourceEnd.Seq && s.fetched.Seq >= s.sourceEnd.Seq && s.st.Consistent {
+		s.caughtUpAt = time.Now()
+		return true
+	}
+	return false
 }
 
 // logDistance is the number of log bytes from a to b (0 if b is not after
@@ -507,3 +522,64 @@ func (ss secondarySource) SyncData() (blockdev.Device, Position, error) {
 }
 
 func (ss secondarySource) Status() ResourceStatus { return ss.s.Status() }
+
+// DeleteApplied removes segments of the local log (`tharsis log-delete` on
+// a secondary): the oldest one, or with all every one it can. A segment can
+// go when it is complete, this node replayed it (persisted) and
+// MinAppliedByPeers, if set, covers it; never during a full sync. It
+// returns the names removed, or an error saying why nothing could be.
+func (s *Secondary) DeleteApplied(all bool) ([]string, error) {
+	if err := s.checkpoint(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	upto, fetched, syncing := s.persisted, s.fetched, s.st.Sync
+	s.mu.Unlock()
+	res := resName(s.opts.Resource)
+	if syncing != "" {
+		return nil, fmt.Errorf("nothing deleted from the log of %s: a full sync is under way (%s) and needs the log", res, syncing)
+	}
+	if s.opts.MinAppliedByPeers != nil {
+		upto = minPos(upto, s.opts.MinAppliedByPeers())
+	}
+	names, err := listSegments(OSFS{}, s.opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var why error
+	for _, n := range names {
+		if !all && len(removed) > 0 {
+			break
+		}
+		path := filepath.Join(s.opts.Dir, n.String())
+		if n.Seq >= fetched.Segment {
+			why = fmt.Errorf("segment %s is the one being fetched", n)
+			break
+		}
+		done := n.Seq < upto.Segment
+		if !done && n.Seq == upto.Segment {
+			if st, err := os.Stat(path); err == nil && st.Size() == upto.Offset {
+				done = true
+			}
+		}
+		if !done {
+			why = fmt.Errorf("segment %s is not replayed yet (replayed up to %v%s)", n, upto, map[bool]string{true: " by every node fetching from this one", false: ""}[s.opts.MinAppliedByPeers != nil])
+			break
+		}
+		if err := os.Remove(path); err != nil {
+			why = fmt.Errorf("remove log segment: %w", err)
+			break
+		}
+		removed = append(removed, n.String())
+	}
+	if len(removed) > 0 {
+		OSFS{}.SyncDir(s.opts.Dir)
+		s.logger.Info("deleted replayed log segments", "segments", removed)
+		return removed, nil
+	}
+	if why == nil {
+		why = errors.New("the log is empty")
+	}
+	return nil, fmt.Errorf("nothing deleted from the log of %s: %w", res, why)
+}

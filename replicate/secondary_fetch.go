@@ -73,6 +73,13 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 			s.wait(ctx, s.kickFetch, time.Hour)
 			continue
 		}
+		s.mu.Lock()
+		discard := s.discardLog
+		s.discardLog = false
+		s.mu.Unlock()
+		if discard {
+			s.dropLocalLog(&fl)
+		}
 		if _, ok := s.fetchFrom(); !ok {
 			s.wait(ctx, s.kickFetch, s.opts.RetryInterval)
 			continue
@@ -134,7 +141,18 @@ func (s *Secondary) discardLogForSync(fl *fetchLog) bool {
 	if !ok {
 		return false
 	}
+	if !s.dropLocalLog(fl) {
+		return false
+	}
+	s.logger.Warn("no peer holds the continuation of the local log; discarded it to fetch afresh from the sync's start")
+	return true
+}
+
+// dropLocalLog removes every local segment (a full sync is under way and
+// the log is fetched afresh from its start).
+func (s *Secondary) dropLocalLog(fl *fetchLog) bool {
 	fl.close()
+	fl.unsynced = 0
 	names, err := listSegments(OSFS{}, s.opts.Dir)
 	if err != nil {
 		return false
@@ -148,7 +166,6 @@ func (s *Secondary) discardLogForSync(fl *fetchLog) bool {
 	s.mu.Lock()
 	s.fetched = Position{}
 	s.mu.Unlock()
-	s.logger.Warn("no peer holds the continuation of the local log; discarded it to fetch afresh from the sync's start")
 	return true
 }
 
@@ -158,6 +175,7 @@ func (s *Secondary) setSource(name string, end Position) {
 	if end.Seq > 0 {
 		s.sourceEnd = end
 	}
+	s.noteCaughtUp()
 	s.mu.Unlock()
 }
 

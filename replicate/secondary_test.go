@@ -65,6 +65,11 @@ func (l *lockedBuffer) String() string {
 func newNode(t testing.TB, name string, size int64) *node {
 	n := &node{t: t, name: name, dir: filepath.Join(t.TempDir(), name), data: blockdev.NewMemory(size), logBuf: &lockedBuffer{}}
 	n.listen(testSecret)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log of node %s:\n%s", name, n.logBuf.String())
+		}
+	})
 	return n
 }
 

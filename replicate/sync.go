@@ -116,6 +116,19 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	if err != nil {
 		return err
 	}
+	// The local log must hold everything after the start; if it begins
+	// later (segments deleted after replay), fetch it afresh.
+	if names, err := listSegments(OSFS{}, s.opts.Dir); err == nil && len(names) > 0 {
+		s.mu.Lock()
+		st := s.st.SyncStart
+		if names[0].Seq > st.Segment {
+			s.discardLog = true
+			if s.cancelStream != nil {
+				s.cancelStream()
+			}
+		}
+		s.mu.Unlock()
+	}
 	kick(s.kickFetch)
 	nchunks := uint64((size + int64(cs) - 1) / int64(cs))
 	s.mu.Lock()
