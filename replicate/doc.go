@@ -57,10 +57,13 @@
 // # Writing and applying
 //
 // The log writer works in two stages, as pebble's LogWriter keeps flushing
-// and syncing apart. One goroutine takes every pending record and writes
-// them with one pwrite; a second one calls fdatasync whenever somebody
-// wants records durable, once for everything written when it starts (group
-// commit), so the next batch is written while an fdatasync runs. Primary, a
+// and syncing apart. Writing is done by one goroutine at a time: an
+// appender that finds nobody writing writes every pending record with one
+// pwrite itself (records queued meanwhile go into the next pwrite, by it or
+// by the flush loop, which also rotates segments). A second goroutine calls
+// fdatasync whenever somebody wants records durable, once for everything
+// written when it starts (group commit), so the next batch is written while
+// an fdatasync runs. Primary, a
 // blockdev.Device, logs each WriteAt/Trim/WriteZeroes, waits until it is
 // written, applies it to the data device (concurrently; overlapping requests
 // in log order) and only then returns, so reads of the data device see every

@@ -39,8 +39,9 @@ type ticket struct {
 // logWriter appends records to the current segment in two stages, as
 // pebble's LogWriter keeps flushing and syncing apart:
 //
-//   - flushLoop takes every pending record, writes them with one pwrite (the
-//     page cache) and releases the batch's ticket;
+//   - whoever holds the writing right (an appender in lead, or flushLoop)
+//     takes every pending record, writes them with one pwrite (the page
+//     cache) and releases the batch's ticket;
 //   - syncLoop calls fdatasync whenever some waiter wants a record durable
 //     (syncEvery: every batch; otherwise Flush and Checkpoint), once for all
 //     records written when it starts (group commit), and releases every
