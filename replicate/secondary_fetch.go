@@ -64,6 +64,7 @@ func (s *Secondary) setFetchErr(err error) {
 func (s *Secondary) fetchLoop(ctx context.Context) {
 	var fl fetchLog
 	defer fl.close()
+	peerErrs := map[string]string{}
 	for ctx.Err() == nil {
 		s.mu.Lock()
 		paused := s.st.FetchPaused
@@ -102,11 +103,17 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 			}
 			if err != nil {
 				lastErr = fmt.Errorf("fetch from %s: %w", p, err)
-				if errors.Is(err, ErrAuth) {
-					s.logger.Warn(err.Error())
-				} else {
-					s.logger.Info("fetching the log failed; trying the next peer", "peer", p.String(), "err", err)
+				// Log each peer's failure once, not on every retry.
+				if msg := err.Error(); peerErrs[p.Name] != msg {
+					peerErrs[p.Name] = msg
+					if errors.Is(err, ErrAuth) {
+						s.logger.Warn(msg)
+					} else {
+						s.logger.Info("fetching the log failed; trying the next peer", "peer", p.String(), "err", err)
+					}
 				}
+			} else {
+				delete(peerErrs, p.Name)
 			}
 			s.mu.Lock()
 			paused := s.st.FetchPaused

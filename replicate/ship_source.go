@@ -3,6 +3,8 @@ package replicate
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
@@ -30,37 +32,82 @@ type Source interface {
 }
 
 // PrimarySource returns the Source of a Primary's log and data device, to
-// give to ShipServer.AddResource on the resource's primary node.
-func PrimarySource(p *Primary) Source { return primarySource{p} }
+// give to ShipServer.AddResource on the resource's primary node. Call it
+// once per Primary.
+func PrimarySource(p *Primary) Source { return &primarySource{p: p, ch: make(chan struct{})} }
 
-type primarySource struct{ p *Primary }
+// primarySource serves a Primary. While peers wait for its log, one
+// goroutine (notify) waits in the log writer for the next durable record and
+// wakes them: no polling. Asking the writer for durability also makes
+// records acknowledged without an fdatasync (sync = false, no flush yet)
+// durable promptly, so peers get them with low latency; those fdatasyncs
+// are group-committed in the writer's sync stage and do not delay writers.
+type primarySource struct {
+	p *Primary
 
-func (s primarySource) LogDir() string { return s.p.opts.Dir }
-
-func (s primarySource) End() Position { return s.p.w.lastPosition() }
-
-func (s primarySource) WaitEnd(ctx context.Context, after Position) (Position, error) {
-	// The log writer has no broadcast of new data that can be reached
-	// without changing it, so poll its in-memory end: cheap (a mutex), and
-	// backing off from 250µs to 4ms keeps the tail latency low. Records
-	// acknowledged without an fdatasync (sync = false and no flush yet)
-	// are made durable here, so that peers get them promptly: the
-	// fdatasync is group-committed with the writers'.
-	w := s.p.w
-	return pollEnd(ctx, after, func() Position {
-		e := w.lastPosition()
-		if e.Seq <= after.Seq {
-			if l := w.writtenPosition(); l.Seq > e.Seq {
-				if err := w.waitDurable(l.Seq); err == nil {
-					e = w.lastPosition()
-				}
-			}
-		}
-		return e
-	})
+	mu       sync.Mutex
+	ch       chan struct{} // closed (and replaced) when the durable end may have moved
+	running  bool
+	lastWait time.Time
+	err      error // the log failed or closed
 }
 
-func (s primarySource) SyncData() (blockdev.Device, Position, error) {
+func (s *primarySource) LogDir() string { return s.p.opts.Dir }
+
+func (s *primarySource) End() Position { return s.p.w.lastPosition() }
+
+func (s *primarySource) WaitEnd(ctx context.Context, after Position) (Position, error) {
+	t := time.NewTimer(waitSlice)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		ch, err := s.ch, s.err
+		s.lastWait = time.Now()
+		if !s.running && err == nil {
+			s.running = true
+			go s.notify()
+		}
+		s.mu.Unlock()
+		e := s.End()
+		if e.Seq > after.Seq {
+			return e, nil
+		}
+		if err != nil {
+			return e, err
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return e, nil
+		case <-ctx.Done():
+			return e, ctx.Err()
+		}
+	}
+}
+
+// notify waits for each next durable record and wakes WaitEnd callers. It
+// ends when the log closes or fails, or after a while without callers.
+func (s *primarySource) notify() {
+	w := s.p.w
+	for {
+		e := w.lastPosition()
+		err := w.waitDurable(e.Seq + 1)
+		s.mu.Lock()
+		close(s.ch)
+		s.ch = make(chan struct{})
+		if err != nil {
+			s.err = fmt.Errorf("the log of %s is closed or failed: %w", resName(s.p.opts.Resource), err)
+		}
+		if err != nil || time.Since(s.lastWait) > 10*time.Second {
+			s.running = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *primarySource) SyncData() (blockdev.Device, Position, error) {
 	s.p.mu.Lock()
 	applied, failed := s.p.applied, s.p.failed
 	s.p.mu.Unlock()
@@ -70,7 +117,7 @@ func (s primarySource) SyncData() (blockdev.Device, Position, error) {
 	return s.p, applied, nil
 }
 
-func (s primarySource) Status() ResourceStatus {
+func (s *primarySource) Status() ResourceStatus {
 	st := s.p.Status()
 	rs := ResourceStatus{Resource: s.p.opts.Resource, Role: RolePrimary, End: st.Written, Applied: st.Applied,
 		Consistent: true, SourceEnd: st.Written, Err: st.Err}
@@ -83,23 +130,5 @@ func (s primarySource) Status() ResourceStatus {
 
 // waitSlice bounds one WaitEnd call, so callers can send heartbeats.
 const waitSlice = time.Second
-
-func pollEnd(ctx context.Context, after Position, end func() Position) (Position, error) {
-	deadline := time.Now().Add(waitSlice)
-	d := 250 * time.Microsecond
-	for {
-		if e := end(); e.Seq > after.Seq || time.Now().After(deadline) {
-			return e, nil
-		}
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return end(), ctx.Err()
-		case <-t.C:
-		}
-		d = min(2*d, 4*time.Millisecond)
-	}
-}
 
 var errNotConsistent = errors.New("the data device is not consistent (a full sync has not finished); it cannot be a sync source")
