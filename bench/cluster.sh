@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# Replication over an emulated WAN link (issue 6, item 11): two tharsis nodes,
+# alpha (primary) and beta (secondary), each in its own network namespace,
+# joined by veth pairs to a bridge namespace. Each node's veth end gets
+#   tc qdisc add dev eth0 root netem delay 25ms rate 1gbit
+# so every direction is shaped: 50 ms RTT at 1 Gbit/s. It measures
+#   1. catch-up: beta disconnected, 1 GiB written on alpha (fio over NBD,
+#      fsync at the end), beta connected: time until beta replayed it all;
+#      target >= 90 % of the link rate;
+#   2. lag: alpha written steadily at half the link rate (fio --rate, a flush
+#      every BENCH_LAG_FSYNC writes) while beta's view is sampled every 100 ms;
+#      target: bounded, under 2 s;
+#   3. fast full sync: beta joins with a copy of alpha's 1 GiB disk in which
+#      1 % of the 1 MiB chunks differ: bytes alpha sent (its veth counter) and
+#      bytes view reports transferred; target <= 3 % of 1 GiB.
+# Prints a table and appends it to bench/RESULTS.md. It asserts nothing.
+#
+# Needs root, ip, tc, fio (with the nbd engine), go, and a kernel with
+# sch_netem. Without sch_netem, BENCH_SHAPE=tbf shapes the rate only (no
+# delay; the figures say so) and BENCH_SHAPE=none shapes nothing: both only
+# prove the script works.
+#
+# Environment:
+#   BENCH_CATCHUP_MIB  data written while beta is disconnected (default 1024)
+#   BENCH_LAG_SECONDS  length of the steady-write lag run (default 30)
+#   BENCH_LAG_FSYNC    fio --fsync during the lag run: a flush every N 64 KiB
+#                      writes (default 16: every 1 MiB; 0: none)
+#   BENCH_SYNC_MIB     disk size of the full-sync run (default 1024)
+#   BENCH_SYNC_PERCENT percentage of differing 1 MiB chunks (default 1)
+#   BENCH_DELAY_MS     one-way delay per direction (default 25)
+#   BENCH_RATE_MBIT    link rate (default 1000)
+#   BENCH_SHAPE        netem (default) | tbf | none
+#   BENCH_DIR          where images, logs and state live (default /var/tmp)
+#   BENCH_RESULTS      file to append to (default bench/RESULTS.md)
+#   BENCH_KEEP=1       keep the work dir
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+CATCHUP_MIB=${BENCH_CATCHUP_MIB:-1024}
+LAG_SECONDS=${BENCH_LAG_SECONDS:-30}
+LAG_FSYNC=${BENCH_LAG_FSYNC:-16}
+SYNC_MIB=${BENCH_SYNC_MIB:-1024}
+SYNC_PERCENT=${BENCH_SYNC_PERCENT:-1}
+DELAY_MS=${BENCH_DELAY_MS:-25}
+MBIT=${BENCH_RATE_MBIT:-1000}
+SHAPE=${BENCH_SHAPE:-netem}
+BASE=${BENCH_DIR:-/var/tmp}
+RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
+LINK_BPS=$((MBIT * 1000000 / 8)) # link rate in bytes/s
+
+[ "$(id -u)" = 0 ] || {
+	echo "bench/cluster.sh: needs root (network namespaces, tc)" >&2
+	exit 1
+}
+for tool in go ip tc fio python3; do
+	command -v "$tool" >/dev/null || {
+		echo "bench/cluster.sh: $tool is missing; install with: apt-get install iproute2 fio python3" >&2
+		exit 1
+	}
+done
+
+ID=tcb$$
+NS_BR=$ID-br
+WORK=$(mktemp -d "$BASE/tharsis-cluster-bench.XXXXXX")
+declare -A PID IP
+IP[alpha]=10.78.0.1
+IP[beta]=10.78.0.2
+
+cleanup() {
+	for n in "${!PID[@]}"; do
+		[ -n "${PID[$n]}" ] && kill -9 "${PID[$n]}" 2>/dev/null || true
+	done
+	wait 2>/dev/null || true
+	for n in alpha beta br; do ip netns del "$ID-$n" 2>/dev/null || true; done
+	if [ "${BENCH_KEEP:-}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "building tharsis and the bench helper..."
+go build -o "$WORK/tharsis" ./cmd/tharsis
+go build -o "$WORK/helper" ./bench/cluster
+T=$WORK/tharsis
+H=$WORK/helper
+
+# ---- network: a bridge namespace, one namespace per node, shaped veths ----
+ip netns add "$NS_BR"
+ip -n "$NS_BR" link add br0 type bridge
+ip -n "$NS_BR" link set br0 up
+SHAPED="none"
+for n in alpha beta; do
+	ns=$ID-$n
+	ip netns add "$ns"
+	ip link add eth0 netns "$ns" type veth peer name "v-$n" netns "$NS_BR"
+	ip -n "$NS_BR" link set "v-$n" master br0 up
+	ip -n "$ns" addr add "${IP[$n]}/24" dev eth0
+	ip -n "$ns" link set eth0 up
+	ip -n "$ns" link set lo up
+	# Let TCP windows grow past the bandwidth-delay product (6.25 MB at
+	# 1 Gbit/s x 50 ms); the defaults cap them at 4-6 MiB. Per namespace.
+	ip netns exec "$ns" sysctl -qw net.ipv4.tcp_rmem="4096 131072 67108864" net.ipv4.tcp_wmem="4096 16384 67108864"
+	case $SHAPE in
+	netem)
+		if ! tc -n "$ns" qdisc add dev eth0 root netem delay "${DELAY_MS}ms" rate "${MBIT}mbit" limit 1000000 2>"$WORK/tc.err"; then
+			echo "bench/cluster.sh: tc netem failed: $(cat "$WORK/tc.err")" >&2
+			echo "  the kernel lacks sch_netem (CONFIG_NET_SCH_NETEM); run on a kernel with it, or smoke-test with BENCH_SHAPE=tbf (rate only) or none" >&2
+			exit 1
+		fi
+		SHAPED="netem delay ${DELAY_MS}ms rate ${MBIT}mbit on both veth ends (RTT $((2 * DELAY_MS)) ms)"
+		;;
+	tbf)
+		tc -n "$ns" qdisc add dev eth0 root tbf rate "${MBIT}mbit" burst 256kb latency 100ms
+		SHAPED="tbf rate ${MBIT}mbit only, NO DELAY (kernel without sch_netem): not the WAN figures"
+		;;
+	none)
+		SHAPED="NOT SHAPED (veth at full speed, no delay): not the WAN figures"
+		;;
+	*)
+		echo "bench/cluster.sh: BENCH_SHAPE must be netem, tbf or none" >&2
+		exit 2
+		;;
+	esac
+done
+echo "link: $SHAPED"
+
+# ---- nodes ----
+sock() { echo "$WORK/$1/control.sock"; }
+
+write_config() {
+	echo "bench secret $ID" >"$WORK/secret"
+	cat >"$WORK/tharsis.toml" <<TOML
+secret_file = "secret"
+
+[nodes.alpha]
+replication = "${IP[alpha]}:7777"
+state_dir = "alpha"
+
+[nodes.beta]
+replication = "${IP[beta]}:7777"
+state_dir = "beta"
+
+[resources.r0]
+disk = { alpha = "alpha.img", beta = "beta.img" }
+primary = "alpha"
+segment_size = "64MiB"
+
+[[exports.nbd]]
+resource = "r0"
+listen = "${IP[alpha]}:10809"
+name = "r0"
+TOML
+}
+
+start() {
+	local n=$1
+	ip netns exec "$ID-$n" "$T" run --config "$WORK/tharsis.toml" --node "$n" >>"$WORK/$n.log" 2>&1 &
+	PID[$n]=$!
+	for _ in $(seq 400); do
+		"$T" view --socket "$(sock "$n")" >/dev/null 2>&1 && return 0
+		kill -0 "${PID[$n]}" 2>/dev/null || break
+		sleep 0.05
+	done
+	echo "tharsis run for $n did not come up; its log:" >&2
+	cat "$WORK/$n.log" >&2
+	exit 1
+}
+
+stop_all() {
+	for n in alpha beta; do
+		[ -n "${PID[$n]:-}" ] && kill "${PID[$n]}" 2>/dev/null && wait "${PID[$n]}" 2>/dev/null || true
+		PID[$n]=
+	done
+}
+
+verb() { "$T" "$1" --socket "$(sock "$2")" r0; }
+
+# bytes NODE tx|rx: the byte counter of the node's veth end.
+bytes() { ip netns exec "$ID-$1" cat "/sys/class/net/eth0/statistics/$2_bytes"; }
+
+kv() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
+calc() { python3 -c "print($1)"; }
+
+fio_nbd() {
+	ip netns exec "$ID-alpha" fio --name=w --ioengine=nbd --uri="nbd://${IP[alpha]}:10809/r0" \
+		--output-format=terse "$@" >>"$WORK/fio.out"
+}
+
+# ---- 1. catch-up of a secondary that is CATCHUP_MIB behind ----
+echo "== 1. catch-up of ${CATCHUP_MIB} MiB"
+write_config
+truncate -s "$(((CATCHUP_MIB + 64) << 20))" "$WORK/alpha.img" "$WORK/beta.img"
+start alpha
+start beta
+verb fake-sync beta >/dev/null 2>&1 || true # both disks are fresh zeros
+"$H" consistent -secondary "$(sock beta)" -timeout 10m >/dev/null
+verb disconnect beta
+fio_nbd --rw=write --bs=1m --iodepth=8 --size="${CATCHUP_MIB}m" --end_fsync=1
+rx0=$(bytes beta rx)
+verb connect beta
+OUT=$("$H" caught-up -primary "$(sock alpha)" -secondary "$(sock beta)" -timeout 30m)
+rx1=$(bytes beta rx)
+CU_S=$(kv caught_up_seconds "$OUT")
+CU_MBS=$(calc "round($CATCHUP_MIB * 1048576 / $CU_S / 1e6, 1)")
+CU_WIRE_MBS=$(calc "round(($rx1 - $rx0) / $CU_S / 1e6, 1)")
+CU_PCT=$(calc "round(100 * $CATCHUP_MIB * 1048576 / $CU_S / $LINK_BPS, 1)")
+echo "   ${CU_S} s: ${CU_MBS} MB/s of data (${CU_PCT} % of the link), ${CU_WIRE_MBS} MB/s on beta's link"
+
+# ---- 2. lag under steady writes at half the link rate ----
+echo "== 2. lag while alpha writes ${LAG_SECONDS} s at half the link rate"
+RATE=$((LINK_BPS / 2))
+FSYNC=()
+[ "$LAG_FSYNC" -gt 0 ] && FSYNC=(--fsync="$LAG_FSYNC")
+fio_nbd --rw=write --bs=64k --iodepth=4 --rate="$RATE" --size="${CATCHUP_MIB}m" \
+	--time_based --runtime="$((LAG_SECONDS + 3))" "${FSYNC[@]}" &
+FIO=$!
+sleep 2 # let the stream settle before sampling
+OUT=$("$H" lag -secondary "$(sock beta)" -duration "${LAG_SECONDS}s")
+wait "$FIO"
+LAG_P50=$(kv lag_p50_s "$OUT")
+LAG_P99=$(kv lag_p99_s "$OUT")
+LAG_MAX=$(kv lag_max_s "$OUT")
+LAG_BYTES=$(kv lag_max_bytes "$OUT")
+echo "   lag p50 ${LAG_P50} s, p99 ${LAG_P99} s, max ${LAG_MAX} s, max ${LAG_BYTES} bytes behind"
+"$H" caught-up -primary "$(sock alpha)" -secondary "$(sock beta)" -timeout 10m >/dev/null
+stop_all
+
+# ---- 3. fast full sync with SYNC_PERCENT % differing chunks ----
+echo "== 3. fast full sync of ${SYNC_MIB} MiB with ${SYNC_PERCENT} % differing chunks"
+rm -rf "$WORK/alpha" "$WORK/beta" "$WORK/alpha.img" "$WORK/beta.img"
+OUT=$("$H" disks -size "${SYNC_MIB}MiB" -chunk 1MiB -percent "$SYNC_PERCENT" -a "$WORK/alpha.img" -b "$WORK/beta.img")
+DIFF_BYTES=$(kv differing_bytes "$OUT")
+start alpha
+tx0=$(bytes alpha tx)
+start beta
+verb join-resource beta >/dev/null 2>&1 || true # a fresh node may join by itself
+OUT=$("$H" consistent -secondary "$(sock beta)" -timeout 30m)
+tx1=$(bytes alpha tx)
+SY_S=$(kv sync_seconds "$OUT")
+SY_VIEW=$(kv transferred_bytes "$OUT")
+SY_SENT=$((tx1 - tx0))
+SY_PCT=$(calc "round(100 * $SY_SENT / ($SYNC_MIB * 1048576), 2)")
+SY_VIEW_PCT=$(calc "round(100 * $SY_VIEW / ($SYNC_MIB * 1048576), 2) if $SY_VIEW >= 0 else 'n/a'")
+echo "   ${SY_S} s; alpha sent ${SY_SENT} bytes (${SY_PCT} %), view says ${SY_VIEW} transferred (${SY_VIEW_PCT} %), ${DIFF_BYTES} bytes differ"
+stop_all
+
+verdict() { python3 -c "print('met' if $1 else 'BELOW TARGET')"; }
+TABLE=$(
+	cat <<MD
+
+## Replication over a 50 ms / 1 Gbit/s link ($(date -u +%Y-%m-%d))
+
+Machine: $(nproc) CPUs, $(uname -r); link: ${SHAPED}; images, logs and state in $BASE ($(df -T "$BASE" | awk 'NR==2{print $2}')); \`sync = false\`, 1 MiB sync chunks; load: fio over NBD inside alpha's namespace.
+
+| measurement | result | target | |
+| --- | ---: | --- | --- |
+| catch-up of ${CATCHUP_MIB} MiB written while beta was disconnected | ${CU_S} s, ${CU_MBS} MB/s of data (${CU_WIRE_MBS} MB/s on the wire) = ${CU_PCT} % of the link | ≥ 90 % of the link | $(verdict "$CU_PCT >= 90") |
+| lag while alpha writes ${LAG_SECONDS} s at $((RATE / 1000000)) MB/s (fio --fsync=${LAG_FSYNC}, 64 KiB writes) | p50 ${LAG_P50} s, p99 ${LAG_P99} s, max ${LAG_MAX} s (max ${LAG_BYTES} bytes behind) | bounded, < 2 s | $(verdict "$LAG_MAX < 2") |
+| fast full sync of ${SYNC_MIB} MiB, ${SYNC_PERCENT} % of 1 MiB chunks differing (${DIFF_BYTES} bytes) | alpha sent ${SY_SENT} bytes = ${SY_PCT} % (view: ${SY_VIEW} bytes transferred), ${SY_S} s | ≤ 3 % | $(verdict "$SY_PCT <= 3") |
+MD
+)
+echo "$TABLE"
+echo "$TABLE" >>"$RESULTS"
+echo "appended to $RESULTS"
