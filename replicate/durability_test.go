@@ -231,3 +231,28 @@ func TestSyncedFieldClaimsOnlySynced(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteVAt: the pwritev path writes every buffer in order, also past
+// IOV_MAX buffers.
+func TestWriteVAt(t *testing.T) {
+	f, err := OSFS{}.Create(filepath.Join(t.TempDir(), "v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var bufs [][]byte
+	var want []byte
+	for i := range 3000 {
+		b := bytes.Repeat([]byte{byte(i)}, 1+i%7)
+		bufs = append(bufs, b)
+		want = append(want, b...)
+	}
+	n, err := f.(vectorWriter).WriteVAt(bufs, 10)
+	if err != nil || n != len(want) {
+		t.Fatalf("WriteVAt: %d, %v", n, err)
+	}
+	got := make([]byte, len(want))
+	if _, err := f.ReadAt(got, 10); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read back differs (%v)", err)
+	}
+}

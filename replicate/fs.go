@@ -47,6 +47,54 @@ type osFile struct{ *os.File }
 
 func (f osFile) Sync() error { return unix.Fdatasync(int(f.Fd())) }
 
+// vectorWriter is a File that writes several buffers at an offset with one
+// system call (pwritev).
+type vectorWriter interface {
+	WriteVAt(bufs [][]byte, off int64) (int, error)
+}
+
+// WriteVAt writes bufs one after the other at off with pwritev. It may
+// change bufs.
+func (f osFile) WriteVAt(bufs [][]byte, off int64) (int, error) {
+	const iovMax = 1024
+	fd := int(f.Fd())
+	total := 0
+	for len(bufs) > 0 {
+		n, err := unix.Pwritev(fd, bufs[:min(len(bufs), iovMax)], off)
+		total += max(n, 0)
+		off += int64(max(n, 0))
+		if err != nil {
+			return total, err
+		}
+		if n <= 0 {
+			return total, io.ErrShortWrite
+		}
+		for n > 0 {
+			if n >= len(bufs[0]) {
+				n -= len(bufs[0])
+				bufs = bufs[1:]
+			} else {
+				bufs[0] = bufs[0][n:]
+				n = 0
+			}
+		}
+	}
+	return total, nil
+}
+
+// writeVAt writes bufs at off to f, with one pwritev when f can.
+func writeVAt(f File, bufs [][]byte, off int64, scratch *[]byte) (int, error) {
+	if vw, ok := f.(vectorWriter); ok {
+		return vw.WriteVAt(bufs, off)
+	}
+	b := (*scratch)[:0]
+	for _, x := range bufs {
+		b = append(b, x...)
+	}
+	*scratch = b
+	return f.WriteAt(b, off)
+}
+
 func (f osFile) Size() (int64, error) {
 	st, err := f.Stat()
 	if err != nil {

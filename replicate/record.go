@@ -108,6 +108,16 @@ func (r *Record) EncodedSize() int { return HeaderSize + len(r.Payload) }
 
 // AppendBinary appends the encoded record to b. It does not retain b.
 func (r *Record) AppendBinary(b []byte) ([]byte, error) {
+	b, err := r.appendHeader(b)
+	if err != nil {
+		return b, err
+	}
+	return append(b, r.Payload...), nil
+}
+
+// appendHeader appends the record's header alone (its CRC covers the
+// payload too), for writers that write the payload from where it is.
+func (r *Record) appendHeader(b []byte) ([]byte, error) {
 	if err := r.validate(); err != nil {
 		return b, err
 	}
@@ -121,8 +131,8 @@ func (r *Record) AppendBinary(b []byte) ([]byte, error) {
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Offset))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Length))
 	b = binary.LittleEndian.AppendUint64(b, uint64(r.Synced))
-	b = append(b, r.Payload...)
 	crc := crc32.Update(0, castagnoli, b[start+8:])
+	crc = crc32.Update(crc, castagnoli, r.Payload)
 	binary.LittleEndian.PutUint32(b[start+4:], maskCRC(crc))
 	return b, nil
 }

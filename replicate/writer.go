@@ -91,7 +91,9 @@ type logWriter struct {
 
 	loopDone chan struct{}
 	syncDone chan struct{}
-	buf      []byte
+	buf      []byte   // record headers of the batch being written
+	iov      [][]byte // what the batch's pwritev writes
+	scratch  []byte   // the batch in one piece, for a File without pwritev
 
 	// Free space of the log filesystem, owned by whoever is writing:
 	// statfs runs again when the last answer is older than statfsMaxAge,
@@ -101,6 +103,9 @@ type logWriter struct {
 	availAt      time.Time
 	sinceStatfs  int64 // bytes written since availAt
 }
+
+// backgroundSyncBytes of unsynced log start an fdatasync in the background.
+const backgroundSyncBytes = 16 << 20
 
 // Limits of the cached free-space figure (see logWriter.statfsMaxAge).
 const (
@@ -426,26 +431,40 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 	seq := w.lastSeq
 	// A record may only claim what an fdatasync has really covered.
 	synced := w.durableIn(seg.Seq)
+	// Headers go to buf, payloads are written from the appenders' buffers
+	// (pwritev): no copy of the data.
+	var size int64
 	for _, e := range q {
 		seq++
 		e.rec.Segment, e.rec.Seq, e.rec.Synced = seg.Seq, seq, synced
 		var err error
-		if buf, err = e.rec.AppendBinary(buf); err != nil {
+		if buf, err = e.rec.appendHeader(buf); err != nil {
 			return fmt.Errorf("encode log record: %w", err)
 		}
-		e.pos = Position{Segment: seg.Seq, Offset: start + int64(len(buf)), Seq: seq}
+		size += HeaderSize + int64(len(e.rec.Payload))
+		e.pos = Position{Segment: seg.Seq, Offset: start + size, Seq: seq}
 	}
-	if cap(buf) <= 16<<20 {
-		w.buf = buf
-	} else {
-		w.buf = nil
+	iov := w.iov[:0]
+	for i, e := range q {
+		iov = append(iov, buf[i*HeaderSize:(i+1)*HeaderSize])
+		if len(e.rec.Payload) > 0 {
+			iov = append(iov, e.rec.Payload)
+		}
 	}
-	if !w.spaceFor(int64(len(buf))) {
-		return w.noSpace(len(buf), nil)
+	w.buf = buf
+	defer func() {
+		clear(iov) // do not keep the appenders' buffers
+		w.iov = iov[:0]
+	}()
+	if !w.spaceFor(size) {
+		return w.noSpace(int(size), nil)
 	}
-	n, err := w.f.WriteAt(buf, start)
-	if err == nil && n != len(buf) {
-		err = fmt.Errorf("short write (%d of %d bytes)", n, len(buf))
+	n, err := writeVAt(w.f, iov, start, &w.scratch)
+	if cap(w.scratch) > 16<<20 {
+		w.scratch = nil
+	}
+	if err == nil && int64(n) != size {
+		err = fmt.Errorf("short write (%d of %d bytes)", n, size)
 	}
 	if err != nil {
 		// Leave nothing that could later read as a record.
@@ -453,13 +472,13 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 			return w.fail(fmt.Errorf("write log segment %s: %w; cutting the failed write failed too: %v", w.segPath(seg), err, terr))
 		}
 		if isNoSpace(err) {
-			return w.noSpace(len(buf), err)
+			return w.noSpace(int(size), err)
 		}
 		return fmt.Errorf("write log segment %s: %w", w.segPath(seg), err)
 	}
-	w.sinceStatfs += int64(len(buf))
+	w.sinceStatfs += size
 	w.mu.Lock()
-	w.written = start + int64(len(buf))
+	w.written = start + size
 	w.lastSeq = seq
 	w.lastPos = q[len(q)-1].pos
 	cur := &w.segs[len(w.segs)-1]
@@ -471,6 +490,11 @@ func (w *logWriter) writeBatchOnce(q []*entry) error {
 	cur.End = w.written
 	w.rotFailed = false
 	if w.syncEvery && seq > w.wantSeq {
+		w.wantSeq = seq
+	}
+	if unsynced := w.written - w.durableInLocked(seg.Seq); unsynced >= backgroundSyncBytes && w.wantSeq <= w.durable.Seq {
+		// Keep the unsynced part of the log short, in the background, so
+		// that a Flush or the rotation's fdatasync has little to write.
 		w.wantSeq = seq
 	}
 	if w.wantSeq > w.durable.Seq {
@@ -503,6 +527,10 @@ func (w *logWriter) spaceFor(n int64) bool {
 func (w *logWriter) durableIn(seg uint64) int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.durableInLocked(seg)
+}
+
+func (w *logWriter) durableInLocked(seg uint64) int64 {
 	if w.durable.Segment == seg {
 		return w.durable.Offset
 	}
