@@ -15,10 +15,11 @@
 #      bytes view reports transferred; target <= 3 % of 1 GiB.
 # Prints a table and appends it to bench/RESULTS.md. It asserts nothing.
 #
-# Needs root, ip, tc, fio (with the nbd engine), go, and a kernel with
-# sch_netem. Without sch_netem, BENCH_SHAPE=tbf shapes the rate only (no
-# delay; the figures say so) and BENCH_SHAPE=none shapes nothing: both only
-# prove the script works.
+# Needs root, ip, tc, fio (with the nbd engine), go. On a kernel without
+# sch_netem (CONFIG_NET_SCH_NETEM) the link is emulated in userspace instead
+# (BENCH_SHAPE=wan: `bench/cluster wan` forwards frames between the two veth
+# ends with the same delay and rate, in place of the bridge); the table says
+# which. BENCH_SHAPE=none shapes nothing (only proves the script works).
 #
 # Environment:
 #   BENCH_CATCHUP_MIB  data written while beta is disconnected (default 1024)
@@ -29,7 +30,8 @@
 #   BENCH_SYNC_PERCENT percentage of differing 1 MiB chunks (default 1)
 #   BENCH_DELAY_MS     one-way delay per direction (default 25)
 #   BENCH_RATE_MBIT    link rate (default 1000)
-#   BENCH_SHAPE        netem (default) | tbf | none
+#   BENCH_SHAPE        auto (default: netem if the kernel has it, else wan) |
+#                      netem | wan | none
 #   BENCH_DIR          where images, logs and state live (default /var/tmp)
 #   BENCH_RESULTS      file to append to (default bench/RESULTS.md)
 #   BENCH_KEEP=1       keep the work dir
@@ -43,7 +45,7 @@ SYNC_MIB=${BENCH_SYNC_MIB:-1024}
 SYNC_PERCENT=${BENCH_SYNC_PERCENT:-1}
 DELAY_MS=${BENCH_DELAY_MS:-25}
 MBIT=${BENCH_RATE_MBIT:-1000}
-SHAPE=${BENCH_SHAPE:-netem}
+SHAPE=${BENCH_SHAPE:-auto}
 BASE=${BENCH_DIR:-/var/tmp}
 RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
 LINK_BPS=$((MBIT * 1000000 / 8)) # link rate in bytes/s
@@ -63,15 +65,17 @@ ID=tcb$$
 NS_BR=$ID-br
 WORK=$(mktemp -d "$BASE/tharsis-cluster-bench.XXXXXX")
 declare -A PID IP
+WAN=
 IP[alpha]=10.78.0.1
 IP[beta]=10.78.0.2
 
 cleanup() {
+	[ -n "$WAN" ] && kill "$WAN" 2>/dev/null || true
 	for n in "${!PID[@]}"; do
 		[ -n "${PID[$n]}" ] && kill -9 "${PID[$n]}" 2>/dev/null || true
 	done
 	wait 2>/dev/null || true
-	for n in alpha beta br; do ip netns del "$ID-$n" 2>/dev/null || true; done
+	for n in alpha beta br probe; do ip netns del "$ID-$n" 2>/dev/null || true; done
 	if [ "${BENCH_KEEP:-}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -84,6 +88,13 @@ T=$WORK/tharsis
 H=$WORK/helper
 
 # ---- network: a bridge namespace, one namespace per node, shaped veths ----
+if [ "$SHAPE" = auto ]; then
+	SHAPE=wan
+	ip netns add "$ID-probe"
+	ip -n "$ID-probe" link add p0 type veth peer name p1
+	tc -n "$ID-probe" qdisc add dev p0 root netem delay 1ms 2>/dev/null && SHAPE=netem
+	ip netns del "$ID-probe"
+fi
 ip netns add "$NS_BR"
 ip -n "$NS_BR" link add br0 type bridge
 ip -n "$NS_BR" link set br0 up
@@ -92,7 +103,11 @@ for n in alpha beta; do
 	ns=$ID-$n
 	ip netns add "$ns"
 	ip link add eth0 netns "$ns" type veth peer name "v-$n" netns "$NS_BR"
-	ip -n "$NS_BR" link set "v-$n" master br0 up
+	if [ "$SHAPE" = wan ]; then
+		ip -n "$NS_BR" link set "v-$n" up # joined by the wan relay, not the bridge
+	else
+		ip -n "$NS_BR" link set "v-$n" master br0 up
+	fi
 	ip -n "$ns" addr add "${IP[$n]}/24" dev eth0
 	ip -n "$ns" link set eth0 up
 	ip -n "$ns" link set lo up
@@ -102,25 +117,40 @@ for n in alpha beta; do
 	case $SHAPE in
 	netem)
 		if ! tc -n "$ns" qdisc add dev eth0 root netem delay "${DELAY_MS}ms" rate "${MBIT}mbit" limit 1000000 2>"$WORK/tc.err"; then
-			echo "bench/cluster.sh: tc netem failed: $(cat "$WORK/tc.err")" >&2
-			echo "  the kernel lacks sch_netem (CONFIG_NET_SCH_NETEM); run on a kernel with it, or smoke-test with BENCH_SHAPE=tbf (rate only) or none" >&2
+			echo "bench/cluster.sh: tc netem failed: $(cat "$WORK/tc.err"); use BENCH_SHAPE=wan" >&2
 			exit 1
 		fi
-		SHAPED="netem delay ${DELAY_MS}ms rate ${MBIT}mbit on both veth ends (RTT $((2 * DELAY_MS)) ms)"
+		SHAPED="tc netem delay ${DELAY_MS}ms rate ${MBIT}mbit on both veth ends"
 		;;
-	tbf)
-		tc -n "$ns" qdisc add dev eth0 root tbf rate "${MBIT}mbit" burst 256kb latency 100ms
-		SHAPED="tbf rate ${MBIT}mbit only, NO DELAY (kernel without sch_netem): not the WAN figures"
+	wan)
+		SHAPED="userspace relay (bench/cluster wan: no sch_netem in this kernel), delay ${DELAY_MS} ms and ${MBIT} Mbit/s each direction"
 		;;
 	none)
 		SHAPED="NOT SHAPED (veth at full speed, no delay): not the WAN figures"
 		;;
 	*)
-		echo "bench/cluster.sh: BENCH_SHAPE must be netem, tbf or none" >&2
+		echo "bench/cluster.sh: BENCH_SHAPE must be auto, netem, wan or none" >&2
 		exit 2
 		;;
 	esac
 done
+if [ "$SHAPE" = wan ]; then
+	ip netns exec "$NS_BR" "$H" wan -a v-alpha -b v-beta -delay "${DELAY_MS}ms" -rate-mbit "$MBIT" >"$WORK/wan.log" 2>&1 &
+	WAN=$!
+fi
+# The round trip as TCP sees it: connect() time from beta to alpha.
+ip netns exec "$ID-alpha" python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],9)); s.listen(8); import time; time.sleep(30)' "${IP[alpha]}" &
+PROBE=$!
+sleep 0.3
+RTT_MS=$(ip netns exec "$ID-beta" python3 -c '
+import socket,sys,time
+best=1e9
+for _ in range(5):
+    t=time.perf_counter(); s=socket.create_connection((sys.argv[1],9),timeout=5); best=min(best,time.perf_counter()-t); s.close()
+print("%.1f" % (best*1000))' "${IP[alpha]}")
+kill "$PROBE" 2>/dev/null
+wait "$PROBE" 2>/dev/null || true
+SHAPED="$SHAPED; measured RTT ${RTT_MS} ms"
 echo "link: $SHAPED"
 
 # ---- nodes ----

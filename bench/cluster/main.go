@@ -7,6 +7,7 @@
 //	cluster caught-up -primary A.sock -secondary B.sock -timeout 10m
 //	cluster lag -secondary B.sock -duration 30s
 //	cluster consistent -secondary B.sock -timeout 10m
+//	cluster wan -a v-alpha -b v-beta -delay 25ms -rate-mbit 1000   (netem stand-in)
 package main
 
 import (
@@ -28,7 +29,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: cluster disks|caught-up|lag|consistent [flags]")
+		fmt.Fprintln(os.Stderr, "usage: cluster disks|caught-up|lag|consistent|wan [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -41,6 +42,8 @@ func main() {
 		err = lag(os.Args[2:])
 	case "consistent":
 		err = consistent(os.Args[2:])
+	case "wan":
+		err = wan(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
