@@ -199,6 +199,20 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 		return err
 	}
 	defer pc.close()
+	// The stream starts at the published (durable) fetched position: the
+	// local segment is reopened there, and records written but not synced
+	// by an earlier stream are synced when it ends, or else dropped here.
+	if fl.unsynced > 0 {
+		fl.close()
+		fl.unsynced = 0
+	}
+	defer func() {
+		if err := fl.syncPending(s); err != nil {
+			s.logger.Warn("cannot make fetched records durable", "err", err)
+			fl.close()
+			fl.unsynced = 0
+		}
+	}()
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	s.mu.Lock()
