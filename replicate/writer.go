@@ -283,9 +283,10 @@ func (w *logWriter) releaseDurable() {
 	w.durableCh = make(chan struct{})
 }
 
-// waitDurable waits until every record up to seq (which must have been
-// written: its ticket released) is durable, asking the sync stage for an
-// fdatasync if none that covers it is under way. Concurrent waiters share
+// waitDurable waits until every record up to seq is durable, asking the
+// sync stage for an fdatasync if none that covers it is under way. seq may
+// lie beyond what is written yet: the sync stage then syncs as soon as
+// records up to it are written. Concurrent waiters share
 // fdatasyncs. It returns at once when seq is durable already, and the
 // sticky error if the log failed before seq became durable.
 func (w *logWriter) waitDurable(seq uint64) error {
