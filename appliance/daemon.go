@@ -14,6 +14,7 @@ import (
 	"github.com/tharsis/tharsis/blockdev"
 	"github.com/tharsis/tharsis/config"
 	"github.com/tharsis/tharsis/nbd"
+	"github.com/tharsis/tharsis/replicate"
 )
 
 // Options configure a Daemon.
@@ -35,6 +36,13 @@ type Daemon struct {
 	aoe       []*aoeServer
 	control   *controlServer
 	started   time.Time
+
+	ctx     context.Context // lives as long as Run
+	secret  []byte
+	ship    *replicate.ShipServer // nil when no resource here has peers
+	shipLn  net.Listener
+	cluster *replicate.Cluster
+	stopBg  context.CancelFunc // stops the cluster poller
 }
 
 // resource is one resource this node holds a disk of.
@@ -42,9 +50,25 @@ type resource struct {
 	name    string
 	cfg     *config.Resource
 	disk    *blockdev.File
-	dev     blockdev.Device // what the exports see
-	primary bool            // this node is the resource's primary
-	repl    replicated      // nil when the resource is not replicated
+	dev     blockdev.Device      // what the exports see
+	primary bool                 // this node is the resource's primary
+	prim    *replicate.Primary   // the log, on the primary of a replicated resource
+	sec     *replicate.Secondary // fetch and replay, on a secondary
+	src     replicate.Source     // what peers fetch of this node's log
+	secStop context.CancelFunc   // stops sec.Run
+	secDone chan struct{}        // closed when sec.Run returned
+}
+
+// repl returns what the log verbs act on, or nil for an unreplicated
+// resource.
+func (r *resource) repl() logHolder {
+	switch {
+	case r.prim != nil:
+		return r.prim
+	case r.sec != nil:
+		return r.sec
+	}
+	return nil
 }
 
 type nbdListener struct {
@@ -77,15 +101,22 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 	if err := os.MkdirAll(d.node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
+	d.ctx = ctx
 	defer func() {
 		if cerr := d.shutdown(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
+	if err := d.setupReplication(); err != nil {
+		return err
+	}
 	for _, name := range d.cfg.ResourceNames() {
 		if err := d.openResource(d.cfg.Resources[name]); err != nil {
 			return err
 		}
+	}
+	if err := d.startShip(); err != nil {
+		return err
 	}
 	if err := d.startControl(); err != nil {
 		return err
@@ -142,14 +173,12 @@ func (d *Daemon) openResource(rc *config.Resource) error {
 		}
 	}
 	r := &resource{name: rc.Name, cfg: rc, disk: disk, dev: disk, primary: rc.Primary == d.node.Name}
-	if rc.Replicated && r.primary {
-		repl, err := openReplicated(d, rc, disk, log)
-		if err != nil {
+	if rc.Replicated {
+		// The log owns the disk from here on.
+		if err := d.openLog(r, log); err != nil {
 			disk.Close()
 			return fmt.Errorf("resource %s: %w", rc.Name, err)
 		}
-		r.repl = repl
-		r.dev = repl
 	}
 	d.mu.Lock()
 	d.resources[rc.Name] = r
@@ -215,15 +244,16 @@ func (d *Daemon) shutdown() error {
 		}
 	}
 	d.stopAoE()
+	d.stopShip(ctx)
 	d.stopControl()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, name := range sortedKeys(d.resources) {
 		r := d.resources[name]
-		if r.repl != nil {
-			// Close flushes the disk, persists the applied position and
+		if r.prim != nil || r.sec != nil {
+			// Close flushes the disk, persists the log positions and
 			// closes the disk.
-			if err := r.repl.Close(); err != nil {
+			if err := d.closeLog(r); err != nil {
 				errs = append(errs, fmt.Errorf("close the log of resource %s: %w", name, err))
 			}
 			continue

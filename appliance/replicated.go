@@ -1,63 +1,232 @@
 package appliance
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"time"
 
-	"github.com/tharsis/tharsis/blockdev"
 	"github.com/tharsis/tharsis/config"
 	"github.com/tharsis/tharsis/replicate"
 )
 
-// replicated is what the daemon needs of a resource's transaction log.
-type replicated interface {
-	blockdev.Device
-	Rotate() error
+// logHolder is what the log verbs need of a primary's or a secondary's log.
+type logHolder interface {
 	DeleteApplied(all bool) ([]string, error)
-	Status() replicate.Status
 }
 
-var _ replicated = (*replicate.Primary)(nil)
-
-// openReplicated recovers the resource's log onto disk and returns the
-// replicated device, which owns disk from now on.
-func openReplicated(d *Daemon, rc *config.Resource, disk blockdev.Device, log *slog.Logger) (replicated, error) {
-	p, err := replicate.OpenPrimary(disk, replicate.Options{
-		Dir:         d.cfg.LogDir(rc.Name, d.node.Name),
-		Node:        d.node.Name,
-		Resource:    rc.Name,
-		SegmentSize: rc.SegmentSize,
-		Sync:        rc.Sync,
-		Logger:      log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if n := p.Replayed(); n > 0 {
-		log.Info("recovered: replayed the log onto the disk", "records", n)
-	}
-	return p, nil
-}
+var (
+	_ logHolder = (*replicate.Primary)(nil)
+	_ logHolder = (*replicate.Secondary)(nil)
+)
 
 // errNotReplicated answers log verbs on a resource without a log.
 var errNotReplicated = errors.New("the resource is not replicated (replicated = false in the config): it has no transaction log")
 
+// errNotSecondary answers the secondary-only verbs on the primary.
+var errNotSecondary = errors.New("this node is the resource's primary: the verb applies to secondaries")
+
+// hasPeers reports whether this node shares a replicated resource with
+// another node, which needs the replication server and the secret.
+func (d *Daemon) hasPeers() bool {
+	for _, rc := range d.cfg.Resources {
+		if _, ok := rc.Disks[d.node.Name]; ok && rc.Replicated && len(rc.Disks) > 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// setupReplication reads the cluster secret and prepares the replication
+// server and the cluster poller when this node has peers.
+func (d *Daemon) setupReplication() error {
+	if !d.hasPeers() {
+		return nil
+	}
+	if d.cfg.SecretFile == "" {
+		return fmt.Errorf("%s has no secret_file, but node %s replicates with other nodes: create a secret (e.g. `head -c 32 /dev/urandom > /etc/tharsis/secret`), copy it to every node and set secret_file", d.cfg.File, d.node.Name)
+	}
+	secret, err := os.ReadFile(d.cfg.SecretFile)
+	if err != nil {
+		return fmt.Errorf("read the cluster secret: %w", err)
+	}
+	if len(secret) < 16 {
+		return fmt.Errorf("cluster secret %s holds %d bytes; use at least 16 random bytes", d.cfg.SecretFile, len(secret))
+	}
+	d.secret = secret
+	d.ship = &replicate.ShipServer{Node: d.node.Name, Secret: secret, Logger: d.log.With("component", "ship")}
+	d.cluster = replicate.NewCluster(replicate.ClusterOptions{
+		Node: d.node.Name, Secret: secret, Logger: d.log.With("component", "cluster"),
+		Peers: d.otherNodes,
+	})
+	return nil
+}
+
+// otherNodes is every other node of the cluster.
+func (d *Daemon) otherNodes() []replicate.Peer {
+	var out []replicate.Peer
+	for _, n := range d.cfg.NodeNames() {
+		if n != d.node.Name {
+			out = append(out, d.peer(n))
+		}
+	}
+	return out
+}
+
+func (d *Daemon) peer(name string) replicate.Peer {
+	return replicate.Peer{Name: name, Addr: d.cfg.Nodes[name].Replication}
+}
+
+// openLog opens the transaction log of r: as primary (log → ack → apply)
+// or as secondary (fetch → replay). The log owns r.disk afterwards.
+func (d *Daemon) openLog(r *resource, log *slog.Logger) error {
+	rc := r.cfg
+	dir := d.cfg.LogDir(rc.Name, d.node.Name)
+	if r.primary {
+		opts := replicate.Options{
+			Dir: dir, Node: d.node.Name, Resource: rc.Name,
+			SegmentSize: rc.SegmentSize, Sync: rc.Sync, Logger: log,
+		}
+		if d.cluster != nil {
+			// Retention: keep what any other node that holds the resource
+			// has not fetched and replayed yet.
+			opts.MinAppliedByPeers = d.cluster.MinAppliedFunc(rc.Name, func() []string { return d.others(rc) })
+		}
+		p, err := replicate.OpenPrimary(r.disk, opts)
+		if err != nil {
+			return err
+		}
+		if n := p.Replayed(); n > 0 {
+			log.Info("recovered: replayed the log onto the disk", "records", n)
+		}
+		r.prim, r.dev, r.src = p, p, replicate.PrimarySource(p)
+		if d.ship != nil {
+			d.ship.AddResource(rc.Name, r.src)
+		}
+		return nil
+	}
+	if d.ship == nil {
+		return fmt.Errorf("node %s is a secondary of %s but no other node holds it", d.node.Name, rc.Name)
+	}
+	opts := replicate.SecondaryOptions{
+		Dir: dir, Node: d.node.Name, Resource: rc.Name, Secret: d.secret, Logger: log,
+		Peers: func() []replicate.Peer {
+			var out []replicate.Peer
+			for _, n := range d.cfg.ConnectList(rc.Name, d.node.Name) {
+				out = append(out, d.peer(n))
+			}
+			return out
+		},
+		// Cascading: keep what the nodes fetching from us still need.
+		MinAppliedByPeers: d.cluster.MinAppliedFunc(rc.Name, func() []string { return d.fetchers(rc) }),
+	}
+	s, err := replicate.OpenSecondary(r.disk, opts)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(d.ctx)
+	r.sec, r.secStop, r.secDone = s, cancel, make(chan struct{})
+	go func() {
+		defer close(r.secDone)
+		if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("replication of the resource stopped", "err", err)
+		}
+	}()
+	r.src = s.Source()
+	d.ship.AddResource(rc.Name, r.src)
+	if !s.Consistent() {
+		log.Warn("this node's copy is not consistent yet: a fast full sync runs (tharsis view shows its progress; `tharsis fake-sync` skips it for freshly zeroed disks)")
+	}
+	return nil
+}
+
+// others is every other node holding a disk of rc (those that joined it).
+func (d *Daemon) others(rc *config.Resource) []string {
+	var out []string
+	for _, n := range d.cfg.DiskNodes(rc.Name) {
+		if n != d.node.Name {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// fetchers is every node whose connect list names this node.
+func (d *Daemon) fetchers(rc *config.Resource) []string {
+	var out []string
+	for _, n := range d.others(rc) {
+		if slices.Contains(d.cfg.ConnectList(rc.Name, n), d.node.Name) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (d *Daemon) closeLog(r *resource) error {
+	if d.ship != nil {
+		d.ship.RemoveResource(r.name)
+	}
+	if r.sec != nil {
+		r.secStop()
+		<-r.secDone
+		return r.sec.Close()
+	}
+	return r.prim.Close()
+}
+
+// startShip serves the replication protocol and polls the peers' status.
+func (d *Daemon) startShip() error {
+	if d.ship == nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", d.node.Replication)
+	if err != nil {
+		return fmt.Errorf("replication: listen on %s: %w (is another daemon using it? see `replication` of node %s)", d.node.Replication, err, d.node.Name)
+	}
+	d.shipLn = ln
+	go d.ship.Serve(ln)
+	ctx, cancel := context.WithCancel(d.ctx)
+	d.stopBg = cancel
+	go d.cluster.Run(ctx)
+	d.log.Info("replication serving", "listen", ln.Addr().String(), "peers", len(d.otherNodes()))
+	return nil
+}
+
+func (d *Daemon) stopShip(ctx context.Context) {
+	if d.stopBg != nil {
+		d.stopBg()
+	}
+	if d.ship != nil && d.shipLn != nil {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		d.ship.Shutdown(sctx)
+	}
+}
+
 func init() {
 	verbs["log-rotate"] = func(d *Daemon, r *resource) (string, error) {
-		if r.repl == nil {
+		if r.prim == nil {
+			if r.sec != nil {
+				return "", errors.New("only the primary writes the log: rotate it there")
+			}
 			return "", errNotReplicated
 		}
-		if err := r.repl.Rotate(); err != nil {
+		if err := r.prim.Rotate(); err != nil {
 			return "", err
 		}
-		return r.name + ": now writing " + r.repl.Status().Current, nil
+		return r.name + ": now writing " + r.prim.Status().Current, nil
 	}
 	del := func(all bool) verbFunc {
 		return func(d *Daemon, r *resource) (string, error) {
-			if r.repl == nil {
+			h := r.repl()
+			if h == nil {
 				return "", errNotReplicated
 			}
-			removed, err := r.repl.DeleteApplied(all)
+			removed, err := h.DeleteApplied(all)
 			if err != nil {
 				return "", err
 			}
@@ -66,4 +235,45 @@ func init() {
 	}
 	verbs["log-delete"] = del(false)
 	verbs["log-delete-all"] = del(true)
+
+	// Switches of a secondary; each persists across restarts.
+	switchVerb := func(set func(*replicate.Secondary) error, done string) verbFunc {
+		return func(d *Daemon, r *resource) (string, error) {
+			if r.sec == nil {
+				if r.prim != nil {
+					return "", errNotSecondary
+				}
+				return "", errNotReplicated
+			}
+			if err := set(r.sec); err != nil {
+				return "", err
+			}
+			return r.name + ": " + done, nil
+		}
+	}
+	verbs["disconnect"] = switchVerb(func(s *replicate.Secondary) error { return s.SetFetchPaused(true) }, "fetching paused")
+	verbs["connect"] = switchVerb(func(s *replicate.Secondary) error { return s.SetFetchPaused(false) }, "fetching")
+	verbs["pause-fetch"] = verbs["disconnect"]
+	verbs["resume-fetch"] = verbs["connect"]
+	verbs["pause-replay"] = switchVerb(func(s *replicate.Secondary) error { return s.SetReplayPaused(true) }, "replay paused")
+	verbs["resume-replay"] = switchVerb(func(s *replicate.Secondary) error { return s.SetReplayPaused(false) }, "replaying")
+	verbs["pause-sync"] = switchVerb(func(s *replicate.Secondary) error { return s.SetSyncPaused(true) }, "sync paused")
+	verbs["resume-sync"] = switchVerb(func(s *replicate.Secondary) error { return s.SetSyncPaused(false) }, "sync allowed")
+	verbs["fake-sync"] = switchVerb(func(s *replicate.Secondary) error { return s.FakeSync() }, "marked consistent without copying (only right for disks that were identical, e.g. freshly zeroed)")
+	verbs["invalidate"] = switchVerb(func(s *replicate.Secondary) error { return s.Invalidate() }, "invalidated: a fast full sync starts")
+	verbs["join-resource"] = func(d *Daemon, r *resource) (string, error) {
+		if r.sec == nil {
+			if r.prim != nil {
+				return "", errors.New("this node is the resource's primary: it is joined already")
+			}
+			return "", errNotReplicated
+		}
+		if r.sec.Consistent() {
+			return r.name + ": already joined and consistent", nil
+		}
+		if err := r.sec.SetSyncPaused(false); err != nil {
+			return "", err
+		}
+		return r.name + ": joining: a fast full sync runs (see `tharsis view`)", nil
+	}
 }

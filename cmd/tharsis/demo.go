@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"text/template"
 
 	"github.com/tharsis/tharsis/appliance"
@@ -14,14 +17,22 @@ import (
 	"github.com/tharsis/tharsis/config"
 )
 
-// demoConfig is the embedded default: one node serving one resource.
+// demoConfig is the embedded default: a primary (alpha) and a secondary
+// (beta) on this machine, one resource exported by the primary.
 var demoConfig = template.Must(template.New("demo").Parse(`# tharsis demo config, written by ` + "`tharsis demo`" + `
-[nodes.demo]
-replication = "127.0.0.1:{{.ReplPort}}"
-state_dir = "{{.Dir}}/state"
+secret_file = "secret"
 
+[nodes.alpha]
+replication = "{{.ReplA}}"
+state_dir = "alpha"
+{{if .ReplB}}
+[nodes.beta]
+replication = "{{.ReplB}}"
+state_dir = "beta"
+{{end}}
 [resources.demo]
-disk = { demo = "{{.Dir}}/demo.img" }
+disk = { alpha = "alpha.img"{{if .ReplB}}, beta = "beta.img"{{end}} }
+primary = "alpha"
 
 [[exports.nbd]]
 resource = "demo"
@@ -49,6 +60,8 @@ func init() {
 		size := fs.String("size", "1GiB", "size of the demo resource")
 		dir := fs.String("dir", "", "directory for the demo's files (default: a new temporary directory, removed at exit)")
 		noAoE := fs.Bool("no-aoe", false, "do not export over AoE")
+		noSecondary := fs.Bool("no-secondary", false, "run the primary alone")
+		repl := fs.String("replication", "127.0.0.1:17777,127.0.0.1:17778", "replication addresses of the primary and the secondary")
 		level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 		if err := parse(fs, args); err != nil {
 			return err
@@ -71,11 +84,27 @@ func init() {
 		} else if err := os.MkdirAll(root, 0o700); err != nil {
 			return err
 		}
-		disk, err := blockdev.CreateFile(filepath.Join(root, "demo.img"), sz)
-		if err != nil {
+		replA, replB, _ := strings.Cut(*repl, ",")
+		nodes := []string{"alpha"}
+		if *noSecondary {
+			replB = ""
+		} else if replB == "" {
+			return usageError{"--replication needs two addresses: PRIMARY,SECONDARY"}
+		} else {
+			nodes = append(nodes, "beta")
+		}
+		for _, n := range nodes {
+			disk, err := blockdev.CreateFile(filepath.Join(root, n+".img"), sz)
+			if err != nil {
+				return err
+			}
+			disk.Close()
+		}
+		secret := make([]byte, 32)
+		rand.Read(secret)
+		if err := os.WriteFile(filepath.Join(root, "secret"), secret, 0o600); err != nil {
 			return err
 		}
-		disk.Close()
 
 		aoeIface, why := "", ""
 		switch {
@@ -93,7 +122,7 @@ func init() {
 		}
 
 		var buf bytes.Buffer
-		demoConfig.Execute(&buf, map[string]any{"Dir": root, "Listen": *listen, "ReplPort": 17777, "AoEIface": aoeIface})
+		demoConfig.Execute(&buf, map[string]any{"Listen": *listen, "ReplA": replA, "ReplB": replB, "AoEIface": aoeIface})
 		cfgPath := filepath.Join(root, "tharsis.toml")
 		if err := os.WriteFile(cfgPath, buf.Bytes(), 0o600); err != nil {
 			return err
@@ -102,15 +131,36 @@ func init() {
 		if err != nil {
 			return fmt.Errorf("demo config is invalid (a bug in tharsis): %w", err)
 		}
-		d, err := appliance.New(appliance.Options{Config: cfg, Node: "demo", Logger: log})
-		if err != nil {
-			return err
-		}
 		ctx, stop := signalContext()
 		defer stop()
-		return d.Run(ctx, func(d *appliance.Daemon) {
-			printDemoHelp(os.Stdout, *listen, config.FormatSize(sz), cfgPath, aoeIface, why)
-		})
+		// Every node runs in this process; the demo is ready when all are.
+		var ready sync.WaitGroup
+		errs := make(chan error, len(nodes))
+		for _, n := range nodes {
+			d, err := appliance.New(appliance.Options{Config: cfg, Node: n, Logger: log.With("demo-node", n)})
+			if err != nil {
+				return err
+			}
+			ready.Add(1)
+			go func() {
+				var once sync.Once
+				err := d.Run(ctx, func(*appliance.Daemon) { once.Do(ready.Done) })
+				once.Do(ready.Done)
+				if err != nil {
+					stop() // one node failing ends the demo
+				}
+				errs <- err
+			}()
+		}
+		ready.Wait()
+		if ctx.Err() == nil {
+			printDemoHelp(os.Stdout, *listen, config.FormatSize(sz), cfgPath, aoeIface, why, len(nodes) > 1)
+		}
+		var all []error
+		for range nodes {
+			all = append(all, <-errs)
+		}
+		return errors.Join(all...)
 	}
 	register(c)
 }
@@ -129,7 +179,7 @@ func makeVeth(a, b string) error {
 	return nil
 }
 
-func printDemoHelp(w *os.File, listen, size, cfgPath, aoeIface, aoeWhy string) {
+func printDemoHelp(w *os.File, listen, size, cfgPath, aoeIface, aoeWhy string, secondary bool) {
 	host, port := listen, "10809"
 	if i := strings.LastIndex(listen, ":"); i >= 0 {
 		host, port = listen[:i], listen[i+1:]
@@ -140,7 +190,7 @@ func printDemoHelp(w *os.File, listen, size, cfgPath, aoeIface, aoeWhy string) {
 	}
 	uri += "/demo"
 	fmt.Fprintf(w, `
-tharsis demo is running: resource "demo" (%s, sparse) with its transaction log.
+tharsis demo is running: resource "demo" (%s, sparse), primary on node alpha, with its transaction log.
 config: %s   (tharsis below is this binary; from the source tree: go run ./cmd/tharsis)
 
 Try it over NBD (from another terminal):
@@ -149,8 +199,16 @@ Try it over NBD (from another terminal):
   nbdcopy %s - | head -c 64M | sha256sum; sha256sum /tmp/rand      # read it back
   qemu-img info %s
   sudo nbd-client %s %s -N demo /dev/nbd0    # needs the nbd kernel module
-  tharsis view --config %s
+  tharsis view --config %s --node alpha
 `, size, cfgPath, uri, uri, uri, uri, host, port, cfgPath)
+	if secondary {
+		fmt.Fprintf(w, `
+Node beta is a secondary: it syncs once, then fetches alpha's log and replays it. Write, then watch
+the write reach it (LOG END and APPLIED of beta catch up with alpha's):
+  tharsis view --config %s --node beta
+  tharsis pause-replay --config %s --node beta demo     # and resume-replay, disconnect, connect
+`, cfgPath, cfgPath)
+	}
 	if aoeIface != "" {
 		fmt.Fprintf(w, `
 Over AoE: target e1.1 on %s (veth pair; its other end is %s):

@@ -2,15 +2,21 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/json"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tharsis/tharsis/aoe"
+	"github.com/tharsis/tharsis/appliance"
 	"github.com/tharsis/tharsis/internal/testutil"
 )
 
@@ -70,10 +76,32 @@ func stopDemo(t *testing.T, cmd *exec.Cmd) {
 	}
 }
 
+// demoRepl returns a --replication value of two free loopback ports.
+func demoRepl(t *testing.T) string { return testutil.FreePort(t) + "," + testutil.FreePort(t) }
+
+// viewJSON returns `tharsis view --json` of a node.
+func viewJSON(t *testing.T, cfg, node string) *appliance.Status {
+	t.Helper()
+	out, err := tharsis("view", "--json", "--config", cfg, "--node", node).Output()
+	if err != nil {
+		t.Fatalf("tharsis view --json --node %s: %v", node, err)
+	}
+	var st appliance.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("view --json is not a Status: %v\n%s", err, out)
+	}
+	return &st
+}
+
+// TestDemoNBD runs the demo (primary + secondary), reads the export with
+// nbdinfo, writes through it with nbdcopy and waits until the write reached
+// the secondary's disk byte for byte.
 func TestDemoNBD(t *testing.T) {
 	nbdinfo := testutil.NeedTool(t, "nbdinfo")
+	nbdcopy := testutil.NeedTool(t, "nbdcopy")
 	addr := testutil.FreePort(t)
-	cmd, out := startDemo(t, "--no-aoe", "--listen", addr, "--size", "64MiB")
+	dir := t.TempDir()
+	cmd, out := startDemo(t, "--no-aoe", "--listen", addr, "--size", "64MiB", "--dir", dir, "--replication", demoRepl(t))
 	uri := "nbd://" + addr + "/demo"
 	if !strings.Contains(out, "nbdinfo "+uri) {
 		t.Errorf("demo does not print how to connect with nbdinfo (%s):\n%s", uri, out)
@@ -81,6 +109,28 @@ func TestDemoNBD(t *testing.T) {
 	info, err := exec.Command(nbdinfo, uri).CombinedOutput()
 	if err != nil || !strings.Contains(string(info), "export-size: 67108864") {
 		t.Fatalf("nbdinfo %s: %v\n%s", uri, err, info)
+	}
+	// Write 8 MiB of random data through the export.
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+	src := filepath.Join(t.TempDir(), "rand")
+	os.WriteFile(src, data, 0o600)
+	if out, err := exec.Command(nbdcopy, src, uri).CombinedOutput(); err != nil {
+		t.Fatalf("nbdcopy to the export: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(dir, "tharsis.toml")
+	want := viewJSON(t, cfg, "alpha").Resources[0].Replication.End.Seq
+	testutil.WaitFor(t, 60*time.Second, "the secondary to replay the primary's log", func() bool {
+		r := viewJSON(t, cfg, "beta").Resources[0].Replication
+		return r != nil && r.Consistent && r.Applied.Seq >= want
+	})
+	view, _ := tharsis("view", "--config", cfg, "--node", "beta").CombinedOutput()
+	if !strings.Contains(string(view), "alpha") || !strings.Contains(string(view), "beta") {
+		t.Errorf("view of beta does not show both nodes:\n%s", view)
+	}
+	beta, err := os.ReadFile(filepath.Join(dir, "beta.img"))
+	if err != nil || !bytes.Equal(beta[:len(data)], data) {
+		t.Fatalf("the secondary's disk does not hold the write (err %v)\nview:\n%s", err, view)
 	}
 	stopDemo(t, cmd)
 }
@@ -90,7 +140,7 @@ func TestDemoNBD(t *testing.T) {
 func TestDemoAoE(t *testing.T) {
 	testutil.NeedRoot(t)
 	testutil.NeedTool(t, "ip")
-	cmd, out := startDemo(t, "--listen", testutil.FreePort(t), "--size", "64MiB")
+	cmd, out := startDemo(t, "--no-secondary", "--listen", testutil.FreePort(t), "--size", "64MiB")
 	if !strings.Contains(out, "tharsis aoe-stat -i "+demoVethClient) {
 		t.Fatalf("demo does not print how to see the AoE target:\n%s", out)
 	}

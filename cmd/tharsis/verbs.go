@@ -11,6 +11,17 @@ var daemonVerbs = []struct{ name, summary string }{
 	{"log-rotate", "seal the current log segment and start a new one"},
 	{"log-delete", "remove the oldest log segment that is already applied"},
 	{"log-delete-all", "remove every applied log segment but the current one"},
+	{"disconnect", "secondary: stop fetching the log (persists across restarts)"},
+	{"connect", "secondary: fetch the log again"},
+	{"pause-fetch", "same as disconnect"},
+	{"resume-fetch", "same as connect"},
+	{"pause-replay", "secondary: stop replaying the fetched log onto the disk"},
+	{"resume-replay", "secondary: replay again"},
+	{"pause-sync", "secondary: hold a fast full sync"},
+	{"resume-sync", "secondary: let a fast full sync run"},
+	{"fake-sync", "secondary: mark consistent without copying (for disks known identical, e.g. freshly zeroed)"},
+	{"invalidate", "secondary: throw away the local state and run a fast full sync"},
+	{"join-resource", "secondary: start joining (fast full sync) a resource this node has a disk for in the config"},
 }
 
 func init() {

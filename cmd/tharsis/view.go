@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/tharsis/tharsis/appliance"
-	"github.com/tharsis/tharsis/config"
+	"github.com/tharsis/tharsis/replicate"
 )
 
 func init() {
@@ -66,7 +66,7 @@ func renderStatus(w io.Writer, st *appliance.Status) {
 		if !r.Replicated {
 			repl = "not replicated: writes go straight to the disk"
 		}
-		fmt.Fprintf(w, "\nresource %s: %s, %s\n", r.Name, r.Role, config.FormatSize(r.Size))
+		fmt.Fprintf(w, "\nresource %s: %s here, %s\n", r.Name, r.Role, humanBytes(r.Size))
 		fmt.Fprintf(w, "  disk    %s\n  mode    %s\n", r.Disk, repl)
 		for _, e := range r.Exports {
 			var flags []string
@@ -87,15 +87,111 @@ func renderStatus(w io.Writer, st *appliance.Status) {
 			fmt.Fprintf(w, "  export  %-3s %s on %s%s\n", e.Kind, e.Name, e.Where, extra)
 		}
 		if l := r.Log; l != nil {
-			fmt.Fprintf(w, "  log     writing %s; written %s, applied %s\n", l.Current, l.Written, l.Applied)
 			var total int64
 			for _, s := range l.Segments {
 				total += s.Size
 			}
-			fmt.Fprintf(w, "          %d segments, %s; a restart would replay %s\n", len(l.Segments), config.FormatSize(total), config.FormatSize(l.PendingReplay))
+			fmt.Fprintf(w, "  log     writing %s; %d segments, %s; a restart would replay %s\n", l.Current, len(l.Segments), humanBytes(total), humanBytes(l.PendingReplay))
 			if l.Err != "" {
 				fmt.Fprintf(w, "  ERROR   %s\n", l.Err)
 			}
 		}
+		if r.Replication == nil {
+			continue
+		}
+		// One line per node that holds the resource: this one, then peers.
+		rows := []nodeRow{{st.Node, r.Replication, ""}}
+		for _, p := range st.Peers {
+			if rs, ok := p.Status.Resource(r.Name); ok {
+				rows = append(rows, nodeRow{p.Peer.Name, &rs, p.Err})
+			} else if p.Err != "" {
+				rows = append(rows, nodeRow{p.Peer.Name, nil, p.Err})
+			}
+		}
+		fmt.Fprintf(w, "  %-10s %-9s %-24s %-24s %-18s %s\n", "NODE", "ROLE", "LOG END (fetched)", "APPLIED (replayed)", "LAG", "STATE")
+		for _, row := range rows {
+			renderNodeRow(w, row)
+		}
 	}
+}
+
+type nodeRow struct {
+	node string
+	rs   *replicate.ResourceStatus
+	err  string
+}
+
+func renderNodeRow(w io.Writer, row nodeRow) {
+	rs := row.rs
+	if rs == nil {
+		fmt.Fprintf(w, "  %-10s %-9s unreachable: %s\n", row.node, "?", row.err)
+		return
+	}
+	pos := func(p replicate.Position) string { return fmt.Sprintf("#%d (seg %d)", p.Seq, p.Segment) }
+	lag := "-"
+	if rs.Role != "primary" {
+		lag = fmt.Sprintf("%s, %.1fs", humanBytes(rs.LagBytes), rs.LagSeconds)
+	}
+	var state []string
+	if rs.Consistent {
+		state = append(state, "consistent")
+	} else {
+		state = append(state, "INCONSISTENT")
+	}
+	if rs.Source != "" {
+		state = append(state, "from "+rs.Source)
+	}
+	for _, sw := range []struct {
+		on   bool
+		name string
+	}{{rs.FetchPaused, "fetch paused"}, {rs.ReplayPaused, "replay paused"}, {rs.SyncPaused, "sync paused"}} {
+		if sw.on {
+			state = append(state, sw.name)
+		}
+	}
+	if row.err != "" {
+		state = append(state, "status stale: "+row.err)
+	}
+	if rs.Err != "" {
+		state = append(state, "error: "+rs.Err)
+	}
+	fmt.Fprintf(w, "  %-10s %-9s %-24s %-24s %-18s %s\n", row.node, rs.Role, pos(rs.End), pos(rs.Applied), lag, strings.Join(state, ", "))
+	if s := rs.Sync; s != nil {
+		fmt.Fprintf(w, "  %-10s sync %-9s %s\n", "", s.State, progress(s))
+	} else if s := rs.LastSync; s != nil {
+		fmt.Fprintf(w, "  %-10s last sync: compared %s, transferred %s\n", "", humanBytes(s.Compared), humanBytes(s.Transferred))
+	}
+}
+
+// progress draws a sync's progress bar with its ETA.
+func progress(s *replicate.SyncProgress) string {
+	const width = 30
+	frac := 0.0
+	if s.Total > 0 {
+		frac = float64(s.Compared) / float64(s.Total)
+	}
+	n := int(frac * width)
+	bar := "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
+	out := fmt.Sprintf("%s %5.1f%% of %s, transferred %s", bar, 100*frac, humanBytes(s.Total), humanBytes(s.Transferred))
+	if s.Source != "" {
+		out += " from " + s.Source
+	}
+	if s.ETASeconds > 0 {
+		out += fmt.Sprintf(", ETA %s", (time.Duration(s.ETASeconds) * time.Second).String())
+	}
+	return out
+}
+
+// humanBytes formats n with one decimal in binary units.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
