@@ -42,7 +42,8 @@ func (h *History) Writes() []Write {
 
 // Load writes random blocks through conn: n writes (0: until ctx is done or
 // a write fails), each of 1..maxBlocks blocks at a random block-aligned
-// offset below region, with random bytes. Every write is recorded in h
+// offset below region, with random bytes, and a FLUSH every flushEvery
+// writes. Every write is recorded in h
 // before it is sent and marked acknowledged when its reply arrives. It
 // returns nil when ctx ends it, else the first error.
 func Load(ctx context.Context, conn *nbdConn, h *History, rng *rand.Rand, n int, region int64, maxBlocks int) error {
@@ -63,9 +64,18 @@ func Load(ctx context.Context, conn *nbdConn, h *History, rng *rand.Rand, n int,
 		h.mu.Lock()
 		h.acked++
 		h.mu.Unlock()
+		if (i+1)%flushEvery == 0 {
+			if err := conn.Flush(); err != nil {
+				return fmt.Errorf("flush after write %d: %w", i, err)
+			}
+		}
 	}
 	return nil
 }
+
+// flushEvery is how often Load sends an NBD FLUSH, as a filesystem would
+// (the primary ships only what is durable in its log).
+const flushEvery = 64
 
 func fillRandom(rng *rand.Rand, b []byte) {
 	for i := 0; i+8 <= len(b); i += 8 {
