@@ -35,6 +35,7 @@
 #   BENCH_DIR          where images, logs and state live (default /var/tmp)
 #   BENCH_RESULTS      file to append to (default bench/RESULTS.md)
 #   BENCH_KEEP=1       keep the work dir
+#   BENCH_NOTE         a line added under the heading (e.g. "smoke run")
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -278,7 +279,9 @@ TABLE=$(
 	cat <<MD
 
 ## Replication over a 50 ms / 1 Gbit/s link ($(date -u +%Y-%m-%d))
-
+${BENCH_NOTE:+
+${BENCH_NOTE}
+}
 Machine: $(nproc) CPUs, $(uname -r); link: ${SHAPED}; images, logs and state in $BASE ($(df -T "$BASE" | awk 'NR==2{print $2}')); \`sync = false\`, 1 MiB sync chunks; load: fio over NBD inside alpha's namespace.
 
 | measurement | result | target | |
