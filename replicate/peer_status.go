@@ -42,6 +42,10 @@ type ResourceStatus struct {
 	// End is the durable end of the log held here: what was written (on
 	// the primary) or fetched and fsync'd (on a secondary).
 	End Position `json:"end"`
+	// Logged is the end of the records in the log, durable or not (the
+	// primary acknowledges writes before their fdatasync when sync =
+	// false); on a secondary it equals End.
+	Logged Position `json:"logged"`
 	// Applied is the position up to which the data device holds the log:
 	// the replay position of a secondary (persisted), the applied position
 	// of the primary. During a full sync it is the position the sync

@@ -369,7 +369,7 @@ func (s *Secondary) Positions() (fetched, replayed Position) {
 // Status returns the replication state of the resource on this node.
 func (s *Secondary) Status() ResourceStatus {
 	s.mu.Lock()
-	rs := ResourceStatus{Resource: s.opts.Resource, Role: RoleSecondary, End: s.fetched, Applied: s.persisted,
+	rs := ResourceStatus{Resource: s.opts.Resource, Role: RoleSecondary, End: s.fetched, Logged: s.fetched, Applied: s.persisted,
 		Consistent: s.st.Consistent, Source: s.source, SourceEnd: s.sourceEnd,
 		FetchPaused: s.st.FetchPaused, ReplayPaused: s.st.ReplayPaused, SyncPaused: s.st.SyncPaused}
 	if s.st.Sync != "" {

@@ -43,6 +43,8 @@ type node struct {
 	done   chan error
 	peers  func() []Peer
 	logBuf *lockedBuffer
+	// beforeRun, if set, is called between OpenSecondary and Run.
+	beforeRun func(*Secondary)
 }
 
 type lockedBuffer struct {
@@ -137,6 +139,9 @@ func (n *node) startSecondary(peers func() []Peer, mod func(*SecondaryOptions)) 
 		n.t.Fatal(err)
 	}
 	n.sec = s
+	if n.beforeRun != nil {
+		n.beforeRun(s)
+	}
 	n.srv.AddResource("r0", s.Source())
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
@@ -559,5 +564,53 @@ func TestSecondaryPrefixProperty(t *testing.T) {
 	t.Logf("%d checks of the prefix property passed", matched)
 	if checks < 3 {
 		t.Errorf("only %d checks ran", checks)
+	}
+}
+
+func TestSwitchesPersist(t *testing.T) {
+	const size = 1 << 20
+	a, b := newNode(t, "alpha", size), newNode(t, "beta", size)
+	a.startPrimary(0)
+	peers := func() []Peer { return []Peer{a.peer()} }
+	b.beforeRun = func(s *Secondary) {
+		for _, err := range []error{s.SetSyncPaused(true), s.SetFetchPaused(true), s.SetReplayPaused(true)} {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b.startSecondary(peers, nil)
+	b.stopSecondary()
+	b.beforeRun = nil
+	b.startSecondary(peers, nil)
+	st := b.sec.Status()
+	if !st.SyncPaused || !st.FetchPaused || !st.ReplayPaused || st.Consistent || st.Sync == nil || st.Sync.State != "needed" {
+		t.Fatalf("after restart: %+v (sync %+v)", st, st.Sync)
+	}
+	w := &writer{rng: rand.New(rand.NewPCG(19, 20))}
+	w.write(t, a.prim, 20)
+	// Sync resumes; fetch and replay stay paused.
+	b.sec.SetSyncPaused(false)
+	testutil.WaitFor(t, 10*time.Second, "the sync to copy the chunks", func() bool {
+		return b.sec.Status().LastSync != nil
+	})
+	start := b.sec.Status().LastSync.Start
+	w.write(t, a.prim, 20)
+	if f, _ := b.sec.Positions(); f.Seq != 0 {
+		t.Fatalf("fetched %v while fetching is paused", f)
+	}
+	b.sec.SetFetchPaused(false)
+	testutil.WaitFor(t, 10*time.Second, "beta to fetch", func() bool {
+		f, _ := b.sec.Positions()
+		return f.Seq >= a.prim.Status().Logged.Seq
+	})
+	if _, r := b.sec.Positions(); r.Seq > start.Seq {
+		t.Fatalf("replayed to %v while replay is paused", r)
+	}
+	b.sec.SetReplayPaused(false)
+	waitCaughtUp(t, a.prim, b)
+	sameData(t, a, b)
+	if st := b.sec.Status(); st.LagBytes != 0 || st.LagSeconds != 0 || st.Source != "alpha" {
+		t.Errorf("caught up but status says %+v", st)
 	}
 }

@@ -119,7 +119,7 @@ func (s *primarySource) SyncData() (blockdev.Device, Position, error) {
 
 func (s *primarySource) Status() ResourceStatus {
 	st := s.p.Status()
-	rs := ResourceStatus{Resource: s.p.opts.Resource, Role: RolePrimary, End: st.Written, Applied: st.Applied,
+	rs := ResourceStatus{Resource: s.p.opts.Resource, Role: RolePrimary, End: st.Written, Logged: st.Logged, Applied: st.Applied,
 		Consistent: true, SourceEnd: st.Written, Err: st.Err}
 	for _, seg := range st.Segments {
 		rs.Segments = append(rs.Segments, SegmentSummary{Name: seg.Name, Size: seg.Size, Sealed: seg.Sealed,

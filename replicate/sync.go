@@ -206,13 +206,19 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 		s.mu.Unlock()
 	}
 	// Every chunk now holds the source's state at start or later; the log
-	// from start on makes it consistent once replayed past the source's
-	// end as of now.
+	// from start on makes it consistent once replayed past every record
+	// the chunks may reflect: the source's log end as of now (including
+	// records logged but not yet durable or applied).
 	st, err = pc.status(ctx)
 	if err != nil {
 		return err
 	}
 	rs, _ = st.Resource(s.opts.Resource)
+	for _, p := range []Position{rs.Logged, rs.Applied} {
+		if p.Seq > rs.End.Seq {
+			rs.End = p
+		}
+	}
 	if err := s.data.Flush(); err != nil {
 		return fmt.Errorf("flush data device: %w", err)
 	}
