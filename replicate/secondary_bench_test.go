@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,18 +12,36 @@ import (
 // BenchmarkCatchUp measures how fast a secondary that is behind fetches
 // and replays the primary's log over loopback (MB/s of log).
 func BenchmarkCatchUp(b *testing.B) {
+	b.Run("1MiB-writes", func(b *testing.B) { benchCatchUp(b, 1<<20) })
+	b.Run("4KiB-writes", func(b *testing.B) { benchCatchUp(b, 4<<10) })
+}
+
+func benchCatchUp(b *testing.B, wsize int) {
 	const size = 64 << 20
 	a := newNode(b, "alpha", size)
 	a.startPrimary(16 << 20)
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, wsize)
 	for i := range buf {
 		buf[i] = byte(i * 7)
 	}
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		if _, err := a.prim.WriteAt(buf, off); err != nil {
-			b.Fatal(err)
-		}
+	total := int64(size)
+	if wsize < 1<<20 {
+		total = 16 << 20 // 4096 records
 	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for off := int64(w * wsize); off < total; off += int64(8 * wsize) {
+				if _, err := a.prim.WriteAt(buf, off); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 	a.prim.Flush()
 	logBytes := int64(0)
 	for _, s := range a.prim.Status().Segments {
