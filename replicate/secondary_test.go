@@ -128,13 +128,18 @@ func (n *node) startPrimary(segSize int64) {
 }
 
 func (n *node) startSecondary(peers func() []Peer, mod func(*SecondaryOptions)) {
+	n.startSecondaryOn(noClose{n.data}, peers, mod)
+}
+
+// startSecondaryOn starts the node's secondary on dev (a view of n.data).
+func (n *node) startSecondaryOn(dev blockdev.Device, peers func() []Peer, mod func(*SecondaryOptions)) {
 	n.peers = peers
 	opts := SecondaryOptions{Dir: n.dir, Node: n.name, Resource: "r0", Secret: testSecret, Peers: peers, Logger: n.logger(),
 		RetryInterval: 50 * time.Millisecond, CheckpointInterval: 50 * time.Millisecond, ChunkSize: 64 << 10}
 	if mod != nil {
 		mod(&opts)
 	}
-	s, err := OpenSecondary(noClose{n.data}, opts)
+	s, err := OpenSecondary(dev, opts)
 	if err != nil {
 		n.t.Fatal(err)
 	}
