@@ -76,6 +76,25 @@ type secondaryState struct {
 // position is persisted after flushing the data device). A Secondary also
 // serves what it fetched to other nodes (Source), and runs a fast full sync
 // when it joins or is invalidated.
+//
+// Its log directory holds, like a primary's, the segment files (byte-for-byte
+// copies of the source's, same names; records are verified before they are
+// written and fdatasync'd before the fetched position moves, so the fetched
+// position is the end of the last good record, found again on open) and
+// "applied" (the replay position, JSON). Beside them "secondary.json" holds
+// the switches (fetch, replay, sync paused), whether the data device is
+// consistent, and the state of a full sync.
+//
+// Fetching uses the first reachable peer of Options.Peers that holds the log
+// it needs, falls back to the next on failure, and every RetryInterval probes
+// the more preferred ones to return to the first that is back and not behind.
+// A full sync compares SHA-256 checksums (truncated to 16 bytes) of ChunkSize
+// chunks, 256 chunks per request, and copies only the chunks that differ
+// (pipelined), while fetching goes on; it records the source's applied
+// position first and replays the log from there afterwards. The data device
+// is consistent (equal to the source's state after some prefix of the log)
+// except from the start of a sync until that replay passes the source's log
+// end as of the sync's end.
 type Secondary struct {
 	data   blockdev.Device
 	opts   SecondaryOptions
