@@ -1,14 +1,17 @@
 package replicate
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tharsis/tharsis/internal/testutil"
+	"github.com/tharsis/tharsis/replicate/wire"
 )
 
 func TestWrongSecretRefused(t *testing.T) {
@@ -72,5 +75,23 @@ func TestNotATharsisPeer(t *testing.T) {
 	c.Close()
 	testutil.WaitFor(t, 5*time.Second, "the server to log the stranger", func() bool {
 		return strings.Contains(a.logBuf.String(), "not a tharsis replication peer")
+	})
+}
+
+// FuzzServerHandshake feeds arbitrary bytes to the server side of the
+// handshake: it never panics and never authenticates a client that does
+// not know the secret.
+func FuzzServerHandshake(f *testing.F) {
+	f.Add(wire.AppendFrame(nil, &wire.Hello{Node: "beta"}))
+	f.Add(append(wire.AppendFrame(nil, &wire.Hello{Node: "beta"}), wire.AppendFrame(nil, &wire.Response{})...))
+	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c := wire.NewConn(struct {
+			io.Reader
+			io.Writer
+		}{bytes.NewReader(in), io.Discard})
+		if peer, err := serverHandshake(c, "alpha", testSecret, "fuzz"); err == nil {
+			t.Fatalf("authenticated %q without the secret", peer)
+		}
 	})
 }
