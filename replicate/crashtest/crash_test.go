@@ -229,8 +229,8 @@ func (c *cluster) dial() *nbdConn {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if n.size != devSize {
-		c.t.Fatalf("export size %d, want %d", n.size, devSize)
+	if n.Size() != devSize {
+		c.t.Fatalf("export size %d, want %d", n.Size(), devSize)
 	}
 	return n
 }
