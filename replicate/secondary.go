@@ -100,22 +100,27 @@ type Secondary struct {
 	opts   SecondaryOptions
 	logger *slog.Logger
 
-	mu         sync.Mutex
-	st         secondaryState
-	fetched    Position // durable end of the local log
-	replayed   Position // applied to the data device
-	persisted  Position // replay position on disk
-	endCh      chan struct{}
-	source     string
-	sourceEnd  Position
-	caughtUpAt time.Time
-	prog       SyncProgress
-	lastSync   *SyncProgress
-	fetchErr   string
-	replayErr  string
-	syncErr    string
-	running    bool
-	closed     bool
+	mu        sync.Mutex
+	st        secondaryState
+	fetched   Position // durable end of the local log
+	replayed  Position // applied to the data device
+	persisted Position // replay position on disk
+	endCh     chan struct{}
+	source    string
+	sourceEnd Position
+	// lagMarks remember when the source's log end was first seen past
+	// each sequence number not yet replayed (increasing seq): the oldest
+	// gives the lag in seconds, without comparing clocks.
+	lagMarks []lagMark
+	// contact is when a source last sent anything (zero: never).
+	contact   time.Time
+	prog      SyncProgress
+	lastSync  *SyncProgress
+	fetchErr  string
+	replayErr string
+	syncErr   string
+	running   bool
+	closed    bool
 	// replayGen changes when a sync resets the replay position, so a
 	// replay batch in flight does not overwrite it.
 	replayGen uint64
@@ -169,7 +174,7 @@ func OpenSecondary(data blockdev.Device, opts SecondaryOptions) (*Secondary, err
 	}
 	s := &Secondary{data: data, opts: opts, logger: opts.Logger.With("resource", opts.Resource),
 		endCh: make(chan struct{}), kickFetch: make(chan struct{}, 1), kickReplay: make(chan struct{}, 1), kickSync: make(chan struct{}, 1),
-		caughtUpAt: time.Now()}
+	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create log directory: %w", err)
 	}
@@ -409,9 +414,7 @@ func (s *Secondary) Status() ResourceStatus {
 		ls := *s.lastSync
 		rs.LastSync = &ls
 	}
-	if !s.noteCaughtUp() {
-		rs.LagSeconds = time.Since(s.caughtUpAt).Seconds()
-	}
+	rs.LagSeconds = s.lagSeconds()
 	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr} {
 		if e != "" {
 			rs.Err = e
@@ -440,14 +443,45 @@ func (s *Secondary) Status() ResourceStatus {
 	return rs
 }
 
-// noteCaughtUp records the time when the data device holds everything the
-// source reported; call with s.mu held.
-func (s *Secondary) noteCaughtUp() bool {
-	if s.replayed.Seq >= s.sourceEnd.Seq && s.fetched.Seq >= s.sourceEnd.Seq && s.st.Consistent {
-		s.caughtUpAt = time.Now()
-		return true
+type lagMark struct {
+	seq uint64
+	at  time.Time
+}
+
+// noteSourceEnd records that the source's log reaches end now; call with
+// s.mu held.
+func (s *Secondary) noteSourceEnd(end Position) {
+	now := time.Now()
+	s.contact = now
+	n := len(s.lagMarks)
+	switch {
+	case end.Seq <= s.replayed.Seq:
+	case n > 0 && end.Seq <= s.lagMarks[n-1].seq:
+	case n > 0 && (now.Sub(s.lagMarks[n-1].at) < 10*time.Millisecond || n >= 4096):
+		// Extend the newest mark (over-estimates by at most its age).
+		s.lagMarks[n-1].seq = end.Seq
+	default:
+		s.lagMarks = append(s.lagMarks, lagMark{seq: end.Seq, at: now})
 	}
-	return false
+}
+
+// lagSeconds is how long the oldest record known at the source but not yet
+// replayed here has been known (0 when caught up). With no source for a
+// while it is the time since the last contact: the source may have moved
+// on. Call with s.mu held.
+func (s *Secondary) lagSeconds() float64 {
+	i := 0
+	for i < len(s.lagMarks) && s.lagMarks[i].seq <= s.replayed.Seq {
+		i++
+	}
+	s.lagMarks = s.lagMarks[i:]
+	if len(s.lagMarks) > 0 {
+		return time.Since(s.lagMarks[0].at).Seconds()
+	}
+	if s.source == "" && !s.contact.IsZero() && time.Since(s.contact) > fetchStreamTimeout {
+		return time.Since(s.contact).Seconds()
+	}
+	return 0
 }
 
 // logDistance is the number of log bytes from a to b (0 if b is not after

@@ -181,8 +181,8 @@ func (s *Secondary) setSource(name string, end Position) {
 	s.source = name
 	if end.Seq > 0 {
 		s.sourceEnd = end
+		s.noteSourceEnd(end)
 	}
-	s.noteCaughtUp()
 	s.mu.Unlock()
 }
 

@@ -54,9 +54,6 @@ func (s *Secondary) replayLoop(ctx context.Context) {
 		}
 		if n > 0 {
 			s.setReplayErr(nil)
-			s.mu.Lock()
-			s.noteCaughtUp()
-			s.mu.Unlock()
 		}
 		if time.Since(lastCk) >= s.opts.CheckpointInterval {
 			if err := s.checkpoint(); err != nil {

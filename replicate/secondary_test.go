@@ -619,3 +619,38 @@ func TestSwitchesPersist(t *testing.T) {
 		t.Errorf("caught up but status says %+v", st)
 	}
 }
+
+// While the primary writes steadily, a secondary's lag stays bounded, and
+// is reported as 0 once it caught up.
+func TestSteadyLag(t *testing.T) {
+	const size = 8 << 20
+	a, b := newNode(t, "alpha", size), newNode(t, "beta", size)
+	a.startPrimary(1 << 20)
+	b.startSecondary(func() []Peer { return []Peer{a.peer()} }, nil)
+	b.sec.FakeSync()
+	w := &writer{rng: rand.New(rand.NewPCG(23, 24))}
+	stop := time.Now().Add(1500 * time.Millisecond)
+	var maxLag float64
+	var maxBytes int64
+	writes := 0
+	for next := time.Now(); time.Now().Before(stop); next = next.Add(2 * time.Millisecond) {
+		w.write(t, a.prim, 1)
+		writes++
+		if writes%10 == 0 {
+			st := b.sec.Status()
+			maxLag = max(maxLag, st.LagSeconds)
+			maxBytes = max(maxBytes, st.LagBytes)
+		}
+		time.Sleep(time.Until(next)) // pacing of the load, not synchronisation
+	}
+	waitCaughtUp(t, a.prim, b)
+	sameData(t, a, b)
+	t.Logf("%d writes in 1.5 s: max lag %.3f s, %d bytes", writes, maxLag, maxBytes)
+	if maxLag > 2 {
+		t.Errorf("lag reached %.3f s under a light steady load", maxLag)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the lag to drop to 0", func() bool {
+		st := b.sec.Status()
+		return st.LagSeconds == 0 && st.LagBytes == 0
+	})
+}
