@@ -86,6 +86,11 @@ func (s *Secondary) replaySome(rr *replayReader) (int, error) {
 	s.mu.Lock()
 	pos, end, gen := s.replayed, s.fetched, s.replayGen
 	s.mu.Unlock()
+	if gen != rr.gen {
+		// A sync reset the position (and may have refetched the log).
+		rr.close()
+		rr.gen = gen
+	}
 	n := 0
 	for n < replayBatch && pos.Seq < end.Seq {
 		seg, err := rr.segmentAt(pos)
@@ -107,7 +112,8 @@ func (s *Secondary) replaySome(rr *replayReader) (int, error) {
 			pos = Position{Segment: seg.Seq + 1, Offset: 0, Seq: pos.Seq}
 			continue
 		}
-		rec, next, err := readRecord(rr.f, limit, pos.Offset, &rr.buf)
+		rr.ra.limit = limit
+		rec, next, err := readRecord(&rr.ra, limit, pos.Offset, &rr.buf)
 		if err != nil {
 			return n, &CorruptError{File: filepath.Join(rr.dir, seg.String()), Offset: pos.Offset, Reason: err.Error(), Resource: s.opts.Resource}
 		}
@@ -154,6 +160,8 @@ type replayReader struct {
 	f    *os.File
 	size int64
 	buf  []byte
+	ra   readAhead
+	gen  uint64
 }
 
 func (rr *replayReader) close() {
@@ -161,6 +169,44 @@ func (rr *replayReader) close() {
 		rr.f.Close()
 		rr.f = nil
 	}
+	rr.ra = readAhead{win: rr.ra.win[:0]}
+}
+
+// readAhead reads a segment in large blocks, so replaying small records
+// does not cost two system calls each. It never caches bytes at or past
+// limit (the fetched, durable end when they were read): bytes before it
+// never change, bytes after it may still be being written.
+type readAhead struct {
+	f      *os.File
+	limit  int64
+	win    []byte
+	winOff int64
+}
+
+const readAheadSize = 1 << 20
+
+func (r *readAhead) ReadAt(p []byte, off int64) (int, error) {
+	if off >= r.winOff && off+int64(len(p)) <= r.winOff+int64(len(r.win)) {
+		return copy(p, r.win[off-r.winOff:]), nil
+	}
+	if len(p) >= readAheadSize/2 {
+		return r.f.ReadAt(p, off)
+	}
+	n := min(int64(readAheadSize), r.limit-off)
+	if n < int64(len(p)) {
+		return r.f.ReadAt(p, off)
+	}
+	if cap(r.win) < readAheadSize {
+		r.win = make([]byte, 0, readAheadSize)
+	}
+	w := r.win[:n]
+	m, err := r.f.ReadAt(w, off)
+	r.win, r.winOff = w[:m], off
+	if m < len(p) {
+		copy(p, w[:m])
+		return m, err
+	}
+	return copy(p, w), nil
 }
 
 // segmentAt opens the segment holding the records after pos (pos.Segment,
@@ -191,6 +237,7 @@ func (rr *replayReader) segmentAt(pos Position) (SegmentName, error) {
 			return SegmentName{}, err
 		}
 		rr.f, rr.name = f, n
+		rr.ra = readAhead{f: f, win: rr.ra.win[:0]}
 	}
 	st, err := rr.f.Stat()
 	if err != nil {
