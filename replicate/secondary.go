@@ -132,6 +132,9 @@ type Secondary struct {
 	cancelStream context.CancelFunc
 
 	stateMu sync.Mutex // serialises saveState
+	// ckMu serialises writes of the replay position (checkpoints, and a
+	// sync resetting it).
+	ckMu sync.Mutex
 
 	// applyMu is held while a record is applied to the data device and
 	// while a sync writes chunks.
@@ -509,6 +512,8 @@ func minPos(a, b Position) Position {
 
 // checkpoint flushes the data device and persists the replay position.
 func (s *Secondary) checkpoint() error {
+	s.ckMu.Lock()
+	defer s.ckMu.Unlock()
 	s.mu.Lock()
 	pos, persisted := s.replayed, s.persisted
 	s.mu.Unlock()

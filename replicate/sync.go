@@ -222,6 +222,8 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	if err := s.data.Flush(); err != nil {
 		return fmt.Errorf("flush data device: %w", err)
 	}
+	s.ckMu.Lock()
+	defer s.ckMu.Unlock()
 	if err := WriteApplied(OSFS{}, s.opts.Dir, start); err != nil {
 		return err
 	}
