@@ -142,10 +142,15 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	began := time.Now()
 	for idx < nchunks {
 		s.mu.Lock()
-		paused := s.st.SyncPaused
+		paused, state := s.st.SyncPaused, s.st.Sync
 		s.mu.Unlock()
 		if paused {
 			s.logger.Info("full sync paused", "chunk", idx)
+			return errSyncPaused
+		}
+		if state != "running" {
+			// FakeSync or Invalidate meanwhile.
+			s.logger.Info("full sync cancelled", "chunk", idx, "state", state)
 			return errSyncPaused
 		}
 		if err := ctx.Err(); err != nil {
@@ -197,7 +202,11 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 		if err := s.data.Flush(); err != nil {
 			return fmt.Errorf("flush data device: %w", err)
 		}
-		if err := s.update(func(st *secondaryState) { st.SyncChunk = idx }); err != nil {
+		if err := s.update(func(st *secondaryState) {
+			if st.Sync == "running" {
+				st.SyncChunk = idx
+			}
+		}); err != nil {
 			return err
 		}
 		s.mu.Lock()
@@ -224,6 +233,12 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	}
 	s.ckMu.Lock()
 	defer s.ckMu.Unlock()
+	s.mu.Lock()
+	state := s.st.Sync
+	s.mu.Unlock()
+	if state != "running" {
+		return errSyncPaused // cancelled at the last moment
+	}
 	if err := WriteApplied(OSFS{}, s.opts.Dir, start); err != nil {
 		return err
 	}
