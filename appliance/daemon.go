@@ -118,6 +118,11 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 	if err := d.startShip(); err != nil {
 		return err
 	}
+	// Automatic retention; stopped before shutdown closes the logs.
+	rctx, stopRetain := context.WithCancel(ctx)
+	retained := make(chan struct{})
+	go func() { defer close(retained); d.retain(rctx) }()
+	defer func() { stopRetain(); <-retained }()
 	if err := d.startControl(); err != nil {
 		return err
 	}
