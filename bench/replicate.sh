@@ -19,7 +19,8 @@
 #                   disk, so fdatasync costs what it costs; /dev/shm hides it)
 #   BENCH_REPLAY_MIB  log size for the replay timing (default 1024)
 #   BENCH_RESULTS   file to append to (default bench/RESULTS.md)
-#   BENCH_PORT      first of two TCP ports on 127.0.0.1 (default 21900)
+#   BENCH_PORT      first of three TCP ports on 127.0.0.1 (default 21900)
+#   BENCH_MODES     which of off, on, sync to run (default "off on sync")
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
 PORT=${BENCH_PORT:-21900}
 BASE=${BENCH_DIR:-/var/tmp}
 REPLAY_MIB=${BENCH_REPLAY_MIB:-1024}
+MODES=${BENCH_MODES:-off on sync}
 SIZE=$((256 << 20))
 
 for tool in go nbdcopy nbdinfo fio python3; do
@@ -115,8 +117,9 @@ fua_iops() {
 }
 
 declare -A R
+for mode in off on sync; do for k in copy rand randfsync fua; do R[$mode,$k]=; done; done
 p=$PORT
-for mode in off on sync; do
+for mode in $MODES; do
 	echo "== replication $mode"
 	start "$mode" "$p"
 	R[$mode,copy]=$(copy_mibs "$p")
@@ -134,7 +137,7 @@ echo "   $REPLAY"
 replay_s=$(sed -n 's/.*replay_seconds=\([0-9.]*\).*/\1/p' <<<"$REPLAY")
 replay_rate=$(sed -n 's/.*replay_mib_per_s=\([0-9.]*\).*/\1/p' <<<"$REPLAY")
 
-ratio() { python3 -c "print('%.2f' % ($1 / $2) if $2 else 'n/a')"; }
+ratio() { python3 -c "print('%.2f' % ($1 / $2) if $2 else 'n/a')" 2>/dev/null || echo n/a; }
 TABLE=$(
 	cat <<MD
 

@@ -32,6 +32,9 @@ type faultFS struct {
 	// syncEntered (if set), then waits until syncGate is closed.
 	syncGate    chan struct{}
 	syncEntered chan struct{}
+	// onWrite, if set, runs before every segment write (outside mu); an
+	// error fails the write after half of it is written.
+	onWrite func(off int64) error
 }
 
 func newFaultFS() *faultFS { return &faultFS{avail: -1} }
@@ -76,8 +79,11 @@ type faultFile struct {
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	f.fs.mu.Lock()
-	err := f.fs.writeErr
+	err, hook := f.fs.writeErr, f.fs.onWrite
 	f.fs.mu.Unlock()
+	if hook != nil && f.seg && err == nil {
+		err = hook(off)
+	}
 	if err != nil && f.seg {
 		n, _ := f.File.WriteAt(p[:len(p)/2], off)
 		return n, err

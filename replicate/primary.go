@@ -284,31 +284,42 @@ func (p *Primary) zero(k Kind, off, length int64) error {
 // earlier records and, with Options.Sync, waits for their fdatasync (which
 // runs meanwhile).
 func (p *Primary) do(es []*entry) error {
-	p.mu.Lock()
-	if p.closed {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return errClosed
+		}
+		if p.failed != nil {
+			p.mu.Unlock()
+			return p.failed
+		}
+		// Under p.mu: pending order == log order.
+		retry, err := p.w.reserve(es)
+		if err != nil {
+			p.mu.Unlock()
+			return err
+		}
+		if retry != nil {
+			p.mu.Unlock()
+			<-retry // the segment rotates
+			continue
+		}
+		for _, e := range es {
+			e.idx = p.nextIdx
+			p.nextIdx++
+			e.finished = make(chan struct{})
+			p.pending = append(p.pending, e)
+		}
+		p.inflight.Add(1)
 		p.mu.Unlock()
-		return errClosed
+		break
 	}
-	if p.failed != nil {
-		p.mu.Unlock()
-		return p.failed
-	}
-	p.inflight.Add(1)
 	defer p.inflight.Done()
-	for _, e := range es {
-		e.idx = p.nextIdx
-		p.nextIdx++
-		e.finished = make(chan struct{})
-		p.pending = append(p.pending, e)
-	}
-	t := p.w.append(es) // under p.mu: pending order == log order
-	p.mu.Unlock()
-	p.w.lead()
 
-	<-t.done
-	if t.err != nil {
+	if err := p.w.write(es); err != nil {
 		p.finish(es, false)
-		return t.err
+		return err
 	}
 	for i, e := range es {
 		p.waitEarlier(e)

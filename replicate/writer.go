@@ -19,7 +19,18 @@ const spaceReserve = 64 << 10
 // data device).
 type entry struct {
 	rec Record   // Kind, Offset, Length, Payload set by the appender
-	pos Position // end of the record, set by the writer once written
+	pos Position // end of the record, set when its place is reserved
+
+	// The writer's bookkeeping, guarded by logWriter.mu (start, f and hdr
+	// belong to the appender between reserve and complete).
+	start    int64            // offset of the record in its segment
+	f        File             // the segment file
+	hdr      [HeaderSize]byte // the encoded header
+	wdone    bool             // the appender's pwrite returned
+	werr     error            // it failed, or the record was dropped
+	resolved bool             // written with every earlier record, or failed
+	wake     chan struct{}    // closed once resolved (made by a waiter)
+	iov      [2][]byte        // header and payload for pwritev
 
 	// Primary's bookkeeping, guarded by Primary.mu.
 	idx      uint64        // index in Primary.pending
@@ -28,26 +39,27 @@ type entry struct {
 	done     bool
 }
 
-// ticket is one batch of the writer: done is closed once the batch is
-// written to the segment file (err == nil) or failed. Written is not
-// durable: see logWriter.waitDurable.
-type ticket struct {
-	done chan struct{}
-	err  error
-}
-
 // logWriter appends records to the current segment in two stages, as
 // pebble's LogWriter keeps flushing and syncing apart:
 //
-//   - whoever holds the writing right (an appender in lead, or flushLoop)
-//     takes every pending record, writes them with one pwrite (the page
-//     cache) and releases the batch's ticket;
+//   - every appender reserves the place and sequence numbers of its records
+//     under a short lock (reserve), writes them itself with one pwritev (the
+//     page cache) in parallel with the others, and waits until every earlier
+//     record is written too (ordered completion): so a kill of the process
+//     never leaves an acknowledged record behind a hole, which recovery
+//     would cut as a torn tail;
 //   - syncLoop calls fdatasync whenever some waiter wants a record durable
-//     (syncEvery: every batch; otherwise Flush and Checkpoint), once for all
-//     records written when it starts (group commit), and releases every
-//     waiter those records cover.
+//     (syncEvery: every write; otherwise Flush and Checkpoint), once for all
+//     records written contiguously when it starts (group commit), and
+//     releases every waiter those records cover.
 //
-// So the pwrites of the next batch proceed while an fdatasync runs.
+// Holes (records reserved and not yet written) only ever lie after the
+// contiguously written end, hence after every offset a record's synced
+// field claims: the torn-tail rule of the package doc still applies. A
+// failed pwrite fails its record and every later one in flight, and cuts
+// the segment back to it once they have all returned (rewind). flushLoop
+// rotates the segment, at the size threshold and when asked, once every
+// record in flight is written; appenders wait for the rotation.
 type logWriter struct {
 	fsys      FS
 	dir       string
@@ -57,26 +69,36 @@ type logWriter struct {
 	resource  string
 	logger    *slog.Logger
 	onRotate  func(sealed SegmentInfo)
-	syncEvery bool // every written batch is synced at once (Options.Sync)
+	syncEvery bool // every written record is synced at once (Options.Sync)
 
-	mu      sync.Mutex
-	cond    *sync.Cond // flushLoop waits here for records or rotations
-	queue   []*entry
-	cur     *ticket
-	rotReq  []chan error
-	closing bool
-	err     error // sticky: the log can no longer be written
-	// writing is the right to write to the segment: held by an appender
-	// writing its batch itself, or by flushLoop.
-	writing   bool
-	rotFailed bool // rotation at the size threshold failed; retried after the next batch
+	mu       sync.Mutex
+	cond     *sync.Cond // flushLoop waits here for rotations, and for the records in flight
+	rotReq   []chan error
+	closing  bool
+	err      error // sticky: the log can no longer be written
+	rotating bool  // flushLoop waits for the records in flight to rotate: no reservations
+	rotDone  chan struct{}
+	// rotFailed: rotation at the size threshold failed; retried after the
+	// next record.
+	rotFailed bool
 
-	// Owned by whoever is writing; changed under mu so Status can read them.
+	// Reservations: records in flight (reserved, not yet resolved), in log
+	// order; reserved is the end of the last one in the current segment,
+	// resSeq its sequence number.
+	inflight []*entry
+	reserved int64
+	resSeq   uint64
+	// rewindErr: a record in flight failed; reservations fail with it until
+	// every record in flight has returned and the segment is cut back.
+	rewindErr error
+
+	// The written prefix, under mu (flushLoop changes f and segs while
+	// nothing is in flight).
 	f       File
 	segs    []SegmentInfo // every segment known; the last is current
-	written int64         // bytes written to the current segment
-	lastSeq uint64        // last record written
-	lastPos Position      // end of the last record written
+	written int64         // bytes of the current segment written contiguously
+	lastSeq uint64        // last record written contiguously
+	lastPos Position      // end of the last record written contiguously
 
 	// The sync stage, under mu.
 	syncCond  *sync.Cond    // syncLoop waits here for wantSeq > durable.Seq
@@ -91,17 +113,14 @@ type logWriter struct {
 
 	loopDone chan struct{}
 	syncDone chan struct{}
-	buf      []byte   // record headers of the batch being written
-	iov      [][]byte // what the batch's pwritev writes
-	scratch  []byte   // the batch in one piece, for a File without pwritev
 
-	// Free space of the log filesystem, owned by whoever is writing:
-	// statfs runs again when the last answer is older than statfsMaxAge,
-	// or the bytes written since could bring it near the minimum.
+	// Free space of the log filesystem, under mu: statfs runs again when
+	// the last answer is older than statfsMaxAge, or the bytes reserved
+	// since could bring it near the minimum.
 	statfsMaxAge time.Duration
 	availBytes   int64 // statfs answer at availAt
 	availAt      time.Time
-	sinceStatfs  int64 // bytes written since availAt
+	sinceStatfs  int64 // bytes reserved since availAt
 }
 
 // backgroundSyncBytes of unsynced log start an fdatasync in the background.
@@ -122,6 +141,7 @@ func startWriter(w *logWriter, f File, segs []SegmentInfo, lastSeq uint64, lastP
 	w.f = f
 	w.segs = segs
 	w.lastSeq = lastSeq
+	w.resSeq = lastSeq
 	w.lastPos = lastPos
 	w.durable = lastPos
 	w.durableCh = make(chan struct{})
@@ -137,61 +157,218 @@ func (w *logWriter) segPath(n SegmentName) string { return filepath.Join(w.dir, 
 
 func (w *logWriter) current() SegmentName { return w.segs[len(w.segs)-1].Name }
 
-// append queues entries (in order, contiguously) and returns the ticket of
-// their batch. The caller then calls lead (outside its own locks), which
-// writes the batch unless another goroutine is writing and takes it.
-func (w *logWriter) append(es []*entry) *ticket {
+// reserve gives es (in order, contiguously) their places in the current
+// segment and their sequence numbers, and sets their positions. While the
+// segment rotates it reserves nothing and returns a channel closed when the
+// rotation is over: try again then. The caller then calls write.
+func (w *logWriter) reserve(es []*entry) (retry <-chan struct{}, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.err != nil || w.closing {
-		t := &ticket{done: make(chan struct{}), err: w.err}
-		if t.err == nil {
-			t.err = errClosed
-		}
-		close(t.done)
-		return t
+	switch {
+	case w.err != nil:
+		return nil, w.err
+	case w.closing:
+		return nil, errClosed
+	case w.rewindErr != nil:
+		return nil, w.rewindErr
+	case w.rotating:
+		return w.rotDone, nil
+	case w.reserved >= w.segSize && !w.rotFailed:
+		// At the size threshold: nothing more goes into this segment.
+		w.startRotation()
+		return w.rotDone, nil
 	}
-	w.queue = append(w.queue, es...)
-	if w.cur == nil {
-		w.cur = &ticket{done: make(chan struct{})}
+	var size int64
+	for _, e := range es {
+		size += HeaderSize + int64(len(e.rec.Payload))
 	}
-	return w.cur
+	if !w.spaceFor(size) {
+		return nil, w.noSpace(int(size), nil)
+	}
+	seg := w.current()
+	// A record may only claim what an fdatasync has really covered.
+	synced := w.durableInLocked(seg.Seq)
+	for _, e := range es {
+		w.resSeq++
+		e.rec.Segment, e.rec.Seq, e.rec.Synced = seg.Seq, w.resSeq, synced
+		e.start, e.f = w.reserved, w.f
+		w.reserved += HeaderSize + int64(len(e.rec.Payload))
+		e.pos = Position{Segment: seg.Seq, Offset: w.reserved, Seq: w.resSeq}
+		w.inflight = append(w.inflight, e)
+	}
+	w.sinceStatfs += size
+	return nil, nil
 }
 
-// lead writes the queued batch in the calling goroutine if nobody is
-// writing; otherwise the writer (or the flush loop after it) takes it.
-// Handing every batch to the flush loop instead would make each write wait
-// until the scheduler runs that goroutine, behind every runnable writer.
-func (w *logWriter) lead() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.writing || len(w.queue) == 0 {
-		return
-	}
-	// Batches queued meanwhile are written here too (a few at most, to
-	// bound this caller's delay), which saves waking another goroutine.
-	for range 4 {
-		if len(w.queue) == 0 || w.flushLoopWork() || w.closing {
-			break
-		}
-		q, t := w.queue, w.cur
-		w.queue, w.cur = nil, nil
-		w.writing = true
-		w.mu.Unlock()
-		t.err = w.writeBatch(q)
-		close(t.done)
-		w.mu.Lock()
-		w.writing = false
-	}
-	if len(w.queue) > 0 || w.flushLoopWork() || w.closing {
+// startRotation holds back reservations and wakes flushLoop to rotate. Call
+// with mu held.
+func (w *logWriter) startRotation() {
+	if !w.rotating {
+		w.rotating = true
+		w.rotDone = make(chan struct{})
 		w.cond.Signal()
 	}
 }
 
-// flushLoopWork says whether the flush loop has a rotation to do. Call with
-// mu held.
-func (w *logWriter) flushLoopWork() bool {
-	return len(w.rotReq) > 0 || (w.written >= w.segSize && !w.rotFailed)
+// write writes the reserved records es and waits until they and every
+// earlier record are written (with syncEvery, it also asks the sync stage to
+// make them durable). On failure none of es is logged (their positions are
+// cleared) and nothing of them is left in the segment.
+func (w *logWriter) write(es []*entry) error {
+	for _, e := range es {
+		w.complete(e, w.pwrite(e))
+	}
+	last := es[len(es)-1]
+	w.mu.Lock()
+	for false && !last.resolved {
+		if last.wake == nil {
+			last.wake = make(chan struct{})
+		}
+		ch := last.wake
+		w.mu.Unlock()
+		<-ch
+		w.mu.Lock()
+	}
+	var err error
+	for _, e := range es {
+		if e.werr != nil && err == nil {
+			err = e.werr
+		}
+	}
+	w.mu.Unlock()
+	if err != nil {
+		for _, e := range es {
+			e.pos = Position{} // not logged
+		}
+	}
+	return err
+}
+
+// pwrite encodes e's header and writes the record at its place. Headers and
+// payloads are written from the appenders' buffers (pwritev): no copy of the
+// data.
+func (w *logWriter) pwrite(e *entry) error {
+	b, err := e.rec.appendHeader(e.hdr[:0])
+	if err != nil {
+		return fmt.Errorf("encode log record: %w", err)
+	}
+	iov := append(e.iov[:0], b)
+	if len(e.rec.Payload) > 0 {
+		iov = append(iov, e.rec.Payload)
+	}
+	size := HeaderSize + len(e.rec.Payload)
+	var scratch []byte
+	n, err := writeVAt(e.f, iov, e.start, &scratch)
+	e.iov = [2][]byte{} // do not keep the appender's buffer
+	if err == nil && n != size {
+		err = fmt.Errorf("short write (%d of %d bytes)", n, size)
+	}
+	if err != nil {
+		seg := SegmentName{Seq: e.rec.Segment, Node: w.node}
+		if isNoSpace(err) {
+			return w.noSpace(size, err)
+		}
+		return fmt.Errorf("write log segment %s: %w", w.segPath(seg), err)
+	}
+	return nil
+}
+
+// complete records that e's pwrite returned (err) and moves the written
+// prefix over every record in flight that is written.
+func (w *logWriter) complete(e *entry, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e.wdone, e.werr = true, err
+	if err != nil && w.rewindErr == nil {
+		w.rewindErr = err
+	}
+	n := 0
+	for _, x := range w.inflight {
+		if !x.wdone || x.werr != nil {
+			break
+		}
+		n++
+	}
+	if n > 0 {
+		done := w.inflight[:n]
+		last := done[n-1]
+		w.written = last.pos.Offset
+		w.lastSeq = last.pos.Seq
+		w.lastPos = last.pos
+		cur := &w.segs[len(w.segs)-1]
+		if cur.FirstSeq == 0 {
+			cur.FirstSeq = done[0].pos.Seq
+		}
+		cur.LastSeq = w.lastSeq
+		cur.Records += n
+		cur.End = w.written
+		w.rotFailed = false
+		for i, x := range done {
+			w.resolve(x)
+			done[i] = nil
+		}
+		w.inflight = w.inflight[n:]
+		if len(w.inflight) == 0 {
+			w.inflight = w.inflight[:0:0]
+		}
+		if w.syncEvery && w.lastSeq > w.wantSeq {
+			w.wantSeq = w.lastSeq
+		}
+		if unsynced := w.written - w.durableInLocked(cur.Name.Seq); unsynced >= backgroundSyncBytes && w.wantSeq <= w.durable.Seq {
+			// Keep the unsynced part of the log short, in the background,
+			// so that a Flush or the rotation's fdatasync has little to
+			// write.
+			w.wantSeq = w.lastSeq
+		}
+		if w.wantSeq > w.durable.Seq {
+			w.syncCond.Signal()
+		}
+	}
+	if w.rewindErr != nil {
+		w.rewindLocked()
+	}
+	if len(w.inflight) == 0 && (w.rotating || w.closing) {
+		w.cond.Broadcast()
+	}
+}
+
+// rewindLocked, once every record in flight has returned after one failed,
+// fails them all and cuts the segment back to the written prefix, so
+// nothing of them could later read as a record. Call with mu held.
+func (w *logWriter) rewindLocked() {
+	for _, x := range w.inflight {
+		if !x.wdone {
+			return
+		}
+	}
+	cause := w.rewindErr
+	w.rewindErr = nil
+	if len(w.inflight) > 0 {
+		if terr := w.inflight[0].f.Truncate(w.written); terr != nil && w.err == nil {
+			w.err = fmt.Errorf("%w; cutting the failed write from log segment %s failed too: %v; check the disk, then restart the daemon",
+				cause, w.segPath(w.current()), terr)
+			w.logger.Error("transaction log failed; writes are refused until the daemon is restarted", "err", w.err)
+			w.releaseDurable()
+		}
+	}
+	for i, x := range w.inflight {
+		if x.werr == nil {
+			x.werr = fmt.Errorf("an earlier record could not be logged: %w", cause)
+		}
+		w.resolve(x)
+		w.inflight[i] = nil
+	}
+	w.inflight = w.inflight[:0]
+	w.reserved = w.written
+	w.resSeq = w.lastSeq
+}
+
+// resolve wakes e's waiter. Call with mu held.
+func (w *logWriter) resolve(e *entry) {
+	e.resolved = true
+	if e.wake != nil {
+		close(e.wake)
+	}
 }
 
 var errClosed = errors.New("the replicated device is closed")
@@ -210,14 +387,15 @@ func (w *logWriter) rotate() error {
 		return err
 	}
 	w.rotReq = append(w.rotReq, ch)
-	w.cond.Signal()
+	w.cond.Broadcast()
 	w.mu.Unlock()
 	return <-ch
 }
 
-// close drains the queue, stops the flush loop, then the sync loop (after
-// the syncs already asked for), and closes the segment. It neither syncs
-// what nobody asked to be durable nor seals the segment.
+// close refuses new records, waits for those in flight, stops the flush
+// loop, then the sync loop (after the syncs already asked for), and closes
+// the segment. It neither syncs what nobody asked to be durable nor seals
+// the segment.
 func (w *logWriter) close() error {
 	w.mu.Lock()
 	if w.closing {
@@ -227,7 +405,7 @@ func (w *logWriter) close() error {
 		return nil
 	}
 	w.closing = true
-	w.cond.Signal()
+	w.cond.Broadcast()
 	w.mu.Unlock()
 	<-w.loopDone
 	w.mu.Lock()
@@ -238,7 +416,6 @@ func (w *logWriter) close() error {
 	return w.f.Close()
 }
 
-// syncLoop is the second stage of the writer: it makes the written records
 // durable when some waiter wants them so (see waitDurable).
 func (w *logWriter) syncLoop() {
 	defer close(w.syncDone)
@@ -341,43 +518,42 @@ func (w *logWriter) writtenPosition() Position {
 	return w.lastPos
 }
 
-// flushLoop writes the batches no appender is writing itself, rotates the
-// segment (at the size threshold and when asked) and drains the queue on
-// close.
+// flushLoop rotates the segment (at the size threshold and when asked) once
+// every record in flight is written, holding back new reservations
+// meanwhile, and waits for the records in flight on close.
 func (w *logWriter) flushLoop() {
 	defer close(w.loopDone)
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	for {
-		w.mu.Lock()
-		for w.writing || (len(w.queue) == 0 && !w.flushLoopWork() && !w.closing) {
+		for len(w.rotReq) == 0 && !w.closing && !w.rotating {
 			w.cond.Wait()
 		}
-		if len(w.queue) == 0 && len(w.rotReq) == 0 && w.closing {
-			w.mu.Unlock()
+		rot := w.rotReq
+		w.rotReq = nil
+		w.startRotation()
+		for len(w.inflight) > 0 {
+			w.cond.Wait()
+		}
+		if len(rot) == 0 && w.closing {
+			w.rotating = false
+			close(w.rotDone)
 			return
 		}
-		q, t, rot := w.queue, w.cur, w.rotReq
-		w.queue, w.cur, w.rotReq = nil, nil, nil
-		w.writing = true
+		// Nothing is in flight and nothing can be reserved: the rotation
+		// owns the segment.
 		w.mu.Unlock()
-
-		if len(q) > 0 {
-			t.err = w.writeBatch(q)
-			close(t.done)
+		rotErr := w.rotateNow(len(rot) > 0)
+		if rotErr != nil {
+			w.logger.Error("cannot rotate the transaction log; writing on to the current segment", "segment", w.current(), "err", rotErr)
 		}
-		var rotErr error
-		if len(rot) > 0 || w.written >= w.segSize {
-			rotErr = w.rotateNow(len(rot) > 0)
-			if rotErr != nil {
-				w.logger.Error("cannot rotate the transaction log; writing on to the current segment", "segment", w.current(), "err", rotErr)
-			}
-			for _, ch := range rot {
-				ch <- rotErr
-			}
+		for _, ch := range rot {
+			ch <- rotErr
 		}
 		w.mu.Lock()
-		w.writing = false
+		w.rotating = false
+		close(w.rotDone)
 		w.rotFailed = rotErr != nil && w.written >= w.segSize
-		w.mu.Unlock()
 	}
 }
 
@@ -409,104 +585,8 @@ func (w *logWriter) noSpace(need int, cause error) error {
 		blockdev.ErrNoSpace, w.dir, w.resource, need, w.minFree, w.resource)
 }
 
-// writeBatch writes the records of q (with syncEvery, it also asks the sync
-// stage to make them durable). On failure nothing of q is left in the
-// segment.
-func (w *logWriter) writeBatch(q []*entry) error {
-	err := w.writeBatchOnce(q)
-	if err != nil {
-		for _, e := range q {
-			e.pos = Position{} // not logged
-		}
-	}
-	return err
-}
-
-func (w *logWriter) writeBatchOnce(q []*entry) error {
-	if err := w.sticky(); err != nil {
-		return err
-	}
-	seg := w.current()
-	start := w.written
-	buf := w.buf[:0]
-	seq := w.lastSeq
-	// A record may only claim what an fdatasync has really covered.
-	synced := w.durableIn(seg.Seq)
-	// Headers go to buf, payloads are written from the appenders' buffers
-	// (pwritev): no copy of the data.
-	var size int64
-	for _, e := range q {
-		seq++
-		e.rec.Segment, e.rec.Seq, e.rec.Synced = seg.Seq, seq, synced
-		var err error
-		if buf, err = e.rec.appendHeader(buf); err != nil {
-			return fmt.Errorf("encode log record: %w", err)
-		}
-		size += HeaderSize + int64(len(e.rec.Payload))
-		e.pos = Position{Segment: seg.Seq, Offset: start + size, Seq: seq}
-	}
-	iov := w.iov[:0]
-	for i, e := range q {
-		iov = append(iov, buf[i*HeaderSize:(i+1)*HeaderSize])
-		if len(e.rec.Payload) > 0 {
-			iov = append(iov, e.rec.Payload)
-		}
-	}
-	w.buf = buf
-	defer func() {
-		clear(iov) // do not keep the appenders' buffers
-		w.iov = iov[:0]
-	}()
-	if !w.spaceFor(size) {
-		return w.noSpace(int(size), nil)
-	}
-	n, err := writeVAt(w.f, iov, start, &w.scratch)
-	if cap(w.scratch) > 16<<20 {
-		w.scratch = nil
-	}
-	if err == nil && int64(n) != size {
-		err = fmt.Errorf("short write (%d of %d bytes)", n, size)
-	}
-	if err != nil {
-		// Leave nothing that could later read as a record.
-		if terr := w.f.Truncate(start); terr != nil {
-			return w.fail(fmt.Errorf("write log segment %s: %w; cutting the failed write failed too: %v", w.segPath(seg), err, terr))
-		}
-		if isNoSpace(err) {
-			return w.noSpace(int(size), err)
-		}
-		return fmt.Errorf("write log segment %s: %w", w.segPath(seg), err)
-	}
-	w.sinceStatfs += size
-	w.mu.Lock()
-	w.written = start + size
-	w.lastSeq = seq
-	w.lastPos = q[len(q)-1].pos
-	cur := &w.segs[len(w.segs)-1]
-	if cur.FirstSeq == 0 {
-		cur.FirstSeq = q[0].pos.Seq
-	}
-	cur.LastSeq = seq
-	cur.Records += len(q)
-	cur.End = w.written
-	w.rotFailed = false
-	if w.syncEvery && seq > w.wantSeq {
-		w.wantSeq = seq
-	}
-	if unsynced := w.written - w.durableInLocked(seg.Seq); unsynced >= backgroundSyncBytes && w.wantSeq <= w.durable.Seq {
-		// Keep the unsynced part of the log short, in the background, so
-		// that a Flush or the rotation's fdatasync has little to write.
-		w.wantSeq = seq
-	}
-	if w.wantSeq > w.durable.Seq {
-		w.syncCond.Signal()
-	}
-	w.mu.Unlock()
-	return nil
-}
-
 // spaceFor says whether n more bytes leave MinFree (and the reserve) free
-// on the log filesystem. It asks statfs only when the figure it has is old
+// on the log filesystem. Call with mu held. It asks statfs only when the figure it has is old
 // or could be too high; when statfs fails the write is tried anyway (ENOSPC
 // from the write itself is handled too).
 func (w *logWriter) spaceFor(n int64) bool {
@@ -597,6 +677,8 @@ func (w *logWriter) rotateNow(explicit bool) error {
 	sealed := *cur
 	w.segs = append(w.segs, SegmentInfo{Name: next})
 	w.written = 0
+	w.reserved = 0
+	w.resSeq = w.lastSeq
 	w.durable = w.lastPos // the marker's fdatasync covered the segment
 	w.releaseDurable()
 	w.mu.Unlock()
