@@ -220,7 +220,7 @@ func (w *logWriter) write(es []*entry) error {
 	}
 	last := es[len(es)-1]
 	w.mu.Lock()
-	for false && !last.resolved {
+	for !last.resolved {
 		if last.wake == nil {
 			last.wake = make(chan struct{})
 		}
