@@ -57,17 +57,22 @@
 // # Writing and applying
 //
 // The log writer works in two stages, as pebble's LogWriter keeps flushing
-// and syncing apart. Writing is done by one goroutine at a time: an
-// appender that finds nobody writing writes every pending record with one
-// pwrite itself (records queued meanwhile go into the next pwrite, by it or
-// by the flush loop, which also rotates segments). A second goroutine calls
-// fdatasync whenever somebody wants records durable, once for everything
-// written when it starts (group commit), so the next batch is written while
-// an fdatasync runs. Primary, a
+// and syncing apart. Writing: each appender reserves the place and sequence
+// number of its record under a short lock and writes it with its own pwrite,
+// in parallel with the others; a record counts as written (and its write
+// may be applied and acknowledged) only once every earlier record is
+// written too, so a kill of the process never leaves an acknowledged record
+// behind a hole. Holes lie only after the contiguously written end, hence
+// after every offset a synced field claims: recovery cuts them as a torn
+// tail. A failed pwrite fails the later records in flight as well and cuts
+// the segment back to it; rotation waits until nothing is in flight. A
+// second goroutine calls fdatasync whenever somebody wants records durable,
+// once for everything written when it starts (group commit), so the next
+// records are written while an fdatasync runs. Primary, a
 // blockdev.Device, logs each WriteAt/Trim/WriteZeroes, waits until it is
-// written, applies it to the data device (concurrently; overlapping requests
-// in log order) and only then returns, so reads of the data device see every
-// acknowledged write. What the acknowledgement promises depends on
+// written, applies it to the data device (writes run concurrently;
+// overlapping requests reach it in log order) and only then returns, so
+// reads of the data device see every acknowledged write. What the acknowledgement promises depends on
 // Options.Sync (TOML `sync`):
 //
 //   - sync = false (default): the record is in the log file (page cache): it

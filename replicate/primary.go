@@ -61,12 +61,13 @@ type Primary struct {
 	w      *logWriter
 
 	mu        sync.Mutex
-	pending   []*entry // not yet finished, in log order
-	nextIdx   uint64   // idx of the next entry
-	base      uint64   // idx of pending[0]
-	applied   Position // every record up to here is applied
-	persisted Position // applied position on disk
-	failed    error    // the data device failed: refuse writes
+	pending   []*entry       // not yet finished, in log order
+	ranges    []pendingRange // of pending, side by side: a compact scan
+	nextIdx   uint64         // idx of the next entry
+	base      uint64         // idx of pending[0]
+	applied   Position       // every record up to here is applied
+	persisted Position       // applied position on disk
+	failed    error          // the data device failed: refuse writes
 	closed    bool
 	replayed  int
 
@@ -78,6 +79,13 @@ type Primary struct {
 }
 
 var _ blockdev.Device = (*Primary)(nil)
+
+// pendingRange is the device range of a pending entry, kept in a slice of
+// its own so the overlap scan of each new write reads a few cache lines.
+type pendingRange struct {
+	off, end int64
+	done     bool
+}
 
 // OpenPrimary recovers the log in opts.Dir onto data and returns the
 // replicated device. It scans the log, cuts a torn tail of the newest
@@ -306,10 +314,7 @@ func (p *Primary) do(es []*entry) error {
 			continue
 		}
 		for _, e := range es {
-			e.idx = p.nextIdx
-			p.nextIdx++
-			e.finished = make(chan struct{})
-			p.pending = append(p.pending, e)
+			p.addPending(e)
 		}
 		p.inflight.Add(1)
 		p.mu.Unlock()
@@ -322,7 +327,10 @@ func (p *Primary) do(es []*entry) error {
 		return err
 	}
 	for i, e := range es {
-		p.waitEarlier(e)
+		for _, ch := range e.waits {
+			<-ch
+		}
+		e.waits = nil
 		if err := apply(p.data, e.rec); err != nil {
 			err = fmt.Errorf("apply logged record %d to the data device: %w; the record is safe in the log and is replayed on restart: check the disk, then restart the daemon", e.pos.Seq, err)
 			p.mu.Lock()
@@ -344,24 +352,26 @@ func (p *Primary) do(es []*entry) error {
 	return nil
 }
 
-func overlaps(a, b *Record) bool {
-	return a.Offset < b.Offset+b.Length && b.Offset < a.Offset+a.Length
-}
-
-// waitEarlier waits until every earlier pending record overlapping e is
-// finished, so overlapping records reach the data device in log order.
-func (p *Primary) waitEarlier(e *entry) {
-	var waits []chan struct{}
-	p.mu.Lock()
-	for _, x := range p.pending[:e.idx-p.base] {
-		if !x.done && overlaps(&x.rec, &e.rec) {
-			waits = append(waits, x.finished)
+// addPending appends e to the pending list and notes the earlier pending
+// entries it overlaps, which must be finished before e is applied, so
+// overlapping records reach the data device in log order. Call with mu
+// held.
+func (p *Primary) addPending(e *entry) {
+	off, end := e.rec.Offset, e.rec.Offset+e.rec.Length
+	for i := range p.ranges {
+		r := &p.ranges[i]
+		if !r.done && r.off < end && off < r.end {
+			x := p.pending[i]
+			if x.finished == nil {
+				x.finished = make(chan struct{})
+			}
+			e.waits = append(e.waits, x.finished)
 		}
 	}
-	p.mu.Unlock()
-	for _, ch := range waits {
-		<-ch
-	}
+	e.idx = p.nextIdx
+	p.nextIdx++
+	p.pending = append(p.pending, e)
+	p.ranges = append(p.ranges, pendingRange{off: off, end: end})
 }
 
 // finish marks es finished and advances the applied position over the
@@ -376,7 +386,10 @@ func (p *Primary) finish(es []*entry, ok bool) {
 			continue
 		}
 		e.done, e.ok = true, ok
-		close(e.finished)
+		p.ranges[e.idx-p.base].done = true
+		if e.finished != nil {
+			close(e.finished)
+		}
 	}
 	for len(p.pending) > 0 && p.pending[0].done {
 		e := p.pending[0]
@@ -389,6 +402,7 @@ func (p *Primary) finish(es []*entry, ok bool) {
 		}
 		p.pending[0] = nil
 		p.pending = p.pending[1:]
+		p.ranges = p.ranges[1:]
 		p.base++
 	}
 }

@@ -33,9 +33,10 @@ type entry struct {
 	iov      [2][]byte        // header and payload for pwritev
 
 	// Primary's bookkeeping, guarded by Primary.mu.
-	idx      uint64        // index in Primary.pending
-	finished chan struct{} // closed once applied or failed
-	ok       bool          // applied to the data device
+	idx      uint64          // index in Primary.pending
+	finished chan struct{}   // closed once applied or failed (made by a waiter)
+	waits    []chan struct{} // finished of the earlier overlapping entries
+	ok       bool            // applied to the data device
 	done     bool
 }
 
@@ -308,9 +309,6 @@ func (w *logWriter) complete(e *entry, err error) {
 			done[i] = nil
 		}
 		w.inflight = w.inflight[n:]
-		if len(w.inflight) == 0 {
-			w.inflight = w.inflight[:0:0]
-		}
 		if w.syncEvery && w.lastSeq > w.wantSeq {
 			w.wantSeq = w.lastSeq
 		}
