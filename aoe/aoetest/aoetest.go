@@ -9,11 +9,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/tharsis/tharsis/internal/testutil"
 )
 
 // Pair is two network namespaces joined by a veth pair.
@@ -99,26 +98,8 @@ func (p *Pair) Remove() {
 }
 
 // Do runs fn on an OS thread that has entered namespace ns, and waits for
-// it. Sockets fn opens stay in ns wherever they are used later. The thread
-// is discarded afterwards rather than returned to the Go scheduler.
-func Do(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		f, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", ns, err)
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// it; see testutil.InNetns.
+func Do(ns string, fn func() error) error { return testutil.InNetns(ns, fn) }
 
 // Command returns cmd set up to run inside namespace ns (ip netns exec).
 func Command(ns string, name string, args ...string) *exec.Cmd {

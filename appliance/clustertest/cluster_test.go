@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 
 	"github.com/tharsis/tharsis/internal/testutil"
 )
@@ -768,26 +766,8 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
-// inNetns runs fn on an OS thread that has entered namespace ns; sockets fn
-// opens stay in ns. The thread is discarded afterwards.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		f, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", ns, err)
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// inNetns runs fn on an OS thread that has entered namespace ns.
+var inNetns = testutil.InNetns
 
 // DialNBD connects to the primary's NBD export from inside the primary's
 // namespace.
