@@ -31,6 +31,7 @@ type AoEExport struct {
 	Shelf, Slot int
 	ReadOnly    bool
 	AllowMACs   []string
+	WriteCache  bool // tharsis only: acknowledge writes before they are durable, like vblade without -s
 }
 
 // NBDExport is one export name on HostIP:Port.
@@ -285,8 +286,8 @@ func (s *Setup) Config(replicationAddr string) string {
 		for i, m := range e.AllowMACs {
 			macs[i] = strconv.Quote(m)
 		}
-		fmt.Fprintf(&b, "\n[[exports.aoe]]\nresource = %q\nshelf = %d\nslot = %d\ninterfaces = [%q]\nallow_macs = [%s]\nread_only = %v\n",
-			e.Resource, e.Shelf, e.Slot, s.Tap.Name, strings.Join(macs, ", "), e.ReadOnly)
+		fmt.Fprintf(&b, "\n[[exports.aoe]]\nresource = %q\nshelf = %d\nslot = %d\ninterfaces = [%q]\nallow_macs = [%s]\nread_only = %v\nwrite_cache = %v\n",
+			e.Resource, e.Shelf, e.Slot, s.Tap.Name, strings.Join(macs, ", "), e.ReadOnly, e.WriteCache)
 	}
 	for _, e := range s.NBD {
 		fmt.Fprintf(&b, "\n[[exports.nbd]]\nresource = %q\nlisten = %q\nname = %q\nread_only = %v\n",

@@ -63,7 +63,9 @@ func run(ctx context.Context, mtuList string, size int) error {
 	var out strings.Builder
 	fmt.Fprintf(&out, "Sequential `dd bs=1M count=%d` with O_DIRECT inside a QEMU guest (%s, 1 vCPU, Debian %s kernel, "+
 		"Linux `aoe` and `nbd` drivers) on a host tap device; source `/dev/zero` for writes. One guest boot per MTU; "+
-		"every target served from a sparse file on the same host filesystem.\n\n", size, vmtests.Accel(), g.KernelVersion)
+		"every target served from a sparse file on the same host filesystem. tharsis runs its defaults (replicated, "+
+		"AoE writes acknowledged once durable), so the aoe row compares durable writes with vblade's page-cache "+
+		"writes; the write_cache row is like for like.\n\n", size, vmtests.Accel(), g.KernelVersion)
 	if tharsisErr != nil {
 		fmt.Fprintf(&out, "tharsis: not measured (%v)\n\n", tharsisErr)
 	}
@@ -83,9 +85,13 @@ func run(ctx context.Context, mtuList string, size int) error {
 		if err != nil {
 			return fmt.Errorf("MTU %d: %w", mtu, err)
 		}
-		for _, row := range []struct{ proto, ref string }{{"aoe", "vblade"}, {"nbd", "nbd-server"}} {
+		for _, row := range []struct{ target, proto, label, ref string }{
+			{"tharsis", "aoe", "aoe", "vblade"},
+			{"tharsis-wc", "aoe", "aoe (tharsis write_cache)", "vblade"},
+			{"tharsis", "nbd", "nbd", "nbd-server"},
+		} {
 			for _, op := range []string{"read", "write"} {
-				th, ok1 := res[key{"tharsis", row.proto, op}]
+				th, ok1 := res[key{row.target, row.proto, op}]
 				ref, ok2 := res[key{"reference", row.proto, op}]
 				ratio := "n/a"
 				ths := "n/a"
@@ -99,7 +105,7 @@ func run(ctx context.Context, mtuList string, size int) error {
 				if ok2 {
 					refs = fmt.Sprintf("%.1f", ref)
 				}
-				fmt.Fprintf(&out, "| %d | %s | %s | %s | %s | %s | %s |\n", mtu, row.proto, op, ths, row.ref, refs, ratio)
+				fmt.Fprintf(&out, "| %d | %s | %s | %s | %s | %s | %s |\n", mtu, row.label, op, ths, row.ref, refs, ratio)
 			}
 		}
 	}
@@ -149,9 +155,10 @@ func runMTU(ctx context.Context, g *vmtests.Guest, bin string, withTharsis bool,
 	}
 	if withTharsis {
 		s := &vmtests.Setup{Dir: fmt.Sprintf("%s/mtu%d-tharsis", work, mtu), Tap: tap,
-			Resources: []vmtests.Resource{{Name: "t0", Size: resSize}},
-			AoE:       []vmtests.AoEExport{{Resource: "t0", Shelf: 1, Slot: 1}},
-			NBD:       []vmtests.NBDExport{{Resource: "t0", Name: "t0", Port: 10809}}}
+			Resources: []vmtests.Resource{{Name: "t0", Size: resSize}, {Name: "t1", Size: resSize}},
+			AoE: []vmtests.AoEExport{{Resource: "t0", Shelf: 1, Slot: 1},
+				{Resource: "t1", Shelf: 1, Slot: 2, WriteCache: true}},
+			NBD: []vmtests.NBDExport{{Resource: "t0", Name: "t0", Port: 10809}}}
 		if err := start(vmtests.KindTharsis, s); err != nil {
 			// Still measure the reference peers; the table says why tharsis is missing.
 			*note = fmt.Sprintf("MTU %d: tharsis not measured: %s", mtu, firstLine(err.Error()))
@@ -159,6 +166,7 @@ func runMTU(ctx context.Context, g *vmtests.Guest, bin string, withTharsis bool,
 		} else {
 			devs = append(devs,
 				device{"tharsis-aoe", "tharsis", "aoe", "/dev/etherd/e1.1", "aoe_wait e1.1"},
+				device{"tharsis-aoe-wc", "tharsis-wc", "aoe", "/dev/etherd/e1.2", "aoe_wait e1.2"},
 				device{"tharsis-nbd", "tharsis", "nbd", "/dev/nbd0", fmt.Sprintf("nbd-client -N t0 %s 10809 /dev/nbd0", tap.HostIP)})
 		}
 	}
