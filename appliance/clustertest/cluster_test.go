@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/tharsis/tharsis/internal/testutil"
 )
 
