@@ -535,8 +535,27 @@ func TestInflightBound(t *testing.T) {
 			sent <- i
 		}
 	}()
-	waitEntered(t, dev.entered, 0)
-	waitEntered(t, dev.entered, 4096)
+	// The first two writes run concurrently, so either may reach the
+	// device first.
+	t.Cleanup(func() {
+		select {
+		case <-gate:
+		default:
+			close(gate) // let Shutdown drain if the test failed early
+		}
+	})
+	got := map[int64]bool{}
+	for range 2 {
+		select {
+		case off := <-dev.entered:
+			got[off] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("device entered only at %v after 10s, want 0 and 4096", got)
+		}
+	}
+	if !got[0] || !got[4096] {
+		t.Fatalf("device entered at %v, want 0 and 4096", got)
+	}
 	// Two writes hold the whole budget; the server reads no more payloads,
 	// so the client cannot finish sending all eight.
 	if n := len(sent); n >= 8 {
