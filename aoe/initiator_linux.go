@@ -13,7 +13,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/mdlayher/packet"
 	"golang.org/x/net/bpf"
@@ -119,28 +118,20 @@ func (in *Initiator) doRead(fd uintptr) bool {
 	for i := range in.rhdrs {
 		in.rhdrs[i].len = 0
 	}
-	for {
-		r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&in.rhdrs[0])),
-			uintptr(len(in.rhdrs)), unix.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		in.nrecv, in.errno = int(r), errno
-		return true
+	r, errno := recvmmsg(fd, in.rhdrs)
+	if errno == unix.EAGAIN {
+		return false
 	}
+	in.nrecv, in.errno = r, errno
+	return true
 }
 
 func (in *Initiator) doSend(fd uintptr) bool {
 	for in.sent < in.nsend {
-		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&in.shdrs[in.sent])),
-			uintptr(in.nsend-in.sent), unix.MSG_DONTWAIT, 0, 0)
+		r, errno := sendmmsg(fd, in.shdrs[in.sent:in.nsend])
 		switch errno {
 		case 0:
-			in.sent += int(r)
-		case unix.EINTR:
+			in.sent += r
 		case unix.EAGAIN, unix.ENOBUFS:
 			return false
 		default:

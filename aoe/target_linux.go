@@ -34,6 +34,32 @@ type mmsghdr struct {
 	_   [4]byte
 }
 
+// recvmmsg receives a batch into hdrs without blocking (retrying EINTR) and
+// returns how many frames arrived. EAGAIN means nothing is waiting: the
+// caller returns false to let the runtime poller wait.
+func recvmmsg(fd uintptr, hdrs []mmsghdr) (int, syscall.Errno) {
+	for {
+		r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&hdrs[0])),
+			uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
+		if errno != unix.EINTR {
+			return int(r), errno
+		}
+	}
+}
+
+// sendmmsg sends hdrs without blocking (retrying EINTR) and returns how many
+// frames the kernel took. EAGAIN/ENOBUFS mean the socket is full: the
+// caller returns false to let the runtime poller wait.
+func sendmmsg(fd uintptr, hdrs []mmsghdr) (int, syscall.Errno) {
+	for {
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdrs[0])),
+			uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
+		if errno != unix.EINTR {
+			return int(r), errno
+		}
+	}
+}
+
 // Server serves every target of one network interface with one raw socket.
 type Server struct {
 	*core
@@ -446,12 +472,10 @@ func (q *sender) add(b []byte) int {
 // do runs sendmmsg for the queued responses from q.sent on.
 func (q *sender) do(fd uintptr) bool {
 	for q.sent < q.n {
-		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&q.out[q.sent])),
-			uintptr(q.n-q.sent), unix.MSG_DONTWAIT, 0, 0)
+		r, errno := sendmmsg(fd, q.out[q.sent:q.n])
 		switch errno {
 		case 0:
-			q.sent += int(r)
-		case unix.EINTR:
+			q.sent += r
 		case unix.EAGAIN, unix.ENOBUFS:
 			return false
 		default:
@@ -530,18 +554,12 @@ func (w *worker) doRead(fd uintptr) bool {
 		w.hdrs[i].hdr.Namelen = unix.SizeofSockaddrLinklayer
 		w.hdrs[i].len = 0
 	}
-	for {
-		r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[0])),
-			uintptr(len(w.hdrs)), unix.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		w.nrecv, w.errno = int(r), errno
-		return true
+	r, errno := recvmmsg(fd, w.hdrs)
+	if errno == unix.EAGAIN {
+		return false
 	}
+	w.nrecv, w.errno = r, errno
+	return true
 }
 
 // handoff exchanges the frame buffer w.bufs[i] for a free frame of the pool
