@@ -24,6 +24,12 @@ type conn struct {
 	br         *bufio.Reader
 	maxPayload uint32
 	closing    atomic.Bool
+	done       chan struct{} // closed when serve returns
+
+	// Guarded by srv.mu: the name of the export the client chose, recorded
+	// before the reply that commits the choice is sent (see Server.pick).
+	picked  string
+	hasPick bool
 
 	scratch []byte // handshake replies
 	optBuf  []byte // handshake option data
@@ -65,6 +71,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 		br:         bufio.NewReaderSize(nc, 64<<10),
 		maxPayload: s.maxPayload(),
 		scratch:    make([]byte, 0, 512),
+		done:       make(chan struct{}),
 	}
 }
 
@@ -79,6 +86,7 @@ func (c *conn) beginShutdown() {
 // down or the client breaks the protocol.
 func (c *conn) serve() {
 	defer c.srv.connWG.Done()
+	defer close(c.done)
 	defer c.srv.trackConn(c, false)
 	defer c.nc.Close()
 	defer func() {

@@ -33,4 +33,8 @@
 // budget of in-flight bytes, and their replies are batched into one write
 // per burst. Every length a client sends is checked before anything is
 // allocated for it.
+//
+// The exports can change while the server runs: SetExports replaces the
+// whole set, AddExport adds or replaces one, and Withdraw removes some and
+// drains and ends the connections that chose them, leaving the others be.
 package nbd

@@ -91,7 +91,7 @@ func (c *conn) optData(n int) []byte {
 func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 	switch opt {
 	case optExportName:
-		e, ok := c.srv.lookup(string(data))
+		e, ok := c.srv.pick(c, string(data))
 		if !ok {
 			return false, fmt.Errorf("client asked for unknown export %q (NBD_OPT_EXPORT_NAME cannot be refused politely)", data)
 		}
@@ -137,7 +137,13 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		if err != nil {
 			return false, c.optReply(opt, repErrInvalid, err.Error())
 		}
-		e, ok := c.srv.lookup(req.name)
+		var e Export
+		var ok bool
+		if opt == optGo {
+			e, ok = c.srv.pick(c, req.name)
+		} else {
+			e, ok = c.srv.lookup(req.name)
+		}
 		if !ok {
 			return false, c.optReply(opt, repErrUnknown,
 				fmt.Sprintf("no export named %q; list them with nbdinfo --list", req.name))

@@ -49,7 +49,8 @@ type Export struct {
 }
 
 // Server serves NBD exports. Set the exported fields before Serve; the zero
-// value serves no exports until SetExports is called.
+// value serves no exports until SetExports or AddExport is called. The set of
+// exports may change while the server runs (SetExports, AddExport, Withdraw).
 type Server struct {
 	// Logger receives connection events; nil means slog.Default().
 	Logger *slog.Logger
@@ -92,11 +93,111 @@ func (s *Server) SetExports(exports []Export) {
 	s.mu.Unlock()
 }
 
+// AddExport adds e to the exports, or replaces the export of the same name
+// (keeping its place in the list); the other exports are not touched.
+// Connections already in transmission on a replaced export keep the device
+// they chose; every handshake from now on sees e. An export with a nil
+// Device is ignored.
+func (s *Server) AddExport(e Export) {
+	if e.Device == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Build a new slice: exportList hands out s.exports without copying.
+	list := make([]Export, 0, len(s.exports)+1)
+	replaced := false
+	for _, x := range s.exports {
+		if x.Name == e.Name {
+			x, replaced = e, true
+		}
+		list = append(list, x)
+	}
+	if !replaced {
+		list = append(list, e)
+	}
+	s.exports = list
+}
+
+// Withdraw removes the exports called names from the server and ends every
+// connection that chose one of them: each stops reading requests, answers
+// those already read, then closes (as Shutdown does for all connections).
+// Connections of other exports and the listeners are not disturbed; a
+// handshake after Withdraw no longer sees the names. If ctx ends first, the
+// remaining connections of those exports are closed hard and ctx.Err() is
+// returned. Withdraw does not close devices.
+//
+// A connection still in the handshake is ended only if it has chosen a
+// withdrawn export (the choice and Withdraw are ordered under the server's
+// lock); otherwise its handshake goes on without the names. When Withdraw
+// returns nil, no request of those connections is running on a device, so
+// the caller may close the devices; after ctx ended, requests stuck in a
+// device may still be running. A name that is added again (AddExport) while
+// Withdraw waits is served afresh: its new connections are not ended.
+func (s *Server) Withdraw(ctx context.Context, names ...string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	drop := make(map[string]bool, len(names))
+	for _, n := range names {
+		drop[n] = true
+	}
+	var ending []*conn
+	s.mu.Lock()
+	kept := make([]Export, 0, len(s.exports))
+	for _, e := range s.exports {
+		if !drop[e.Name] {
+			kept = append(kept, e)
+		}
+	}
+	s.exports = kept
+	for c := range s.conns {
+		if c.hasPick && drop[c.picked] {
+			c.beginShutdown()
+			ending = append(ending, c)
+		}
+	}
+	s.mu.Unlock()
+	if len(ending) > 0 {
+		s.logger().Info("nbd: exports withdrawn; ending their connections", "exports", names, "connections", len(ending))
+	}
+
+	for i, c := range ending {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			for _, c := range ending[i:] {
+				c.nc.Close()
+			}
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // lookup returns the export called name, or the first export for the
 // empty name.
 func (s *Server) lookup(name string) (Export, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.lookupLocked(name)
+}
+
+// pick is lookup for a connection that is about to choose the export: in
+// the same critical section it records the choice in c, so that Withdraw,
+// which holds s.mu too, either removed the export before (and pick fails)
+// or sees c's choice (and ends c).
+func (s *Server) pick(c *conn, name string) (Export, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.lookupLocked(name)
+	if ok {
+		c.picked, c.hasPick = e.Name, true
+	}
+	return e, ok
+}
+
+func (s *Server) lookupLocked(name string) (Export, bool) {
 	for _, e := range s.exports {
 		if e.Name == name {
 			return e, true
