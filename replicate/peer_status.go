@@ -11,12 +11,6 @@ import (
 	"time"
 )
 
-// Roles of a node for a resource in ResourceStatus.
-const (
-	RolePrimary   = "primary"
-	RoleSecondary = "secondary"
-)
-
 // NodeStatus is what a node tells its peers about itself (and what `tharsis
 // view` renders for every node): one entry per resource it holds a log of.
 type NodeStatus struct {
@@ -38,7 +32,16 @@ func (n *NodeStatus) Resource(res string) (ResourceStatus, bool) {
 // ResourceStatus is one node's replication state of one resource.
 type ResourceStatus struct {
 	Resource string `json:"resource"`
-	Role     string `json:"role"` // RolePrimary or RoleSecondary
+	Role     Role   `json:"role"` // what the data path runs here
+	// Phase, Designation, Diverged and Forks come from the node's role
+	// core: its phase, the designated primary it knows, whether its log
+	// forks from the current history, and every fork it sees with a peer.
+	Phase       Phase       `json:"phase"`
+	Designation Designation `json:"designation"`
+	Diverged    bool        `json:"diverged,omitempty"`
+	Forks       []PeerFork  `json:"forks,omitempty"`
+	// Handover names the other node of a handover under way.
+	Handover string `json:"handover,omitempty"`
 	// End is the durable end of the log held here: what was written (on
 	// the primary) or fetched and fsync'd (on a secondary).
 	End Position `json:"end"`
@@ -51,8 +54,10 @@ type ResourceStatus struct {
 	// of the primary. During a full sync it is the position the sync
 	// started from (the node needs the log after it).
 	Applied Position `json:"applied"`
-	// Consistent is false while a sync has not finished, or after it
-	// finished until the log written during it is replayed.
+	// Consistent: the data device equals the current history's state after
+	// some prefix of its acknowledged writes. False while a sync has not
+	// finished (and until the log written during it is replayed), and on a
+	// node whose log forks from the current history.
 	Consistent bool `json:"consistent"`
 	// Source is the peer a secondary fetches from ("" when not fetching)
 	// and SourceEnd the log end that peer reported last.
@@ -61,6 +66,8 @@ type ResourceStatus struct {
 	// LagBytes is the log a secondary has not replayed yet: what it has not
 	// fetched from its source plus what it fetched but did not replay.
 	LagBytes int64 `json:"lag_bytes"`
+	// UnfetchedBytes is the part of LagBytes not fetched yet.
+	UnfetchedBytes int64 `json:"unfetched_bytes"`
 	// LagSeconds is how long ago this node's data device last held the
 	// whole log of its source (0 when caught up); it needs no clock sync.
 	LagSeconds   float64 `json:"lag_seconds"`
@@ -89,10 +96,10 @@ type SegmentSummary struct {
 
 // SyncProgress is the progress of a fast full sync.
 type SyncProgress struct {
-	// State is "needed" (not started: paused or no source), "running",
-	// "catching-up" (chunks done, replaying the log written meanwhile) or
-	// "done" (in LastSync).
-	State string `json:"state"`
+	// State is SyncNeeded (not started: paused or no source), SyncRunning,
+	// SyncCatchingUp (chunks done, replaying the log written meanwhile) or
+	// SyncDone (in LastSync).
+	State SyncState `json:"state"`
 	// Start is the source's applied position when the sync started; the
 	// log after it is replayed once the chunks are done.
 	Start  Position `json:"start"`

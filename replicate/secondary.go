@@ -63,8 +63,7 @@ type secondaryState struct {
 	// the log. False from the start of a full sync until ConsistentAt is
 	// replayed.
 	Consistent bool `json:"consistent"`
-	// Sync is "" (none), "needed", "running" or "catching-up".
-	Sync         string   `json:"sync,omitempty"`
+	Sync         SyncState `json:"sync,omitempty"`
 	SyncStart    Position `json:"sync_start"`
 	SyncChunk    uint64   `json:"sync_chunk"` // chunks done (flushed) by a running sync
 	ConsistentAt Position `json:"consistent_at"`
@@ -184,7 +183,7 @@ func OpenSecondary(data blockdev.Device, opts SecondaryOptions) (*Secondary, err
 	b, err := os.ReadFile(filepath.Join(opts.Dir, stateFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		s.st = secondaryState{Sync: "needed"}
+		s.st = secondaryState{Sync: SyncNeeded}
 	case err != nil:
 		return nil, fmt.Errorf("read secondary state: %w", err)
 	default:
@@ -361,7 +360,7 @@ func (s *Secondary) SetSyncPaused(paused bool) error {
 // zeroed), and cancels a needed or running sync.
 func (s *Secondary) FakeSync() error {
 	err := s.update(func(st *secondaryState) {
-		st.Consistent, st.Sync, st.SyncChunk = true, "", 0
+		st.Consistent, st.Sync, st.SyncChunk = true, SyncNone, 0
 	})
 	kick(s.kickReplay)
 	kick(s.kickFetch)
@@ -372,7 +371,7 @@ func (s *Secondary) FakeSync() error {
 // device is inconsistent until the sync and the replay after it are done.
 func (s *Secondary) Invalidate() error {
 	err := s.update(func(st *secondaryState) {
-		st.Consistent, st.Sync, st.SyncChunk, st.SyncStart = false, "needed", 0, Position{}
+		st.Consistent, st.Sync, st.SyncChunk, st.SyncStart = false, SyncNeeded, 0, Position{}
 	})
 	kick(s.kickSync)
 	return err
@@ -399,7 +398,7 @@ func (s *Secondary) Status() ResourceStatus {
 	rs := ResourceStatus{Resource: s.opts.Resource, Role: RoleSecondary, End: s.fetched, Logged: s.fetched, Applied: s.persisted,
 		Consistent: s.st.Consistent, Source: s.source, SourceEnd: s.sourceEnd,
 		FetchPaused: s.st.FetchPaused, ReplayPaused: s.st.ReplayPaused, SyncPaused: s.st.SyncPaused}
-	if s.st.Sync != "" {
+	if s.st.Sync != SyncNone {
 		p := s.prog
 		p.State = s.st.Sync
 		p.Start = s.st.SyncStart
@@ -408,7 +407,7 @@ func (s *Secondary) Status() ResourceStatus {
 			p.ETASeconds = float64(p.Total-p.Compared) / rate
 		}
 		rs.Sync = &p
-		if s.st.Sync == "running" || s.st.Sync == "catching-up" {
+		if s.st.Sync == SyncRunning || s.st.Sync == SyncCatchingUp {
 			// The log this node needs starts after the sync's start.
 			rs.Applied = minPos(s.persisted, s.st.SyncStart)
 		}
@@ -573,7 +572,7 @@ func (ss secondarySource) SyncData() (blockdev.Device, Position, error) {
 	s := ss.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.st.Consistent || s.st.Sync != "" {
+	if !s.st.Consistent || s.st.Sync != SyncNone {
 		return nil, Position{}, errNotConsistent
 	}
 	return s.data, s.persisted, nil
@@ -594,7 +593,7 @@ func (s *Secondary) DeleteApplied(all bool) ([]string, error) {
 	upto, fetched, syncing := s.persisted, s.fetched, s.st.Sync
 	s.mu.Unlock()
 	res := resName(s.opts.Resource)
-	if syncing != "" {
+	if syncing != SyncNone {
 		return nil, fmt.Errorf("nothing deleted from the log of %s: a full sync is under way (%s) and needs the log", res, syncing)
 	}
 	if s.opts.MinAppliedByPeers != nil {

@@ -33,9 +33,9 @@ func (s *Secondary) fetchFrom() (Position, bool) {
 		return s.fetched, true
 	}
 	switch {
-	case s.st.Sync == "needed" && s.st.SyncStart.Seq == 0:
+	case s.st.Sync == SyncNeeded && s.st.SyncStart.Seq == 0:
 		return Position{}, false
-	case s.st.Sync != "":
+	case s.st.Sync != SyncNone:
 		return Position{Segment: s.st.SyncStart.Segment}, true
 	}
 	return Position{Segment: s.replayed.Segment}, true
@@ -143,7 +143,7 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 // log is fetched afresh from the sync's start).
 func (s *Secondary) discardLogForSync(fl *fetchLog) bool {
 	s.mu.Lock()
-	ok := s.st.Sync == "running" || s.st.Sync == "needed" && s.st.SyncStart.Seq > 0
+	ok := s.st.Sync == SyncRunning || s.st.Sync == SyncNeeded && s.st.SyncStart.Seq > 0
 	s.mu.Unlock()
 	if !ok {
 		return false

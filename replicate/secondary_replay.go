@@ -32,7 +32,7 @@ func (s *Secondary) replayLoop(ctx context.Context) {
 	lastCk := time.Now()
 	for ctx.Err() == nil {
 		s.mu.Lock()
-		blocked := s.st.ReplayPaused || s.st.Sync == "needed" || s.st.Sync == "running"
+		blocked := s.st.ReplayPaused || s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning
 		todo := s.fetched.Seq > s.replayed.Seq
 		s.mu.Unlock()
 		if blocked || !todo {
@@ -68,12 +68,12 @@ func (s *Secondary) replayLoop(ctx context.Context) {
 // catch-up is replayed (and persisted).
 func (s *Secondary) maybeConsistent() {
 	s.mu.Lock()
-	done := s.st.Sync == "catching-up" && s.persisted.Seq >= s.st.ConsistentAt.Seq
+	done := s.st.Sync == SyncCatchingUp && s.persisted.Seq >= s.st.ConsistentAt.Seq
 	s.mu.Unlock()
 	if !done {
 		return
 	}
-	if err := s.update(func(st *secondaryState) { st.Sync, st.Consistent, st.SyncChunk = "", true, 0 }); err != nil {
+	if err := s.update(func(st *secondaryState) { st.Sync, st.Consistent, st.SyncChunk = SyncNone, true, 0 }); err != nil {
 		s.setReplayErr(err)
 		return
 	}
@@ -131,7 +131,7 @@ func (s *Secondary) replaySome(rr *replayReader) (int, error) {
 		// only after this record.
 		s.applyMu.Lock()
 		s.mu.Lock()
-		stale := s.replayGen != gen || s.st.Sync == "needed" || s.st.Sync == "running"
+		stale := s.replayGen != gen || s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning
 		s.mu.Unlock()
 		if stale {
 			s.applyMu.Unlock()

@@ -589,7 +589,7 @@ func TestSwitchesPersist(t *testing.T) {
 	b.beforeRun = nil
 	b.startSecondary(peers, nil)
 	st := b.sec.Status()
-	if !st.SyncPaused || !st.FetchPaused || !st.ReplayPaused || st.Consistent || st.Sync == nil || st.Sync.State != "needed" {
+	if !st.SyncPaused || !st.FetchPaused || !st.ReplayPaused || st.Consistent || st.Sync == nil || st.Sync.State != SyncNeeded {
 		t.Fatalf("after restart: %+v (sync %+v)", st, st.Sync)
 	}
 	w := &writer{rng: rand.New(rand.NewPCG(19, 20))}

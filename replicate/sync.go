@@ -32,7 +32,7 @@ func (s *Secondary) setSyncErr(err error) {
 func (s *Secondary) syncLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		s.mu.Lock()
-		need := s.st.Sync == "needed" || s.st.Sync == "running"
+		need := s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning
 		paused := s.st.SyncPaused
 		s.mu.Unlock()
 		if !need || paused {
@@ -106,12 +106,12 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 		return fmt.Errorf("the data device of %s on peer %s has %d bytes, this node's %d: make them the same size", s.opts.Resource, p, sums.Size, size)
 	}
 	err = s.update(func(st *secondaryState) {
-		if st.Sync == "running" {
+		if st.Sync == SyncRunning {
 			st.SyncStart = minPos(st.SyncStart, rs.Applied)
 		} else {
 			st.SyncStart, st.SyncChunk = rs.Applied, 0
 		}
-		st.Sync, st.Consistent = "running", false
+		st.Sync, st.Consistent = SyncRunning, false
 	})
 	if err != nil {
 		return err
@@ -148,7 +148,7 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 			s.logger.Info("full sync paused", "chunk", idx)
 			return errSyncPaused
 		}
-		if state != "running" {
+		if state != SyncRunning {
 			// FakeSync or Invalidate meanwhile.
 			s.logger.Info("full sync cancelled", "chunk", idx, "state", state)
 			return errSyncPaused
@@ -203,7 +203,7 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 			return fmt.Errorf("flush data device: %w", err)
 		}
 		if err := s.update(func(st *secondaryState) {
-			if st.Sync == "running" {
+			if st.Sync == SyncRunning {
 				st.SyncChunk = idx
 			}
 		}); err != nil {
@@ -236,7 +236,7 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	s.mu.Lock()
 	state := s.st.Sync
 	s.mu.Unlock()
-	if state != "running" {
+	if state != SyncRunning {
 		return errSyncPaused // cancelled at the last moment
 	}
 	if err := WriteApplied(OSFS{}, s.opts.Dir, start); err != nil {
@@ -247,11 +247,11 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	s.replayGen++
 	s.prog.Compared = size
 	ls := s.prog
-	ls.State, ls.Start = "done", start
+	ls.State, ls.Start = SyncDone, start
 	s.lastSync = &ls
 	s.mu.Unlock()
 	if err := s.update(func(st *secondaryState) {
-		st.Sync, st.ConsistentAt, st.SyncChunk = "catching-up", rs.End, 0
+		st.Sync, st.ConsistentAt, st.SyncChunk = SyncCatchingUp, rs.End, 0
 	}); err != nil {
 		return err
 	}

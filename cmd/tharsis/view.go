@@ -129,7 +129,7 @@ func renderNodeRow(w io.Writer, row nodeRow) {
 	}
 	pos := func(p replicate.Position) string { return fmt.Sprintf("#%d (seg %d)", p.Seq, p.Segment) }
 	lag := "-"
-	if rs.Role != "primary" {
+	if rs.Role != replicate.RolePrimary {
 		lag = fmt.Sprintf("%s, %.1fs", humanBytes(rs.LagBytes), rs.LagSeconds)
 	}
 	var state []string
