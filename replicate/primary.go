@@ -169,35 +169,9 @@ func (p *Primary) recover() error {
 	segs := res.segs
 	last := res.last
 	if n := len(segs); n > 0 && !segs[n-1].Sealed && segs[n-1].Records > 0 {
-		s := &segs[n-1]
-		path := filepath.Join(dir, s.Name.String())
-		f, err := fsys.Open(path)
-		if err != nil {
-			return fmt.Errorf("open log segment: %w", err)
+		if last, err = sealSegment(fsys, dir, &segs[n-1]); err != nil {
+			return err
 		}
-		// What was read may have been only in the page cache (the daemon
-		// was killed before a Flush): make it durable before the marker
-		// claims so, and before the applied position is persisted.
-		err = f.Sync()
-		marker := Record{Kind: KindSegmentEnd, Segment: s.Name.Seq, Seq: s.LastSeq + 1, Synced: s.End}
-		b, _ := marker.AppendBinary(nil)
-		if err == nil {
-			_, err = f.WriteAt(b, s.End)
-		}
-		if err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			if isNoSpace(err) {
-				err = fmt.Errorf("%w: %w", blockdev.ErrNoSpace, err)
-			}
-			return fmt.Errorf("seal log segment %s: %w", path, err)
-		}
-		s.Sealed, s.Records, s.LastSeq, s.End = true, s.Records+1, marker.Seq, s.End+int64(len(b))
-		last = Position{Segment: s.Name.Seq, Offset: s.End, Seq: marker.Seq}
 	}
 	// Everything up to the end of the log (the marker included) is applied
 	// and flushed.
@@ -239,6 +213,40 @@ func (p *Primary) recover() error {
 		syncEvery: p.opts.Sync,
 	}, cur, segs, last.Seq, last)
 	return nil
+}
+
+// sealSegment appends the segment-end marker to the unsealed segment s
+// (every record of which is intact) after making what it holds durable, and
+// returns the position after the marker.
+func sealSegment(fsys FS, dir string, s *SegmentInfo) (Position, error) {
+	path := filepath.Join(dir, s.Name.String())
+	f, err := fsys.Open(path)
+	if err != nil {
+		return Position{}, fmt.Errorf("open log segment: %w", err)
+	}
+	// What was read may have been only in the page cache (the daemon was
+	// killed before a Flush): make it durable before the marker claims so,
+	// and before the applied position is persisted.
+	err = f.Sync()
+	marker := Record{Kind: KindSegmentEnd, Segment: s.Name.Seq, Seq: s.LastSeq + 1, Synced: s.End}
+	b, _ := marker.AppendBinary(nil)
+	if err == nil {
+		_, err = f.WriteAt(b, s.End)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if isNoSpace(err) {
+			err = fmt.Errorf("%w: %w", blockdev.ErrNoSpace, err)
+		}
+		return Position{}, fmt.Errorf("seal log segment %s: %w", path, err)
+	}
+	s.Sealed, s.Records, s.LastSeq, s.End = true, s.Records+1, marker.Seq, s.End+int64(len(b))
+	return Position{Segment: s.Name.Seq, Offset: s.End, Seq: marker.Seq}, nil
 }
 
 // Replayed is the number of records replayed when the Primary was opened.
@@ -559,6 +567,54 @@ func (p *Primary) Close() error {
 		err = derr
 	}
 	return err
+}
+
+// CloseSealed is Close for a primary that gives up its role (handover,
+// `tharsis secondary`): after the writes in flight are answered it makes the
+// log durable, seals the current segment with an end marker (when it holds
+// any record), persists the applied position past the marker and closes.
+// It returns the end of the sealed log: where the next primary must replay
+// to exactly.
+func (p *Primary) CloseSealed() (Position, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return Position{}, errClosed
+	}
+	p.closed = true
+	p.mu.Unlock()
+	p.inflight.Wait()
+	close(p.stop)
+	p.bg.Wait()
+	err := p.w.flush()
+	if err == nil {
+		err = p.Checkpoint()
+	}
+	w := p.w
+	if cerr := w.close(); err == nil {
+		err = cerr
+	}
+	w.mu.Lock()
+	cur := w.segs[len(w.segs)-1]
+	cur.LastSeq, cur.End = w.lastSeq, w.written
+	end := w.lastPos
+	w.mu.Unlock()
+	if err == nil && w.written > 0 && !cur.Sealed {
+		end, err = sealSegment(p.fsys, p.opts.Dir, &cur)
+	}
+	if err == nil {
+		if err = p.data.Flush(); err == nil {
+			err = WriteApplied(p.fsys, p.opts.Dir, end)
+		}
+	}
+	if derr := p.data.Close(); err == nil {
+		err = derr
+	}
+	if err != nil {
+		return Position{}, fmt.Errorf("seal the log of %s: %w", resName(p.opts.Resource), err)
+	}
+	p.logger.Info("log sealed: this node no longer writes it", "end", end.String())
+	return end, nil
 }
 
 // SegmentStatus describes one segment for Status.

@@ -52,6 +52,11 @@ type SecondaryOptions struct {
 	// the nodes that fetch from this one (cascading); DeleteApplied keeps
 	// what it does not cover. Nil: only this node counts.
 	MinAppliedByPeers func() Position
+	// WasPrimary says the directory was a primary's log until now (a
+	// handover or resignation): the data device holds every record of the
+	// log, so the node starts out consistent, whatever state it persisted
+	// when it last was a secondary.
+	WasPrimary bool
 }
 
 // secondaryState is what stateFile holds.
@@ -67,6 +72,10 @@ type secondaryState struct {
 	SyncStart    Position `json:"sync_start"`
 	SyncChunk    uint64   `json:"sync_chunk"` // chunks done (flushed) by a running sync
 	ConsistentAt Position `json:"consistent_at"`
+	// DiscardLog: every local segment must be removed before anything is
+	// fetched or replayed again (set by Invalidate: the local log may hold
+	// segments of another history).
+	DiscardLog bool `json:"discard_log,omitempty"`
 }
 
 // Secondary fetches a resource's log from its peers into its own log
@@ -191,6 +200,9 @@ func OpenSecondary(data blockdev.Device, opts SecondaryOptions) (*Secondary, err
 			return nil, fmt.Errorf("%w: secondary state file %s is unreadable (%v); remove it and run `tharsis invalidate %s`",
 				ErrCorrupt, filepath.Join(opts.Dir, stateFile), err, resName(opts.Resource))
 		}
+	}
+	if opts.WasPrimary {
+		s.st.Consistent, s.st.Sync, s.st.SyncChunk, s.st.SyncStart, s.st.DiscardLog = true, SyncNone, 0, Position{}, false
 	}
 	if s.persisted, err = ReadApplied(OSFS{}, opts.Dir); err != nil {
 		return nil, err
@@ -369,12 +381,27 @@ func (s *Secondary) FakeSync() error {
 
 // Invalidate forces a fresh full sync (`tharsis invalidate`): the data
 // device is inconsistent until the sync and the replay after it are done.
+// The whole local log is discarded first (it may hold another history's
+// segments after a split brain: replaying them after the sync would put
+// the other side's writes back) and fetched afresh from the sync's start.
 func (s *Secondary) Invalidate() error {
 	err := s.update(func(st *secondaryState) {
-		st.Consistent, st.Sync, st.SyncChunk, st.SyncStart = false, SyncNeeded, 0, Position{}
+		st.Consistent, st.Sync, st.SyncChunk, st.SyncStart, st.DiscardLog = false, SyncNeeded, 0, Position{}, true
 	})
+	s.Reconnect()
 	kick(s.kickSync)
 	return err
+}
+
+// Reconnect ends the current fetch stream, so the next one starts with the
+// peers Options.Peers returns now (the designated primary changed).
+func (s *Secondary) Reconnect() {
+	s.mu.Lock()
+	if s.cancelStream != nil {
+		s.cancelStream()
+	}
+	s.mu.Unlock()
+	kick(s.kickFetch)
 }
 
 // Consistent reports whether the data device holds the source's state

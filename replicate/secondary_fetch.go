@@ -67,19 +67,28 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 	peerErrs := map[string]string{}
 	for ctx.Err() == nil {
 		s.mu.Lock()
+		discard := s.discardLog || s.st.DiscardLog
+		s.discardLog = false
+		s.mu.Unlock()
+		if discard {
+			if s.dropLocalLog(&fl) {
+				if err := s.update(func(st *secondaryState) { st.DiscardLog = false }); err != nil {
+					s.setFetchErr(err)
+				}
+				kick(s.kickSync)
+			} else {
+				s.mu.Lock()
+				s.discardLog = true
+				s.mu.Unlock()
+			}
+		}
+		s.mu.Lock()
 		paused := s.st.FetchPaused
 		s.mu.Unlock()
 		if paused {
 			s.setSource("", Position{})
 			s.wait(ctx, s.kickFetch, time.Hour)
 			continue
-		}
-		s.mu.Lock()
-		discard := s.discardLog
-		s.discardLog = false
-		s.mu.Unlock()
-		if discard {
-			s.dropLocalLog(&fl)
 		}
 		if _, ok := s.fetchFrom(); !ok {
 			s.wait(ctx, s.kickFetch, s.opts.RetryInterval)
@@ -172,7 +181,9 @@ func (s *Secondary) dropLocalLog(fl *fetchLog) bool {
 	OSFS{}.SyncDir(s.opts.Dir)
 	s.mu.Lock()
 	s.fetched = Position{}
+	s.replayGen++ // the replay reader must not keep a removed segment open
 	s.mu.Unlock()
+	s.logger.Info("discarded the local log; it is fetched afresh from the sync's start")
 	return true
 }
 

@@ -47,6 +47,9 @@ type ShipServer struct {
 	Node   string // this node's name
 	Secret []byte // the cluster secret (contents of secret_file)
 	Logger *slog.Logger
+	// OnRole, if set, receives the role messages of authenticated peers
+	// (from names the sending node); an error is sent back to the sender.
+	OnRole func(from string, m RoleMessage) error
 
 	mu        sync.Mutex
 	res       map[string]*shipRes
@@ -257,11 +260,38 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 			if err != nil {
 				return
 			}
+		case *wire.Role:
+			var rm RoleMessage
+			err := json.Unmarshal(m.JSON, &rm)
+			switch {
+			case err != nil:
+				err = c.SendFlush(&wire.Error{Code: wire.CodeBadRequest, Message: fmt.Sprintf("unreadable role message: %v", err)})
+			case rm.From != peer:
+				err = c.SendFlush(&wire.Error{Code: wire.CodeBadRequest, Message: fmt.Sprintf("role message from %q on %s's connection", rm.From, peer)})
+			case s.OnRole == nil:
+				err = c.SendFlush(&wire.Error{Code: wire.CodeNoResource, Message: fmt.Sprintf("node %s takes no role messages", s.Node)})
+			default:
+				if herr := s.OnRole(peer, rm); herr != nil {
+					err = c.SendFlush(&wire.Error{Code: wire.CodeNoResource, Message: herr.Error()})
+				} else {
+					err = c.SendFlush(&wire.Role{JSON: []byte("{}")})
+				}
+			}
+			if err != nil {
+				return
+			}
 		case *wire.Fetch:
 			r := s.resource(m.Resource)
 			if r == nil {
 				c.SendFlush(&wire.Error{Code: wire.CodeNoResource, Message: fmt.Sprintf("node %s holds no log of resource %q", s.Node, m.Resource)})
 				return
+			}
+			if rf, ok := r.src.(Refuser); ok {
+				if err := rf.Refuse(); err != nil {
+					c.SendFlush(&wire.Error{Code: wire.CodeDiverged, Message: fmt.Sprintf("node %s ships no log of %s: %v", s.Node, m.Resource, err)})
+					log.Info("log fetch refused", "resource", m.Resource, "why", err)
+					return
+				}
 			}
 			log.Info("peer fetches the log", "resource", m.Resource, "from", fromWire(m.From).String())
 			err := s.stream(r, nc, c, fromWire(m.From))
@@ -299,6 +329,11 @@ func (s *ShipServer) syncDevice(res string, chunk uint32) (dev interface {
 	}
 	if chunk < 4096 || chunk > MaxChunkSize {
 		return nil, &wire.Error{Code: wire.CodeBadRequest, Message: fmt.Sprintf("chunk size %d is not within 4 KiB..%d", chunk, MaxChunkSize)}
+	}
+	if rf, ok := r.src.(Refuser); ok {
+		if err := rf.Refuse(); err != nil {
+			return nil, &wire.Error{Code: wire.CodeDiverged, Message: fmt.Sprintf("node %s cannot be a sync source of %s: %v", s.Node, res, err)}
+		}
 	}
 	d, _, err := r.src.SyncData()
 	if err != nil {

@@ -2,10 +2,15 @@ package replicate
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/tharsis/tharsis/replicate/wire"
 
 	"github.com/tharsis/tharsis/blockdev"
 )
@@ -29,6 +34,84 @@ type Source interface {
 	SyncData() (blockdev.Device, Position, error)
 	// Status is the node's replication state of the resource.
 	Status() ResourceStatus
+}
+
+// Refuser is implemented by Sources that may refuse to ship their log and
+// data for a while (a node whose log forks from the current history, or
+// whose role is not settled yet): Refuse returns why, or nil.
+type Refuser interface {
+	Refuse() error
+}
+
+// SendRole delivers a role message to peer p (over a new authenticated
+// connection) and returns once p's daemon took it, or why not.
+func SendRole(ctx context.Context, node string, secret []byte, p Peer, m RoleMessage) error {
+	pc, err := dialPeer(ctx, node, secret, p)
+	if err != nil {
+		return err
+	}
+	defer pc.close()
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	a, err := pc.request(ctx, &wire.Role{JSON: b}, statusTimeout)
+	if err != nil {
+		return err
+	}
+	if _, ok := a.(*wire.Role); !ok {
+		return fmt.Errorf("peer %s answered a role message with %s", p, a.Type())
+	}
+	return nil
+}
+
+// IdleSource is the Source of a resource whose data path is closed (the
+// node is starting, or left the resource): it ships nothing, but its status
+// lists the segments in dir, so peers can compare histories.
+func IdleSource(dir, resource string) Source { return idleSource{dir: dir, res: resource} }
+
+type idleSource struct{ dir, res string }
+
+func (s idleSource) LogDir() string { return s.dir }
+func (s idleSource) End() Position  { return Position{} }
+func (s idleSource) WaitEnd(ctx context.Context, after Position) (Position, error) {
+	t := time.NewTimer(waitSlice)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return Position{}, ctx.Err()
+	case <-t.C:
+		return Position{}, nil
+	}
+}
+func (s idleSource) SyncData() (blockdev.Device, Position, error) {
+	return nil, Position{}, errors.New("its data path is not open")
+}
+func (s idleSource) Refuse() error { return errors.New("its data path is not open") }
+func (s idleSource) Status() ResourceStatus {
+	return ResourceStatus{Resource: s.res, Segments: LogSegments(s.dir)}
+}
+
+// LogSegments lists the segments of the log in dir, oldest first, with
+// their sizes; a segment counts as sealed when it ends with a segment-end
+// marker.
+func LogSegments(dir string) []SegmentSummary {
+	names, _ := listSegments(OSFS{}, dir)
+	out := []SegmentSummary{}
+	for _, n := range names {
+		f, err := os.Open(filepath.Join(dir, n.String()))
+		if err != nil {
+			continue
+		}
+		var size int64
+		if st, err := f.Stat(); err == nil {
+			size = st.Size()
+		}
+		sealed := isSealedAt(f, size)
+		f.Close()
+		out = append(out, SegmentSummary{Name: n.String(), Size: size, Sealed: sealed})
+	}
+	return out
 }
 
 // PrimarySource returns the Source of a Primary's log and data device, to

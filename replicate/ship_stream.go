@@ -65,6 +65,12 @@ func (s *ShipServer) stream(r *shipRes, nc net.Conn, c *wire.Conn, from Position
 				return &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("node %s no longer holds segment %d of the log, which the fetcher needs next (run a full sync: `tharsis invalidate RES`)", s.Node, from.Segment)}
 			}
 			cur = SegmentName{Seq: from.Segment}
+		} else if cur.Seq < src.End().Segment {
+			// A complete segment: a fetcher that holds more of it than
+			// this node is on another history.
+			if size, err := ss.size(cur); err == nil && from.Offset > size {
+				return &wire.Error{Code: wire.CodeDiverged, Message: fmt.Sprintf("the fetcher holds %d bytes of %s, but node %s's copy is complete at %d: the logs fork (split brain)", from.Offset, cur, s.Node, size)}
+			}
 		}
 	}
 

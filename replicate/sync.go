@@ -34,8 +34,14 @@ func (s *Secondary) syncLoop(ctx context.Context) {
 		s.mu.Lock()
 		need := s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning
 		paused := s.st.SyncPaused
+		// The local log is discarded first (fetchLoop removes it and
+		// kicks us): a sync must not start with another history's log.
+		discarding := s.st.DiscardLog
 		s.mu.Unlock()
-		if !need || paused {
+		if discarding {
+			kick(s.kickFetch)
+		}
+		if !need || paused || discarding {
 			s.wait(ctx, s.kickSync, time.Minute)
 			continue
 		}

@@ -13,7 +13,7 @@
 //	+0   magic    uint32  0x50524854 ("THRP" as bytes)
 //	+4   length   uint32  body length, at most the reader's limit
 //	+8   version  uint8   1
-//	+9   type     uint8   Type of the message (1..14)
+//	+9   type     uint8   Type of the message (1..15)
 //	+10  flags    uint16  0 (reserved)
 //	+12  body     length bytes, laid out per type (see each message)
 //
@@ -86,11 +86,12 @@ const (
 	TypeChecksums       Type = 12 // server → client
 	TypeChunkRequest    Type = 13 // client → server: the bytes of one chunk
 	TypeChunkData       Type = 14 // server → client
-	typeMax                  = 14
+	TypeRole            Type = 15 // either way: a role message (JSON), answered by another (empty JSON: received)
+	typeMax                  = 15
 )
 
 var typeNames = [...]string{"invalid", "hello", "challenge", "response", "welcome", "error", "status-request", "status",
-	"fetch", "segment-data", "heartbeat", "checksum-request", "checksums", "chunk-request", "chunk-data"}
+	"fetch", "segment-data", "heartbeat", "checksum-request", "checksums", "chunk-request", "chunk-data", "role"}
 
 // String returns the type's name.
 func (t Type) String() string {
@@ -151,6 +152,7 @@ const (
 	CodeGone          uint16 = 4 // the peer no longer holds the records asked for
 	CodeNotConsistent uint16 = 5 // the peer's data device is not consistent (no sync from it)
 	CodeBadRequest    uint16 = 6 // the request makes no sense
+	CodeDiverged      uint16 = 7 // the peer's log is not the current history (or not open yet): no log from it
 )
 
 // Error reports a failed request.
@@ -227,6 +229,14 @@ type ChunkRequest struct {
 	Index     uint64
 }
 
+// Role carries a message between the role cores of two nodes (a
+// replicate.RoleMessage as JSON): a handover request, its answers, an abort.
+// The receiver answers with a Role frame of its own (empty JSON object:
+// delivered) or an Error.
+//
+//	json (rest of body)
+type Role struct{ JSON []byte }
+
 // ChunkData answers ChunkRequest (shorter at the end of the device).
 //
 //	index u64 | data (rest of body)
@@ -249,6 +259,7 @@ func (*ChecksumRequest) Type() Type { return TypeChecksumRequest }
 func (*Checksums) Type() Type       { return TypeChecksums }
 func (*ChunkRequest) Type() Type    { return TypeChunkRequest }
 func (*ChunkData) Type() Type       { return TypeChunkData }
+func (*Role) Type() Type            { return TypeRole }
 
 // New returns an empty message of type t, or nil for an unknown type.
 func New(t Type) Message {
@@ -281,6 +292,8 @@ func New(t Type) Message {
 		return &ChunkRequest{}
 	case TypeChunkData:
 		return &ChunkData{}
+	case TypeRole:
+		return &Role{}
 	}
 	return nil
 }
@@ -492,6 +505,13 @@ func (m *StatusRequest) decode(body []byte) error   { return (&dec{b: body}).end
 
 func (m *Status) AppendBody(b []byte) []byte { return append(b, m.JSON...) }
 func (m *Status) decode(body []byte) error {
+	d := dec{b: body}
+	m.JSON = d.rest()
+	return d.end()
+}
+
+func (m *Role) AppendBody(b []byte) []byte { return append(b, m.JSON...) }
+func (m *Role) decode(body []byte) error {
 	d := dec{b: body}
 	m.JSON = d.rest()
 	return d.end()
