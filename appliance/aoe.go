@@ -17,18 +17,16 @@ type aoeServer struct {
 	done   chan error
 }
 
-// startAoE serves the AoE exports of the resources this node is primary
-// for, one aoe.Server per interface.
-func (d *Daemon) startAoE(ctx context.Context) error {
-	byIface := map[string][]aoe.TargetConfig{}
+// aoeTargets returns the AoE targets of resource r by interface.
+func (d *Daemon) aoeTargets(r *resource) map[string][]aoe.TargetConfig {
+	out := map[string][]aoe.TargetConfig{}
 	for _, e := range d.cfg.AoE {
-		dev := d.exportDevice(e.Resource)
-		if dev == nil {
+		if e.Resource != r.name {
 			continue
 		}
 		name := aoeName(e.Shelf, e.Slot)
 		tc := aoe.TargetConfig{
-			Shelf: e.Shelf, Slot: e.Slot, Device: dev,
+			Shelf: e.Shelf, Slot: e.Slot, Device: r.dev,
 			ReadOnly: e.ReadOnly, WriteCache: e.WriteCache,
 			AllowMACs: e.AllowMACs, BufCnt: e.BufCnt,
 			StateDir: d.node.StateDir,
@@ -36,7 +34,7 @@ func (d *Daemon) startAoE(ctx context.Context) error {
 			Serial:   "tharsis-" + name + "-" + d.node.Name,
 		}
 		for _, iface := range e.Interfaces {
-			byIface[iface] = append(byIface[iface], tc)
+			out[iface] = append(out[iface], tc)
 		}
 		mode := "writes acknowledged when durable"
 		if e.WriteCache {
@@ -44,32 +42,63 @@ func (d *Daemon) startAoE(ctx context.Context) error {
 		}
 		d.log.Info("aoe target", "target", name, "resource", e.Resource, "interfaces", e.Interfaces, "read_only", e.ReadOnly, "mode", mode)
 	}
-	ifaces := make([]string, 0, len(byIface))
-	for i := range byIface {
+	return out
+}
+
+// setAoE makes the AoE servers serve the targets of the resources in
+// d.aoeRes: the server of each interface whose set of targets changed is
+// stopped (in-flight frames finished) and started again with the new set.
+// Call with d.expMu held.
+func (d *Daemon) setAoE(changed map[string]bool) error {
+	byIface := map[string][]aoe.TargetConfig{}
+	for _, name := range sortedKeys(d.aoeRes) {
+		for iface, tcs := range d.aoeRes[name] {
+			byIface[iface] = append(byIface[iface], tcs...)
+		}
+	}
+	ifaces := make([]string, 0, len(changed))
+	for i := range changed {
 		ifaces = append(ifaces, i)
 	}
 	sort.Strings(ifaces)
+	var errs []string
 	for _, iface := range ifaces {
-		srv, err := aoe.NewServer(iface, byIface[iface], d.log.With("aoe", iface))
-		if err != nil {
-			return fmt.Errorf("aoe export on %s: %w", iface, err)
+		if s := d.aoe[iface]; s != nil {
+			s.cancel()
+			<-s.done
+			s.srv.Close()
+			delete(d.aoe, iface)
 		}
-		sctx, cancel := context.WithCancel(ctx)
+		tcs := byIface[iface]
+		if len(tcs) == 0 {
+			continue
+		}
+		srv, err := aoe.NewServer(iface, tcs, d.log.With("aoe", iface))
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("aoe export on %s: %v", iface, err))
+			continue
+		}
+		sctx, cancel := context.WithCancel(d.ctx)
 		s := &aoeServer{iface: iface, srv: srv, cancel: cancel, done: make(chan error, 1)}
 		go func() { s.done <- srv.Serve(sctx) }()
-		d.aoe = append(d.aoe, s)
+		d.aoe[iface] = s
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
 	return nil
 }
 
 // stopAoE stops answering AoE frames; in-flight frames are finished.
 func (d *Daemon) stopAoE() {
+	d.expMu.Lock()
+	defer d.expMu.Unlock()
 	for _, s := range d.aoe {
 		s.cancel()
 		<-s.done
 		s.srv.Close()
 	}
-	d.aoe = nil
+	d.aoe = map[string]*aoeServer{}
 }
 
 func aoeName(shelf uint16, slot uint8) string { return fmt.Sprintf("e%d.%d", shelf, slot) }

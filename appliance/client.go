@@ -1,6 +1,7 @@
 package appliance
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"syscall"
 	"time"
@@ -35,13 +37,7 @@ func (c *Client) do(ctx context.Context, method, path string) ([]byte, error) {
 	}
 	resp, err := c.http().Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("no tharsis daemon answers on %s: start it with `tharsis run`", c.Socket)
-		}
-		if errors.Is(err, syscall.EACCES) {
-			return nil, fmt.Errorf("may not use %s: the control socket is root only", c.Socket)
-		}
-		return nil, fmt.Errorf("control socket %s: %w", c.Socket, err)
+		return nil, c.dialError(err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -52,6 +48,16 @@ func (c *Client) do(ctx context.Context, method, path string) ([]byte, error) {
 		return body, errors.New(strings.TrimSpace(string(body)))
 	}
 	return body, nil
+}
+
+func (c *Client) dialError(err error) error {
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("no tharsis daemon answers on %s: start it with `tharsis run`", c.Socket)
+	}
+	if errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("may not use %s: the control socket is root only", c.Socket)
+	}
+	return fmt.Errorf("control socket %s: %w", c.Socket, err)
 }
 
 // Status returns the node's status.
@@ -65,6 +71,55 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 		return nil, fmt.Errorf("daemon sent a status this tharsis cannot read: %w", err)
 	}
 	return &st, nil
+}
+
+// Role runs `primary` or `secondary` (cmd) on resource res: progress lines
+// go to progress as the daemon sends them; the result is the final text.
+func (c *Client) Role(ctx context.Context, res, cmd string, force, ignoreSync bool, timeout time.Duration, progress func(string)) (string, error) {
+	q := url.Values{}
+	if force {
+		q.Set("force", "1")
+	}
+	if ignoreSync {
+		q.Set("ignore_sync", "1")
+	}
+	if timeout > 0 {
+		q.Set("timeout", timeout.String())
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://tharsis/v0/role/"+url.PathEscape(res)+"/"+cmd+"?"+q.Encode(), nil)
+	if err != nil {
+		return "", err
+	}
+	hc := c.http()
+	hc.Timeout = 0 // the daemon bounds the command; ctx bounds the wait
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", c.dialError(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return "", errors.New(strings.TrimSpace(string(body)))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "progress: "):
+			if progress != nil {
+				progress(strings.TrimPrefix(line, "progress: "))
+			}
+		case strings.HasPrefix(line, "done: "):
+			return strings.TrimPrefix(line, "done: "), nil
+		case strings.HasPrefix(line, "error: "):
+			return "", errors.New(strings.TrimPrefix(line, "error: "))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("control socket %s: %w", c.Socket, err)
+	}
+	return "", errors.New("the daemon ended the answer without a result; see its log and `tharsis view`")
 }
 
 // Verb runs an admin verb on a resource ("all" for every resource) and

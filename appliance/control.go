@@ -12,12 +12,17 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tharsis/tharsis/replicate"
 )
 
 // The control API is HTTP over a unix socket (mode 0600, root only):
 //
 //	GET  /v0/status              the node's Status as JSON
 //	POST /v0/resource/RES/VERB   an admin verb on one resource ("all": every resource)
+//	POST /v0/role/RES/CMD        primary or secondary (query: force, ignore_sync,
+//	                             timeout): streams "progress: ..." lines, then
+//	                             "done: ..." or "error: ..."
 //
 // Errors come back as HTTP 4xx/5xx with the operator-facing message as the
 // body.
@@ -57,6 +62,7 @@ func (d *Daemon) startControl() error {
 		json.NewEncoder(w).Encode(d.Status())
 	})
 	mux.HandleFunc("POST /v0/resource/{res}/{verb}", d.handleVerb)
+	mux.HandleFunc("POST /v0/role/{res}/{cmd}", d.handleRole)
 	c := &controlServer{path: path, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
 	go c.srv.Serve(ln)
 	d.control = c
@@ -101,6 +107,60 @@ func (d *Daemon) handleVerb(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, strings.Join(out, "\n"))
+}
+
+// handleRole runs primary or secondary on one resource, streaming the
+// core's progress.
+func (d *Daemon) handleRole(w http.ResponseWriter, req *http.Request) {
+	name, cmdName := req.PathValue("res"), req.PathValue("cmd")
+	cmd := replicate.Command{Force: req.URL.Query().Has("force"), IgnoreSync: req.URL.Query().Has("ignore_sync")}
+	switch cmdName {
+	case "primary":
+		cmd.Kind = replicate.CmdPrimary
+	case "secondary":
+		cmd.Kind = replicate.CmdSecondary
+	default:
+		http.Error(w, fmt.Sprintf("unknown role command %q", cmdName), http.StatusNotFound)
+		return
+	}
+	timeout := 60 * time.Second
+	if v := req.URL.Query().Get("timeout"); v != "" {
+		t, err := time.ParseDuration(v)
+		if err != nil || t <= 0 {
+			http.Error(w, fmt.Sprintf("bad timeout %q: use a duration such as 90s", v), http.StatusBadRequest)
+			return
+		}
+		timeout = t
+	}
+	cmd.TimeoutTicks = int(timeout / roleTick)
+	d.mu.Lock()
+	r := d.resources[name]
+	d.mu.Unlock()
+	if r == nil {
+		http.Error(w, fmt.Sprintf("resource %q is not held by node %s (see `tharsis view`)", name, d.node.Name), http.StatusNotFound)
+		return
+	}
+	if r.role == nil {
+		http.Error(w, fmt.Sprintf("%s: %v", name, errNotReplicated), http.StatusConflict)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fl, _ := w.(http.Flusher)
+	line := func(s string) {
+		fmt.Fprintln(w, strings.ReplaceAll(s, "\n", " "))
+		if fl != nil {
+			fl.Flush()
+		}
+	}
+	// The core enforces the deadline; wait a little longer for its answer.
+	ctx, cancel := context.WithTimeout(req.Context(), timeout+30*time.Second)
+	defer cancel()
+	text, err := d.roleCommand(ctx, r, cmd, func(p string) { line("progress: " + p) })
+	if err != nil {
+		line("error: " + err.Error())
+		return
+	}
+	line("done: " + text)
 }
 
 func (d *Daemon) stopControl() {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tharsis/tharsis/aoe"
 	"github.com/tharsis/tharsis/blockdev"
 	"github.com/tharsis/tharsis/config"
 	"github.com/tharsis/tharsis/nbd"
@@ -32,10 +33,16 @@ type Daemon struct {
 
 	mu        sync.Mutex
 	resources map[string]*resource
-	nbd       []*nbdListener
-	aoe       []*aoeServer
 	control   *controlServer
 	started   time.Time
+
+	// expMu guards the export servers: NBD listeners by address, AoE
+	// servers by interface, and the AoE targets of each serving resource.
+	expMu  sync.Mutex
+	nbd    map[string]*nbdListener
+	aoe    map[string]*aoeServer
+	aoeRes map[string]map[string][]aoe.TargetConfig
+	roleWG sync.WaitGroup // the role loops
 
 	ctx     context.Context // lives as long as Run
 	secret  []byte
@@ -45,23 +52,33 @@ type Daemon struct {
 	stopBg  context.CancelFunc // stops the cluster poller
 }
 
-// resource is one resource this node holds a disk of.
+// resource is one resource this node holds a disk of. The data path
+// (prim, sec, src, dev) changes with the role, under mu; only the role loop
+// changes it.
 type resource struct {
-	name    string
-	cfg     *config.Resource
-	disk    *blockdev.File
+	name string
+	cfg  *config.Resource
+	disk *blockdev.File
+	dir  string // log directory
+
+	mu      sync.Mutex
 	dev     blockdev.Device      // what the exports see
-	primary bool                 // this node is the resource's primary
 	prim    *replicate.Primary   // the log, on the primary of a replicated resource
 	sec     *replicate.Secondary // fetch and replay, on a secondary
 	src     replicate.Source     // what peers fetch of this node's log
 	secStop context.CancelFunc   // stops sec.Run
 	secDone chan struct{}        // closed when sec.Run returned
+	role    *roleState           // nil for an unreplicated resource
+
+	serving   bool   // exports on (under Daemon.expMu)
+	exportErr string // why an export failed to start
 }
 
 // repl returns what the log verbs act on, or nil for an unreplicated
-// resource.
+// resource (or one whose data path is closed).
 func (r *resource) repl() logHolder {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	switch {
 	case r.prim != nil:
 		return r.prim
@@ -69,6 +86,22 @@ func (r *resource) repl() logHolder {
 		return r.sec
 	}
 	return nil
+}
+
+// paths returns the data path's current pieces.
+func (r *resource) paths() (*replicate.Primary, *replicate.Secondary, replicate.Source) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.prim, r.sec, r.src
+}
+
+func (r *resource) setExportErr(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.exportErr = ""
+	if err != nil {
+		r.exportErr = err.Error()
+	}
 }
 
 type nbdListener struct {
@@ -89,7 +122,8 @@ func New(opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Daemon{cfg: opts.Config, node: n, log: log.With("node", n.Name), resources: map[string]*resource{}}, nil
+	return &Daemon{cfg: opts.Config, node: n, log: log.With("node", n.Name), resources: map[string]*resource{},
+		nbd: map[string]*nbdListener{}, aoe: map[string]*aoeServer{}, aoeRes: map[string]map[string][]aoe.TargetConfig{}}, nil
 }
 
 // Run opens the node's resources, serves their exports and the control
@@ -123,42 +157,44 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 	retained := make(chan struct{})
 	go func() { defer close(retained); d.retain(rctx) }()
 	defer func() { stopRetain(); <-retained }()
+	// Unreplicated resources are served by the config's primary; the role
+	// loops of replicated ones start their exports when they serve.
+	for _, name := range sortedKeys(d.resources) {
+		r := d.resources[name]
+		if r.role == nil && r.cfg.Primary == d.node.Name {
+			d.serveExports(r)
+			if r.exportErr != "" {
+				return errors.New(r.exportErr)
+			}
+		}
+	}
+	rolesCtx, stopRoles := context.WithCancel(ctx)
+	defer func() { stopRoles(); d.roleWG.Wait() }()
+	for _, name := range sortedKeys(d.resources) {
+		if r := d.resources[name]; r.role != nil {
+			d.roleWG.Add(1)
+			go func() { defer d.roleWG.Done(); d.roleLoop(rolesCtx, r) }()
+		}
+	}
+	// Ready once every role settled (the first decision is carried out).
+	for _, name := range sortedKeys(d.resources) {
+		if r := d.resources[name]; r.role != nil {
+			select {
+			case <-r.role.settled:
+			case <-ctx.Done():
+			}
+		}
+	}
 	if err := d.startControl(); err != nil {
-		return err
-	}
-	if err := d.startNBD(); err != nil {
-		return err
-	}
-	if err := d.startAoE(ctx); err != nil {
 		return err
 	}
 	d.log.Info("tharsis node running", "resources", len(d.resources), "control", d.node.Control)
 	if ready != nil {
 		ready(d)
 	}
-	select {
-	case <-ctx.Done():
-		d.log.Info("shutting down: draining in-flight requests")
-		return nil
-	case err := <-d.failed():
-		return err
-	}
-}
-
-// failed returns a channel that yields the first fatal serving error.
-func (d *Daemon) failed() <-chan error {
-	ch := make(chan error, 1)
-	for _, l := range d.nbd {
-		go func() {
-			if err := <-l.served; err != nil && !errors.Is(err, nbd.ErrServerClosed) {
-				select {
-				case ch <- fmt.Errorf("nbd listener %s: %w", l.addr, err):
-				default:
-				}
-			}
-		}()
-	}
-	return ch
+	<-ctx.Done()
+	d.log.Info("shutting down: draining in-flight requests")
+	return nil
 }
 
 func (d *Daemon) openResource(rc *config.Resource) error {
@@ -177,10 +213,9 @@ func (d *Daemon) openResource(rc *config.Resource) error {
 			return fmt.Errorf("resource %s: %w", rc.Name, err)
 		}
 	}
-	r := &resource{name: rc.Name, cfg: rc, disk: disk, dev: disk, primary: rc.Primary == d.node.Name}
+	r := &resource{name: rc.Name, cfg: rc, disk: disk, dev: disk, dir: d.cfg.LogDir(rc.Name, d.node.Name)}
 	if rc.Replicated {
-		// The log owns the disk from here on.
-		if err := d.openLog(r, log); err != nil {
+		if err := d.newRole(r); err != nil {
 			disk.Close()
 			return fmt.Errorf("resource %s: %w", rc.Name, err)
 		}
@@ -188,53 +223,7 @@ func (d *Daemon) openResource(rc *config.Resource) error {
 	d.mu.Lock()
 	d.resources[rc.Name] = r
 	d.mu.Unlock()
-	role := "secondary"
-	if r.primary {
-		role = "primary"
-	}
-	log.Info("resource open", "disk", path, "size", disk.Size(), "role", role, "replicated", rc.Replicated)
-	return nil
-}
-
-// exportDevice returns the device an export of res serves, or nil when this
-// node does not serve res's exports (it holds no disk or is not primary).
-func (d *Daemon) exportDevice(res string) blockdev.Device {
-	r := d.resources[res]
-	if r == nil || !r.primary {
-		return nil
-	}
-	return r.dev
-}
-
-func (d *Daemon) startNBD() error {
-	byAddr := map[string][]nbd.Export{}
-	for _, e := range d.cfg.NBD {
-		dev := d.exportDevice(e.Resource)
-		if dev == nil {
-			continue
-		}
-		byAddr[e.Listen] = append(byAddr[e.Listen], nbd.Export{Name: e.Name, Description: e.Description, Device: dev, ReadOnly: e.ReadOnly})
-	}
-	addrs := make([]string, 0, len(byAddr))
-	for a := range byAddr {
-		addrs = append(addrs, a)
-	}
-	sort.Strings(addrs)
-	for _, addr := range addrs {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("nbd export: listen on %s: %w (is another server using the port? change `listen` in the config)", addr, err)
-		}
-		srv := &nbd.Server{Logger: d.log.With("nbd", addr)}
-		srv.SetExports(byAddr[addr])
-		l := &nbdListener{addr: ln.Addr().String(), ln: ln, srv: srv, served: make(chan error, 1)}
-		for _, e := range byAddr[addr] {
-			l.names = append(l.names, e.Name)
-		}
-		go func() { l.served <- srv.Serve(ln) }()
-		d.nbd = append(d.nbd, l)
-		d.log.Info("nbd exports serving", "listen", l.addr, "exports", l.names)
-	}
+	log.Info("resource open", "disk", path, "size", disk.Size(), "replicated", rc.Replicated)
 	return nil
 }
 
@@ -243,11 +232,14 @@ func (d *Daemon) shutdown() error {
 	var errs []error
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	d.expMu.Lock()
 	for _, l := range d.nbd {
 		if err := l.srv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("drain nbd %s: %w", l.addr, err))
 		}
 	}
+	d.nbd = map[string]*nbdListener{}
+	d.expMu.Unlock()
 	d.stopAoE()
 	d.stopShip(ctx)
 	d.stopControl()
@@ -255,13 +247,9 @@ func (d *Daemon) shutdown() error {
 	defer d.mu.Unlock()
 	for _, name := range sortedKeys(d.resources) {
 		r := d.resources[name]
-		if r.prim != nil || r.sec != nil {
-			// Close flushes the disk, persists the log positions and
-			// closes the disk.
-			if err := d.closeLog(r); err != nil {
-				errs = append(errs, fmt.Errorf("close the log of resource %s: %w", name, err))
-			}
-			continue
+		// Closing the log flushes the disk and persists the log positions.
+		if err := d.closeLog(r); err != nil {
+			errs = append(errs, fmt.Errorf("close the log of resource %s: %w", name, err))
 		}
 		if err := r.disk.Flush(); err != nil {
 			errs = append(errs, fmt.Errorf("flush the disk of resource %s: %w", name, err))
@@ -277,9 +265,11 @@ func (d *Daemon) shutdown() error {
 
 // NBDAddrs returns the addresses the NBD listeners are bound to.
 func (d *Daemon) NBDAddrs() []string {
+	d.expMu.Lock()
+	defer d.expMu.Unlock()
 	var out []string
-	for _, l := range d.nbd {
-		out = append(out, l.addr)
+	for _, a := range sortedKeys(d.nbd) {
+		out = append(out, d.nbd[a].addr)
 	}
 	return out
 }

@@ -2,9 +2,9 @@ package appliance
 
 import (
 	"context"
+	"github.com/tharsis/tharsis/blockdev"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -58,10 +58,10 @@ func (d *Daemon) setupReplication() error {
 		return fmt.Errorf("cluster secret %s holds %d bytes; use at least 16 random bytes", d.cfg.SecretFile, len(secret))
 	}
 	d.secret = secret
-	d.ship = &replicate.ShipServer{Node: d.node.Name, Secret: secret, Logger: d.log.With("component", "ship")}
+	d.ship = &replicate.ShipServer{Node: d.node.Name, Secret: secret, Logger: d.log.With("component", "ship"), OnRole: d.onRole}
 	d.cluster = replicate.NewCluster(replicate.ClusterOptions{
 		Node: d.node.Name, Secret: secret, Logger: d.log.With("component", "cluster"),
-		Peers: d.otherNodes,
+		Peers: d.otherNodes, OnPoll: d.onPoll, Interval: time.Second,
 	})
 	return nil
 }
@@ -81,63 +81,81 @@ func (d *Daemon) peer(name string) replicate.Peer {
 	return replicate.Peer{Name: name, Addr: d.cfg.Nodes[name].Replication}
 }
 
-// openLog opens the transaction log of r: as primary (log → ack → apply)
-// or as secondary (fetch → replay). The log owns r.disk afterwards.
-func (d *Daemon) openLog(r *resource, log *slog.Logger) error {
+// keepOpen is the disk as the log sees it: closing the log flushes the
+// disk but leaves it open, so the role can change without reopening it.
+type keepOpen struct{ blockdev.Device }
+
+func (k keepOpen) Close() error { return k.Flush() }
+
+// openPrimary opens r's log as primary (log → ack → apply): it replays what
+// the local log holds past the applied position, seals its newest segment
+// and starts the next under this node's name. Call from the role loop.
+func (d *Daemon) openPrimary(r *resource) error {
 	rc := r.cfg
-	dir := d.cfg.LogDir(rc.Name, d.node.Name)
-	if r.primary {
-		opts := replicate.Options{
-			Dir: dir, Node: d.node.Name, Resource: rc.Name,
-			SegmentSize: rc.SegmentSize, Sync: rc.Sync, Logger: log,
-		}
-		if d.cluster != nil {
-			// Retention: keep what any other node that holds the resource
-			// has not fetched and replayed yet.
-			opts.MinAppliedByPeers = d.cluster.MinAppliedFunc(rc.Name, func() []string { return d.others(rc) })
-		}
-		p, err := replicate.OpenPrimary(r.disk, opts)
-		if err != nil {
-			return err
-		}
-		if n := p.Replayed(); n > 0 {
-			log.Info("recovered: replayed the log onto the disk", "records", n)
-		}
-		r.prim, r.dev, r.src = p, p, replicate.PrimarySource(p)
-		if d.ship != nil {
-			d.ship.AddResource(rc.Name, r.src)
-		}
-		return nil
+	opts := replicate.Options{
+		Dir: r.dir, Node: d.node.Name, Resource: rc.Name,
+		SegmentSize: rc.SegmentSize, Sync: rc.Sync, Logger: d.log.With("resource", rc.Name),
 	}
+	if d.cluster != nil {
+		// Retention: keep what any other node that holds the resource
+		// has not fetched and replayed yet.
+		opts.MinAppliedByPeers = d.cluster.MinAppliedFunc(rc.Name, func() []string { return d.others(rc) })
+	}
+	p, err := replicate.OpenPrimary(keepOpen{r.disk}, opts)
+	if err != nil {
+		return err
+	}
+	if n := p.Replayed(); n > 0 {
+		opts.Logger.Info("replayed the log onto the disk", "records", n)
+	}
+	src := replicate.PrimarySource(p)
+	r.mu.Lock()
+	r.prim, r.dev, r.src = p, p, src
+	r.mu.Unlock()
+	if d.ship != nil {
+		d.ship.AddResource(rc.Name, roleSource{src, r})
+	}
+	return nil
+}
+
+// openSecondary opens r's log as secondary (fetch → replay) and starts it.
+// wasPrimary says the log was this node's primary log until now.
+func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
+	rc := r.cfg
 	if d.ship == nil {
 		return fmt.Errorf("node %s is a secondary of %s but no other node holds it", d.node.Name, rc.Name)
 	}
+	log := d.log.With("resource", rc.Name)
 	opts := replicate.SecondaryOptions{
-		Dir: dir, Node: d.node.Name, Resource: rc.Name, Secret: d.secret, Logger: log,
+		Dir: r.dir, Node: d.node.Name, Resource: rc.Name, Secret: d.secret, Logger: log,
 		Peers: func() []replicate.Peer {
 			var out []replicate.Peer
-			for _, n := range d.cfg.ConnectList(rc.Name, d.node.Name) {
+			for _, n := range r.role.fetchList() {
 				out = append(out, d.peer(n))
 			}
 			return out
 		},
 		// Cascading: keep what the nodes fetching from us still need.
 		MinAppliedByPeers: d.cluster.MinAppliedFunc(rc.Name, func() []string { return d.fetchers(rc) }),
+		WasPrimary:        wasPrimary,
 	}
-	s, err := replicate.OpenSecondary(r.disk, opts)
+	s, err := replicate.OpenSecondary(keepOpen{r.disk}, opts)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(d.ctx)
-	r.sec, r.secStop, r.secDone = s, cancel, make(chan struct{})
+	done := make(chan struct{})
 	go func() {
-		defer close(r.secDone)
+		defer close(done)
 		if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 			log.Error("replication of the resource stopped", "err", err)
 		}
 	}()
-	r.src = s.Source()
-	d.ship.AddResource(rc.Name, r.src)
+	src := s.Source()
+	r.mu.Lock()
+	r.sec, r.secStop, r.secDone, r.src, r.dev = s, cancel, done, src, r.disk
+	r.mu.Unlock()
+	d.ship.AddResource(rc.Name, roleSource{src, r})
 	if !s.Consistent() {
 		log.Warn("this node's copy is not consistent yet: a fast full sync runs (tharsis view shows its progress; `tharsis fake-sync` skips it for freshly zeroed disks)")
 	}
@@ -166,16 +184,31 @@ func (d *Daemon) fetchers(rc *config.Resource) []string {
 	return out
 }
 
+// closeLog closes r's data path (primary or secondary), leaving the disk
+// open; seal seals a primary's log and returns where it ends.
 func (d *Daemon) closeLog(r *resource) error {
-	if d.ship != nil {
-		d.ship.RemoveResource(r.name)
+	_, err := d.closePath(r, false)
+	return err
+}
+
+func (d *Daemon) closePath(r *resource, seal bool) (replicate.Position, error) {
+	r.mu.Lock()
+	prim, sec, stop, done := r.prim, r.sec, r.secStop, r.secDone
+	r.prim, r.sec, r.secStop, r.secDone, r.dev = nil, nil, nil, nil, r.disk
+	r.mu.Unlock()
+	var end replicate.Position
+	var err error
+	switch {
+	case sec != nil:
+		stop()
+		<-done
+		err = sec.Close()
+	case prim != nil && seal:
+		end, err = prim.CloseSealed()
+	case prim != nil:
+		err = prim.Close()
 	}
-	if r.sec != nil {
-		r.secStop()
-		<-r.secDone
-		return r.sec.Close()
-	}
-	return r.prim.Close()
+	return end, err
 }
 
 // startShip serves the replication protocol and polls the peers' status.
@@ -209,16 +242,17 @@ func (d *Daemon) stopShip(ctx context.Context) {
 
 func init() {
 	verbs["log-rotate"] = func(d *Daemon, r *resource) (string, error) {
-		if r.prim == nil {
-			if r.sec != nil {
+		prim, sec, _ := r.paths()
+		if prim == nil {
+			if sec != nil {
 				return "", errors.New("only the primary writes the log: rotate it there")
 			}
 			return "", errNotReplicated
 		}
-		if err := r.prim.Rotate(); err != nil {
+		if err := prim.Rotate(); err != nil {
 			return "", err
 		}
-		return r.name + ": now writing " + r.prim.Status().Current, nil
+		return r.name + ": now writing " + prim.Status().Current, nil
 	}
 	del := func(all bool) verbFunc {
 		return func(d *Daemon, r *resource) (string, error) {
@@ -239,13 +273,14 @@ func init() {
 	// Switches of a secondary; each persists across restarts.
 	switchVerb := func(set func(*replicate.Secondary) error, done string) verbFunc {
 		return func(d *Daemon, r *resource) (string, error) {
-			if r.sec == nil {
-				if r.prim != nil {
+			prim, sec, _ := r.paths()
+			if sec == nil {
+				if prim != nil {
 					return "", errNotSecondary
 				}
 				return "", errNotReplicated
 			}
-			if err := set(r.sec); err != nil {
+			if err := set(sec); err != nil {
 				return "", err
 			}
 			return r.name + ": " + done, nil
@@ -261,17 +296,24 @@ func init() {
 	verbs["resume-sync"] = switchVerb(func(s *replicate.Secondary) error { return s.SetSyncPaused(false) }, "sync allowed")
 	verbs["fake-sync"] = switchVerb(func(s *replicate.Secondary) error { return s.FakeSync() }, "marked consistent without copying (only right for disks that were identical, e.g. freshly zeroed)")
 	verbs["invalidate"] = switchVerb(func(s *replicate.Secondary) error { return s.Invalidate() }, "invalidated: a fast full sync starts")
+	verbs["leave-resource"] = func(d *Daemon, r *resource) (string, error) {
+		return d.roleCommand(d.ctx, r, replicate.Command{Kind: replicate.CmdLeave}, nil)
+	}
 	verbs["join-resource"] = func(d *Daemon, r *resource) (string, error) {
-		if r.sec == nil {
-			if r.prim != nil {
+		if r.role != nil && r.role.snapshot().Phase == replicate.PhaseLeft {
+			return d.roleCommand(d.ctx, r, replicate.Command{Kind: replicate.CmdJoin}, nil)
+		}
+		prim, sec, _ := r.paths()
+		if sec == nil {
+			if prim != nil {
 				return "", errors.New("this node is the resource's primary: it is joined already")
 			}
 			return "", errNotReplicated
 		}
-		if r.sec.Consistent() {
+		if sec.Consistent() {
 			return r.name + ": already joined and consistent", nil
 		}
-		if err := r.sec.SetSyncPaused(false); err != nil {
+		if err := sec.SetSyncPaused(false); err != nil {
 			return "", err
 		}
 		return r.name + ": joining: a fast full sync runs (see `tharsis view`)", nil

@@ -20,11 +20,16 @@ type Status struct {
 // ResourceStatus is one resource as this node holds it.
 type ResourceStatus struct {
 	Name       string         `json:"name"`
-	Role       string         `json:"role"` // "primary" or "secondary"
+	// Role is the node's phase for the resource: "primary", "secondary",
+	// "starting", "handing-over", "promoting" or "left" ("primary" or
+	// "secondary" for an unreplicated resource).
+	Role       string         `json:"role"`
 	Disk       string         `json:"disk"`
 	Size       int64          `json:"size"`
 	Replicated bool           `json:"replicated"`
 	Exports    []ExportStatus `json:"exports,omitempty"`
+	// ExportError says why an export of the resource failed to start.
+	ExportError string `json:"export_error,omitempty"`
 	// Log is the primary's transaction log in detail.
 	Log *replicate.Status `json:"log,omitempty"`
 	// Replication is this node's replication state of the resource (the
@@ -49,8 +54,17 @@ func (d *Daemon) Status() Status {
 	for _, name := range sortedKeys(d.resources) {
 		r := d.resources[name]
 		rs := ResourceStatus{Name: name, Role: "secondary", Disk: r.disk.Name(), Size: r.disk.Size(), Replicated: r.cfg.Replicated}
-		if r.primary {
+		if r.role != nil {
+			rs.Role = r.role.snapshot().Phase.String()
+		} else if r.cfg.Primary == d.node.Name {
 			rs.Role = "primary"
+		}
+		prim, _, src := r.paths()
+		r.mu.Lock()
+		serving, exportErr := r.serving, r.exportErr
+		r.mu.Unlock()
+		rs.ExportError = exportErr
+		if serving {
 			for _, e := range d.cfg.NBD {
 				if e.Resource == name {
 					rs.Exports = append(rs.Exports, ExportStatus{Kind: "nbd", Name: e.Name, Where: e.Listen, ReadOnly: e.ReadOnly})
@@ -62,12 +76,18 @@ func (d *Daemon) Status() Status {
 				}
 			}
 		}
-		if r.prim != nil {
-			ls := r.prim.Status()
+		if prim != nil {
+			ls := prim.Status()
 			rs.Log = &ls
 		}
-		if r.src != nil {
-			rep := r.src.Status()
+		if r.role != nil {
+			var rep replicate.ResourceStatus
+			if src != nil {
+				rep = roleSource{src, r}.Status()
+			} else {
+				rep = roleSource{replicate.IdleSource(r.dir, r.name), r}.Status()
+			}
+			rep.Resource = name
 			rs.Replication = &rep
 		}
 		st.Resources = append(st.Resources, rs)

@@ -48,6 +48,8 @@ type ClusterOptions struct {
 	Peers    func() []Peer
 	Interval time.Duration // between polls; 0 means 2 s
 	Logger   *slog.Logger
+	// OnPoll, if set, is called with the outcome of every poll of a peer.
+	OnPoll func(PeerState)
 }
 
 // PeerState is the latest that is known of a peer.
@@ -152,7 +154,6 @@ func (c *Cluster) pollOne(ctx context.Context, p Peer) {
 		}
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	ps := c.state[p.Name]
 	if ps == nil {
 		ps = &PeerState{}
@@ -164,14 +165,19 @@ func (c *Cluster) pollOne(ctx context.Context, p Peer) {
 			c.opts.Logger.Info("cannot get the status of a peer", "peer", p.String(), "err", err)
 		}
 		ps.Err = err.Error()
-		return
-	}
-	ps.Status, ps.Updated, ps.Err = st, time.Now(), ""
-	if pc != nil {
-		if old := c.conns[p.Name]; old != nil {
-			old.close()
+	} else {
+		ps.Status, ps.Updated, ps.Err = st, time.Now(), ""
+		if pc != nil {
+			if old := c.conns[p.Name]; old != nil {
+				old.close()
+			}
+			c.conns[p.Name] = pc
 		}
-		c.conns[p.Name] = pc
+	}
+	out := *ps
+	c.mu.Unlock()
+	if c.opts.OnPoll != nil {
+		c.opts.OnPoll(out)
 	}
 }
 
@@ -204,6 +210,10 @@ func (c *Cluster) MinApplied(res string, members []string) Position {
 		rs, ok := ps.Status.Resource(res)
 		if !ok {
 			return Position{}
+		}
+		if rs.Phase == PhaseLeft || rs.Diverged {
+			// It left, or needs a full sync anyway: nothing to keep for it.
+			continue
 		}
 		p := minPos(rs.Applied, rs.End)
 		if first || p.Seq < low.Seq {

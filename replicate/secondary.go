@@ -67,11 +67,11 @@ type secondaryState struct {
 	// Consistent: the data device equals the source's after a prefix of
 	// the log. False from the start of a full sync until ConsistentAt is
 	// replayed.
-	Consistent bool `json:"consistent"`
+	Consistent   bool      `json:"consistent"`
 	Sync         SyncState `json:"sync,omitempty"`
-	SyncStart    Position `json:"sync_start"`
-	SyncChunk    uint64   `json:"sync_chunk"` // chunks done (flushed) by a running sync
-	ConsistentAt Position `json:"consistent_at"`
+	SyncStart    Position  `json:"sync_start"`
+	SyncChunk    uint64    `json:"sync_chunk"` // chunks done (flushed) by a running sync
+	ConsistentAt Position  `json:"consistent_at"`
 	// DiscardLog: every local segment must be removed before anything is
 	// fetched or replayed again (set by Invalidate: the local log may hold
 	// segments of another history).

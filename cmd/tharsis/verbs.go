@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -21,10 +22,50 @@ var daemonVerbs = []struct{ name, summary string }{
 	{"resume-sync", "secondary: let a fast full sync run"},
 	{"fake-sync", "secondary: mark consistent without copying (for disks known identical, e.g. freshly zeroed)"},
 	{"invalidate", "secondary: throw away the local state and run a fast full sync"},
-	{"join-resource", "secondary: start joining (fast full sync) a resource this node has a disk for in the config"},
+	{"join-resource", "secondary: start joining (fast full sync) a resource this node has a disk for in the config, or join again after leave-resource"},
+	{"leave-resource", "secondary: stop holding the resource (no fetch, no replay, retention no longer waits for it); the disk is left as it is"},
 }
 
 func init() {
+	roleVerb := func(name, args, summary string, withFlags bool) {
+		c := &command{name: name, args: args, summary: summary}
+		c.run = func(argv []string) error {
+			fs := newFlagSet(c)
+			var nf nodeFlags
+			nf.register(fs)
+			var force, ignoreSync *bool
+			if withFlags {
+				force = fs.Bool("force", false, "take over without the current primary (it is dead or unreachable); writes it acknowledged but did not ship are lost")
+				ignoreSync = fs.Bool("ignore-sync", false, "hand over even while a full sync runs to another node (it restarts from the new primary)")
+			}
+			timeout := fs.Duration("timeout", 60*time.Second, "give up after this long (the old primary then stays primary)")
+			if err := parse(fs, argv); err != nil {
+				return err
+			}
+			if fs.NArg() != 1 {
+				return usageError{fmt.Sprintf("%s needs one resource name", c.name)}
+			}
+			cl, err := nf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Minute)
+			defer cancel()
+			f, ig := force != nil && *force, ignoreSync != nil && *ignoreSync
+			out, err := cl.Role(ctx, fs.Arg(0), c.name, f, ig, *timeout, func(p string) {
+				fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), p)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Println(out)
+			return nil
+		}
+		register(c)
+	}
+	roleVerb("primary", "[--force] [--ignore-sync] [--timeout D] RES", "make this node the resource's primary: a planned handover (the old primary seals its log, this node replays exactly to it), or with --force a takeover without the old primary", true)
+	roleVerb("secondary", "RES", "give up the primary role: exports stop, the log is sealed; the resource has no primary until `primary` runs on a node", false)
+
 	for _, v := range daemonVerbs {
 		c := &command{name: v.name, args: "RES|all", summary: v.summary}
 		c.run = func(args []string) error {

@@ -1,0 +1,121 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/tharsis/tharsis/nbd"
+)
+
+// Exports have a lifecycle per resource: serveExports starts the NBD and
+// AoE exports of one resource (on promotion, or at start for the primary of
+// an unreplicated resource), stopExports withdraws them (before a demotion
+// seals the log), answering what is in flight first. Exports of other
+// resources on the same NBD listener are not disturbed; an AoE interface's
+// server restarts with its new set of targets.
+
+// exportDrain bounds the wait for in-flight requests when exports stop.
+const exportDrain = 30 * time.Second
+
+// serveExports starts r's exports. Failures (a listen address not on this
+// node, an interface gone) are logged and kept for `view`; the other
+// exports still start.
+func (d *Daemon) serveExports(r *resource) {
+	d.expMu.Lock()
+	defer d.expMu.Unlock()
+	var errs []error
+	for _, e := range d.cfg.NBD {
+		if e.Resource != r.name {
+			continue
+		}
+		l, err := d.nbdListen(e.Listen)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		l.srv.AddExport(nbd.Export{Name: e.Name, Description: e.Description, Device: r.dev, ReadOnly: e.ReadOnly})
+		d.log.Info("nbd export serving", "resource", r.name, "listen", l.addr, "export", e.Name)
+	}
+	targets := d.aoeTargets(r)
+	if len(targets) > 0 {
+		d.aoeRes[r.name] = targets
+		changed := map[string]bool{}
+		for iface := range targets {
+			changed[iface] = true
+		}
+		if err := d.setAoE(changed); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	err := errors.Join(errs...)
+	r.setExportErr(err)
+	r.mu.Lock()
+	r.serving = true
+	r.mu.Unlock()
+	if err != nil {
+		d.log.Error("exports failed to start", "resource", r.name, "err", err)
+	}
+}
+
+// nbdListen returns the NBD listener of addr, listening first if needed.
+// Call with d.expMu held.
+func (d *Daemon) nbdListen(addr string) (*nbdListener, error) {
+	if l := d.nbd[addr]; l != nil {
+		return l, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd export: listen on %s: %w (is another server using the port, or is the address not on this node? change `listen` in the config)", addr, err)
+	}
+	srv := &nbd.Server{Logger: d.log.With("nbd", addr)}
+	l := &nbdListener{addr: ln.Addr().String(), ln: ln, srv: srv, served: make(chan error, 1)}
+	go func() {
+		err := srv.Serve(ln)
+		if err != nil && !errors.Is(err, nbd.ErrServerClosed) {
+			d.log.Error("nbd listener failed", "listen", addr, "err", err)
+		}
+		l.served <- err
+	}()
+	d.nbd[addr] = l
+	return l, nil
+}
+
+// stopExports withdraws r's exports: NBD connections of r's exports stop
+// reading, answer what they read and close; r's AoE targets go away.
+func (d *Daemon) stopExports(r *resource) {
+	d.expMu.Lock()
+	defer d.expMu.Unlock()
+	if !r.serving {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), exportDrain)
+	defer cancel()
+	for _, e := range d.cfg.NBD {
+		if e.Resource != r.name {
+			continue
+		}
+		if l := d.nbd[e.Listen]; l != nil {
+			if err := l.srv.Withdraw(ctx, e.Name); err != nil {
+				d.log.Warn("nbd export: in-flight requests not answered in time; connections closed", "export", e.Name, "err", err)
+			}
+		}
+	}
+	if targets := d.aoeRes[r.name]; targets != nil {
+		delete(d.aoeRes, r.name)
+		changed := map[string]bool{}
+		for iface := range targets {
+			changed[iface] = true
+		}
+		if err := d.setAoE(changed); err != nil {
+			d.log.Error("aoe exports of other resources failed to restart", "err", err)
+		}
+	}
+	r.mu.Lock()
+	r.serving = false
+	r.mu.Unlock()
+	r.setExportErr(nil)
+	d.log.Info("exports stopped", "resource", r.name)
+}

@@ -1,0 +1,403 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tharsis/tharsis/replicate"
+)
+
+// The role loop of a replicated resource drives its replicate.RoleCore: it
+// feeds it ticks, the local log's facts, the peers' statuses (from the
+// cluster poller), operator commands and role messages, and carries out
+// each Ready: persist the role state, switch the data path (primary ⇄
+// secondary without reopening the disk), start or stop the exports, send
+// role messages, answer the operator.
+
+// roleTick is the core's unit of time.
+const roleTick = 100 * time.Millisecond
+
+// Core timing, in ticks.
+const (
+	startTicks = 80  // wait for the peers' designations at start (8 s)
+	freshTicks = 100 // a peer not heard from for 10 s is unreachable
+	localEvery = 3   // refresh the local facts every 300 ms
+)
+
+// roleState is the role machinery of one resource.
+type roleState struct {
+	core   *replicate.RoleCore
+	events chan replicate.Event
+
+	mu       sync.Mutex
+	status   replicate.RoleStatus // snapshot for status and sources
+	fetch    []string
+	diverged bool
+	waiters  map[uint64]chan replicate.Result
+	nextID   uint64
+	// settled is closed once the core left PhaseStarting and the data path
+	// and exports match its first decision.
+	settled     chan struct{}
+	settledOnce sync.Once
+}
+
+func (rs *roleState) fetchList() []string {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.fetch
+}
+
+func (rs *roleState) snapshot() replicate.RoleStatus {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.status
+}
+
+// post queues an event for the role loop without blocking (the poller's
+// events are periodic: dropping one when the loop is busy is harmless).
+func (rs *roleState) post(ev replicate.Event) bool {
+	select {
+	case rs.events <- ev:
+		return true
+	default:
+		return false
+	}
+}
+
+// newRole prepares r's role core (the loop starts in Run).
+func (d *Daemon) newRole(r *resource) error {
+	var members []string
+	for _, n := range d.cfg.DiskNodes(r.name) {
+		if n != d.node.Name {
+			members = append(members, n)
+		}
+	}
+	cfg := replicate.RoleConfig{
+		Node: d.node.Name, Resource: r.name, ConfigPrimary: r.cfg.Primary, Members: members,
+		StartTicks: startTicks, FreshTicks: freshTicks,
+	}
+	if l, ok := r.cfg.Connect[d.node.Name]; ok {
+		cfg.Connect = append([]string{}, l...)
+	}
+	if len(members) == 0 {
+		cfg.StartTicks = 1
+	}
+	r.role = &roleState{core: replicate.NewRoleCore(cfg), events: make(chan replicate.Event, 256), waiters: map[uint64]chan replicate.Result{}, settled: make(chan struct{})}
+	if d.ship != nil {
+		d.ship.AddResource(r.name, roleSource{replicate.IdleSource(r.dir, r.name), r})
+	}
+	return nil
+}
+
+// roleSource decorates a Source's status with the role core's view, and
+// refuses to ship while the node's log forks from the current history.
+type roleSource struct {
+	replicate.Source
+	r *resource
+}
+
+func (s roleSource) Status() replicate.ResourceStatus {
+	rs := s.Source.Status()
+	st := s.r.role.snapshot()
+	rs.Phase, rs.Designation, rs.Diverged, rs.Forks, rs.Handover = st.Phase, st.Designation, st.Diverged, st.Forks, st.Handover
+	rs.Consistent = rs.Consistent && st.Consistent
+	if st.Phase == replicate.PhasePrimary {
+		rs.Consistent = st.Consistent
+	}
+	return rs
+}
+
+func (s roleSource) Refuse() error {
+	if s.r.role.snapshot().Diverged {
+		return errors.New("its log forks from the current history (split brain)")
+	}
+	if rf, ok := s.Source.(replicate.Refuser); ok {
+		return rf.Refuse()
+	}
+	return nil
+}
+
+// localFacts reads what the data path reports of r's local copy.
+func (d *Daemon) localFacts(r *resource) replicate.LocalFacts {
+	prim, sec, src := r.paths()
+	switch {
+	case prim != nil:
+		st := src.Status()
+		return replicate.LocalFacts{Role: replicate.RolePrimary, Segments: st.Segments, End: st.End, Applied: st.Applied, Consistent: true}
+	case sec != nil:
+		st := src.Status()
+		lf := replicate.LocalFacts{Role: replicate.RoleSecondary, Segments: st.Segments, End: st.End, Applied: st.Applied,
+			Consistent: st.Consistent, SourceEnd: st.SourceEnd, Unfetched: st.UnfetchedBytes, LagSeconds: st.LagSeconds}
+		if st.Sync != nil {
+			lf.Sync = st.Sync.State
+		}
+		return lf
+	}
+	lf := replicate.LocalFacts{Segments: replicate.LogSegments(r.dir)}
+	if n := len(lf.Segments); n > 0 {
+		lf.Consistent = true
+	}
+	return lf
+}
+
+// roleLoop runs r's role core until ctx is done.
+func (d *Daemon) roleLoop(ctx context.Context, r *resource) {
+	rs := r.role
+	st, ok, err := replicate.ReadRoleState(r.dir)
+	if err != nil {
+		d.log.Error("cannot read the role state; starting from the config's", "resource", r.name, "err", err)
+	}
+	rs.core.Step(replicate.EvStart{State: st, Persisted: ok, Local: d.localFacts(r)})
+	d.applyReady(r)
+	if d.cluster != nil {
+		d.cluster.Refresh()
+	}
+	t := time.NewTicker(roleTick)
+	defer t.Stop()
+	n := 0
+	for {
+		select {
+		case <-ctx.Done():
+			rs.mu.Lock()
+			for id, w := range rs.waiters {
+				w <- replicate.Result{ID: id, Done: true, Err: "the daemon is shutting down"}
+				delete(rs.waiters, id)
+			}
+			rs.mu.Unlock()
+			return
+		case <-t.C:
+			rs.core.Step(replicate.EvTick{})
+			if n++; n%localEvery == 0 {
+				rs.core.Step(replicate.EvLocal{Local: d.localFacts(r)})
+			}
+		case ev := <-rs.events:
+			rs.core.Step(ev)
+		}
+		d.applyReady(r)
+	}
+}
+
+// applyReady carries out what the core wants, in order: persist, log,
+// answer, send; then reconcile the data path and the exports.
+func (d *Daemon) applyReady(r *resource) {
+	rs := r.role
+	log := d.log.With("resource", r.name)
+	for range 8 { // each switch yields a new Ready
+		rd := rs.core.Ready()
+		if rd.Persist != nil {
+			if err := replicate.WriteRoleState(r.dir, *rd.Persist); err != nil {
+				log.Error("cannot persist the role state", "err", err)
+			}
+		}
+		for _, n := range rd.Notes {
+			log.Log(context.Background(), n.Level, n.Msg)
+		}
+		for _, m := range rd.Messages {
+			go d.sendRole(r, m)
+		}
+		rs.mu.Lock()
+		for _, res := range rd.Results {
+			if w := rs.waiters[res.ID]; w != nil {
+				select {
+				case w <- res:
+				default:
+				}
+				if res.Done {
+					delete(rs.waiters, res.ID)
+				}
+			}
+		}
+		if !slices.Equal(rs.fetch, rd.FetchFrom) {
+			rs.fetch = rd.FetchFrom
+			if _, sec, _ := r.paths(); sec != nil {
+				defer sec.Reconnect()
+			}
+		}
+		rs.diverged = rd.Diverged
+		rs.mu.Unlock()
+		if rd.Invalidate {
+			if _, sec, _ := r.paths(); sec != nil {
+				if err := sec.Invalidate(); err != nil {
+					log.Error("invalidate after join", "err", err)
+				}
+			}
+		}
+		rs.core.Advance()
+
+		switched := d.reconcile(r, rd)
+		rs.mu.Lock()
+		rs.status = rs.core.Status()
+		rs.mu.Unlock()
+		if !switched {
+			if rd.Phase != replicate.PhaseStarting {
+				rs.settledOnce.Do(func() { close(rs.settled) })
+			}
+			return
+		}
+	}
+}
+
+// reconcile moves the data path and the exports towards rd; it reports
+// whether it switched the data path (and stepped the core with the outcome).
+func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
+	prim, sec, _ := r.paths()
+	cur := replicate.RoleNone
+	switch {
+	case prim != nil:
+		cur = replicate.RolePrimary
+	case sec != nil:
+		cur = replicate.RoleSecondary
+	}
+	if cur == rd.Role {
+		if rd.Serve && !r.serving {
+			d.serveExports(r)
+		} else if !rd.Serve && r.serving {
+			d.stopExports(r)
+		}
+		return false
+	}
+	// Leaving the primary role: the exports go first.
+	if r.serving {
+		d.stopExports(r)
+	}
+	end, err := d.switchRole(r, cur, rd.Role, rd.Seal)
+	ev := replicate.EvSwitched{Role: rd.Role, End: end}
+	if err != nil {
+		ev.Err = err.Error()
+	}
+	r.role.core.Step(ev)
+	if err == nil && rd.Role == replicate.RolePrimary && rd.Serve {
+		d.serveExports(r)
+	}
+	return true
+}
+
+// switchRole changes r's data path from cur to want. On failure it tries to
+// restore cur.
+func (d *Daemon) switchRole(r *resource, cur, want replicate.Role, seal bool) (replicate.Position, error) {
+	log := d.log.With("resource", r.name)
+	log.Info("switching the data path", "from", cur.String(), "to", want.String(), "seal", seal)
+	end, err := d.closePath(r, seal && cur == replicate.RolePrimary)
+	if err != nil {
+		log.Error("closing the data path failed", "err", err)
+		if cur == replicate.RolePrimary && seal {
+			// The log could not be sealed: stay primary.
+			if perr := d.openPrimary(r); perr != nil {
+				log.Error("reopening the log as primary failed too", "err", perr)
+			}
+			return end, err
+		}
+	}
+	switch want {
+	case replicate.RolePrimary:
+		err = d.openPrimary(r)
+		if err != nil {
+			if serr := d.openSecondary(r, false); serr != nil {
+				log.Error("reopening the log as secondary failed too", "err", serr)
+			}
+		}
+	case replicate.RoleSecondary:
+		err = d.openSecondary(r, cur == replicate.RolePrimary)
+	default:
+		if d.ship != nil {
+			d.ship.AddResource(r.name, roleSource{replicate.IdleSource(r.dir, r.name), r})
+		}
+	}
+	return end, err
+}
+
+// sendRole delivers a role message and reports a failure to the core.
+func (d *Daemon) sendRole(r *resource, m replicate.RoleMessage) {
+	var err error
+	if d.ship == nil {
+		err = errors.New("no replication configured")
+	} else {
+		ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+		err = replicate.SendRole(ctx, d.node.Name, d.secret, d.peer(m.To), m)
+		cancel()
+	}
+	if err != nil {
+		d.log.Debug("role message not delivered", "resource", r.name, "to", m.To, "kind", m.Kind.String(), "err", err)
+		r.role.post(replicate.EvSendFailed{Msg: m, Err: err.Error()})
+	}
+}
+
+// onRole receives a role message from a peer (ShipServer.OnRole).
+func (d *Daemon) onRole(from string, m replicate.RoleMessage) error {
+	d.mu.Lock()
+	r := d.resources[m.Resource]
+	d.mu.Unlock()
+	if r == nil || r.role == nil {
+		return fmt.Errorf("node %s holds no replicated resource %q", d.node.Name, m.Resource)
+	}
+	if m.To != d.node.Name {
+		return fmt.Errorf("role message for %q reached node %s", m.To, d.node.Name)
+	}
+	if !r.role.post(replicate.EvMessage{Msg: m}) {
+		return fmt.Errorf("node %s is busy; try again", d.node.Name)
+	}
+	return nil
+}
+
+// onPoll routes a peer's polled status to the role loops.
+func (d *Daemon) onPoll(ps replicate.PeerState) {
+	d.mu.Lock()
+	var rs []*resource
+	for _, n := range sortedKeys(d.resources) {
+		if r := d.resources[n]; r.role != nil {
+			rs = append(rs, r)
+		}
+	}
+	d.mu.Unlock()
+	for _, r := range rs {
+		f := replicate.PeerFacts{Reachable: ps.Err == "", Err: ps.Err}
+		if f.Reachable {
+			if st, ok := ps.Status.Resource(r.name); ok {
+				f.Status = &st
+			}
+		}
+		r.role.post(replicate.EvPeer{Node: ps.Peer.Name, Facts: f})
+	}
+}
+
+// roleCommand runs an operator command through r's core; progress lines go
+// to progress as they come. It returns the final text.
+func (d *Daemon) roleCommand(ctx context.Context, r *resource, cmd replicate.Command, progress func(string)) (string, error) {
+	rs := r.role
+	if rs == nil {
+		return "", errNotReplicated
+	}
+	w := make(chan replicate.Result, 64)
+	rs.mu.Lock()
+	rs.nextID++
+	id := rs.nextID
+	rs.waiters[id] = w
+	rs.mu.Unlock()
+	select {
+	case rs.events <- replicate.EvCommand{ID: id, Cmd: cmd}:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	for {
+		select {
+		case res := <-w:
+			if !res.Done {
+				if progress != nil {
+					progress(res.Text)
+				}
+				continue
+			}
+			if res.Err != "" {
+				return "", errors.New(res.Err)
+			}
+			return res.Text, nil
+		case <-ctx.Done():
+			// The command goes on in the core (it has its own deadline).
+			return "", fmt.Errorf("stopped waiting: %w; the command goes on, see `tharsis view`", ctx.Err())
+		}
+	}
+}
