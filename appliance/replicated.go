@@ -2,9 +2,9 @@ package appliance
 
 import (
 	"context"
-	"github.com/tharsis/tharsis/blockdev"
 	"errors"
 	"fmt"
+	"github.com/tharsis/tharsis/blockdev"
 	"net"
 	"os"
 	"slices"

@@ -19,7 +19,7 @@ type Status struct {
 
 // ResourceStatus is one resource as this node holds it.
 type ResourceStatus struct {
-	Name       string         `json:"name"`
+	Name string `json:"name"`
 	// Role is the node's phase for the resource: "primary", "secondary",
 	// "starting", "handing-over", "promoting" or "left" ("primary" or
 	// "secondary" for an unreplicated resource).
