@@ -181,6 +181,8 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 		if r := d.resources[name]; r.role != nil {
 			select {
 			case <-r.role.settled:
+			case err := <-r.role.fatal:
+				return err
 			case <-ctx.Done():
 			}
 		}

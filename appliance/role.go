@@ -43,6 +43,11 @@ type roleState struct {
 	// and exports match its first decision.
 	settled     chan struct{}
 	settledOnce sync.Once
+	// fatal gets the error of the first data-path switch when it fails
+	// (the daemon then does not start, as with any broken resource).
+	fatal chan error
+	// retryAt: after a failed switch the next try waits until then.
+	retryAt time.Time
 }
 
 func (rs *roleState) fetchList() []string {
@@ -86,7 +91,7 @@ func (d *Daemon) newRole(r *resource) error {
 	if len(members) == 0 {
 		cfg.StartTicks = 1
 	}
-	r.role = &roleState{core: replicate.NewRoleCore(cfg), events: make(chan replicate.Event, 256), waiters: map[uint64]chan replicate.Result{}, settled: make(chan struct{})}
+	r.role = &roleState{core: replicate.NewRoleCore(cfg), events: make(chan replicate.Event, 256), waiters: map[uint64]chan replicate.Result{}, settled: make(chan struct{}), fatal: make(chan error, 1)}
 	if d.ship != nil {
 		d.ship.AddResource(r.name, roleSource{replicate.IdleSource(r.dir, r.name), r})
 	}
@@ -252,6 +257,9 @@ func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
 	case sec != nil:
 		cur = replicate.RoleSecondary
 	}
+	if cur != rd.Role && time.Now().Before(r.role.retryAt) {
+		return false
+	}
 	if cur == rd.Role {
 		if rd.Serve && !r.serving {
 			d.serveExports(r)
@@ -268,6 +276,13 @@ func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
 	ev := replicate.EvSwitched{Role: rd.Role, End: end}
 	if err != nil {
 		ev.Err = err.Error()
+		r.role.retryAt = time.Now().Add(5 * time.Second)
+		if cur == replicate.RoleNone {
+			select {
+			case r.role.fatal <- fmt.Errorf("resource %s: %w", r.name, err):
+			default:
+			}
+		}
 	}
 	r.role.core.Step(ev)
 	if err == nil && rd.Role == replicate.RolePrimary && rd.Serve {

@@ -83,6 +83,9 @@ type Options struct {
 	// Secrets overrides the secret_file contents of some nodes (each node
 	// gets its own config file, identical but for secret_file).
 	Secrets map[string]string
+	// Primaries overrides the config's `primary` in some nodes' config
+	// files (stale copies that disagree).
+	Primaries map[string]string
 }
 
 // Cluster is a tharsis cluster, one node per network namespace, each joined
@@ -94,8 +97,11 @@ type Cluster struct {
 	Bin    string
 	BridNS string
 	Nodes  map[string]*Node
-	Order  []string // node names, primary first
+	Order  []string // node names, the config's primary first
 	Size   int64
+	// primary is the node the tests write through (Order[0] until a
+	// handover moves it: SetPrimary).
+	primary string
 }
 
 // Node is one node of a Cluster.
@@ -197,7 +203,11 @@ func NewCluster(t testing.TB, opt Options) *Cluster {
 				t.Fatal(err)
 			}
 		}
-		if err := os.WriteFile(n.Config, c.config(secret, opt), 0o600); err != nil {
+		primary := c.Order[0]
+		if p, ok := opt.Primaries[n.Name]; ok {
+			primary = p
+		}
+		if err := os.WriteFile(n.Config, c.config(secret, primary, opt), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -205,7 +215,7 @@ func NewCluster(t testing.TB, opt Options) *Cluster {
 }
 
 // config renders the cluster's TOML with the given secret_file.
-func (c *Cluster) config(secret string, opt Options) []byte {
+func (c *Cluster) config(secret, primary string, opt Options) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "secret_file = %q\n", secret)
 	for _, n := range c.nodes() {
@@ -218,7 +228,7 @@ func (c *Cluster) config(secret string, opt Options) []byte {
 		}
 		fmt.Fprintf(&b, "%s = %q", n.Name, n.Name+".img")
 	}
-	fmt.Fprintf(&b, " }\nprimary = %q\nsegment_size = %q\n", c.Order[0], opt.SegmentSize)
+	fmt.Fprintf(&b, " }\nprimary = %q\nsegment_size = %q\n", primary, opt.SegmentSize)
 	if len(opt.Connect) > 0 {
 		b.WriteString("connect = { ")
 		i := 0
@@ -239,7 +249,9 @@ func (c *Cluster) config(secret string, opt Options) []byte {
 		}
 		b.WriteString(" }\n")
 	}
-	fmt.Fprintf(&b, "\n[[exports.nbd]]\nresource = %q\nlisten = \"%s:%d\"\nname = %q\n", resource, c.Primary().IP, nbdPort, resource)
+	// Every node listens on its own address (0.0.0.0 in its namespace):
+	// the export follows the primary.
+	fmt.Fprintf(&b, "\n[[exports.nbd]]\nresource = %q\nlisten = \"0.0.0.0:%d\"\nname = %q\n", resource, nbdPort, resource)
 	return b.Bytes()
 }
 
@@ -253,8 +265,28 @@ func (c *Cluster) nodes() []*Node {
 	return ns
 }
 
-// Primary is the resource's primary (the first node).
-func (c *Cluster) Primary() *Node { return c.Nodes[c.Order[0]] }
+// Primary is the node the tests treat as the resource's primary: the first
+// node, or the one SetPrimary named.
+func (c *Cluster) Primary() *Node {
+	if c.primary != "" {
+		return c.Nodes[c.primary]
+	}
+	return c.Nodes[c.Order[0]]
+}
+
+// SetPrimary makes the tests write through (and compare against) name.
+func (c *Cluster) SetPrimary(name string) { c.primary = name }
+
+// secondaries returns the nodes other than Primary().
+func (c *Cluster) secondaries() []*Node {
+	var out []*Node
+	for _, n := range c.nodes() {
+		if n != c.Primary() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
 
 // NBDAddr is the primary's NBD export address.
 func (c *Cluster) NBDAddr() string { return fmt.Sprintf("%s:%d", c.Primary().IP, nbdPort) }
@@ -679,7 +711,7 @@ func (n *Node) TxRx() (tx, rx int64) {
 func (c *Cluster) WaitCaughtUp(timeout time.Duration, names ...string) Position {
 	c.t.Helper()
 	if len(names) == 0 {
-		for _, n := range c.nodes()[1:] {
+		for _, n := range c.secondaries() {
 			if n.Running() {
 				names = append(names, n.Name)
 			}

@@ -85,7 +85,7 @@ func (c *Cluster) writeSome(h *History, seed uint64, n int, region int64, maxBlo
 func (c *Cluster) WaitConsistent(timeout time.Duration, names ...string) {
 	c.t.Helper()
 	if len(names) == 0 {
-		for _, n := range c.nodes()[1:] {
+		for _, n := range c.secondaries() {
 			if n.Running() {
 				names = append(names, n.Name)
 			}

@@ -58,6 +58,17 @@ type ReplStatus struct {
 	SyncPaused   bool          `json:"sync_paused"`
 	Sync         *SyncProgress `json:"sync"`
 	Err          string        `json:"error"`
+	Phase        string        `json:"phase"`
+	Designation  struct {
+		Primary    string `json:"primary"`
+		Generation uint64 `json:"generation"`
+	} `json:"designation"`
+	Diverged bool `json:"diverged"`
+	Forks    []struct {
+		Peer    string `json:"peer"`
+		Segment uint64 `json:"segment"`
+		Loser   string `json:"loser"`
+	} `json:"forks"`
 }
 
 // SyncProgress is replicate.SyncProgress.

@@ -108,10 +108,20 @@ func renderStatus(w io.Writer, st *appliance.Status) {
 				rows = append(rows, nodeRow{p.Peer.Name, nil, p.Err})
 			}
 		}
-		fmt.Fprintf(w, "  %-10s %-9s %-24s %-24s %-18s %s\n", "NODE", "ROLE", "LOG END (fetched)", "APPLIED (replayed)", "LAG", "STATE")
+		d := r.Replication.Designation
+		if d.Primary != "" {
+			fmt.Fprintf(w, "  primary %s (generation %d, as this node knows it)\n", d.Primary, d.Generation)
+		} else {
+			fmt.Fprintf(w, "  primary NONE (generation %d): run `tharsis primary %s` on the node that should serve\n", d.Generation, r.Name)
+		}
+		if r.ExportError != "" {
+			fmt.Fprintf(w, "  ERROR   export: %s\n", r.ExportError)
+		}
+		fmt.Fprintf(w, "  %-10s %-12s %-24s %-24s %-18s %s\n", "NODE", "ROLE", "LOG END (fetched)", "APPLIED (replayed)", "LAG", "STATE")
 		for _, row := range rows {
 			renderNodeRow(w, row)
 		}
+		renderSplits(w, r.Name, rows)
 	}
 }
 
@@ -121,10 +131,33 @@ type nodeRow struct {
 	err  string
 }
 
+// renderSplits says SPLIT BRAIN for every fork any node reports, once per
+// pair, with where the histories fork and what to do.
+func renderSplits(w io.Writer, res string, rows []nodeRow) {
+	seen := map[string]bool{}
+	for _, row := range rows {
+		if row.rs == nil {
+			continue
+		}
+		for _, f := range row.rs.Forks {
+			a, b := row.node, f.Peer
+			if a > b {
+				a, b = b, a
+			}
+			if seen[a+"|"+b] {
+				continue
+			}
+			seen[a+"|"+b] = true
+			fmt.Fprintf(w, "  SPLIT BRAIN between %s and %s: the logs fork at %s.\n", row.node, f.Peer, f.Fork.String())
+			fmt.Fprintf(w, "    %s is not on the current history: run `tharsis invalidate %s` there (discards what it wrote after the fork, then a fast full sync), or `tharsis leave-resource %s` to keep its disk for inspection\n", f.Loser, res, res)
+		}
+	}
+}
+
 func renderNodeRow(w io.Writer, row nodeRow) {
 	rs := row.rs
 	if rs == nil {
-		fmt.Fprintf(w, "  %-10s %-9s unreachable: %s\n", row.node, "?", row.err)
+		fmt.Fprintf(w, "  %-10s %-12s unreachable: %s\n", row.node, "?", row.err)
 		return
 	}
 	pos := func(p replicate.Position) string { return fmt.Sprintf("#%d (seg %d)", p.Seq, p.Segment) }
@@ -133,10 +166,16 @@ func renderNodeRow(w io.Writer, row nodeRow) {
 		lag = fmt.Sprintf("%s, %.1fs", humanBytes(rs.LagBytes), rs.LagSeconds)
 	}
 	var state []string
-	if rs.Consistent {
+	switch {
+	case rs.Diverged:
+		state = append(state, "SPLIT BRAIN: its log forks from the current history")
+	case rs.Consistent:
 		state = append(state, "consistent")
-	} else {
+	default:
 		state = append(state, "INCONSISTENT")
+	}
+	if rs.Handover != "" {
+		state = append(state, "handover with "+rs.Handover)
 	}
 	if rs.Source != "" {
 		state = append(state, "from "+rs.Source)
@@ -155,7 +194,11 @@ func renderNodeRow(w io.Writer, row nodeRow) {
 	if rs.Err != "" {
 		state = append(state, "error: "+rs.Err)
 	}
-	fmt.Fprintf(w, "  %-10s %-9s %-24s %-24s %-18s %s\n", row.node, rs.Role, pos(rs.End), pos(rs.Applied), lag, strings.Join(state, ", "))
+	role := rs.Phase.String()
+	if rs.Designation.Generation > 0 {
+		role += fmt.Sprintf("/g%d", rs.Designation.Generation)
+	}
+	fmt.Fprintf(w, "  %-10s %-12s %-24s %-24s %-18s %s\n", row.node, role, pos(rs.End), pos(rs.Applied), lag, strings.Join(state, ", "))
 	if s := rs.Sync; s != nil {
 		fmt.Fprintf(w, "  %-10s sync %-9s %s\n", "", s.State, progress(s))
 	} else if s := rs.LastSync; s != nil {

@@ -1,0 +1,259 @@
+package clustertest
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Role scenarios (issue 9): planned handover under load and back, forced
+// failover with split brain detected on every node and resolved by
+// invalidate, stale configs that disagree, and refused handovers.
+
+// roleCmd runs `tharsis primary|secondary ARGS --socket S r0` on n.
+func (n *Node) roleCmd(args ...string) (string, error) {
+	out, err := n.tharsis(3*time.Minute, append(append(args, "--socket", n.Socket), resource)...)
+	return strings.TrimSpace(string(out)), err
+}
+
+// Settle makes h's recorded history match what the primary's disk holds
+// after a load was cut off mid-write: the last write sent may or may not
+// have been applied (it was never acknowledged). It fails when neither.
+func (h *History) Settle(t testing.TB, disk []byte, size int64) {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k := len(h.writes); k >= h.acked; k-- {
+		if bytes.Equal(Apply(nil, size, h.writes[:k]), disk) {
+			h.writes, h.acked = h.writes[:k:k], k
+			return
+		}
+	}
+	t.Fatalf("the disk holds neither the %d acknowledged writes nor those plus the one in flight: an acknowledged write was lost", h.acked)
+}
+
+// waitRole waits until n's view shows phase (and, for a non-empty primary,
+// that designated primary).
+func (n *Node) waitRole(timeout time.Duration, phase, primary string) *ReplStatus {
+	n.c.t.Helper()
+	var last *ReplStatus
+	WaitFor(n.c.t, timeout, fmt.Sprintf("%s to be %s (primary %q)", n.Name, phase, primary), func() (bool, string) {
+		r, err := n.TryRepl()
+		if err != nil {
+			return false, err.Error()
+		}
+		last = r
+		return r.Phase == phase && (primary == "" || r.Designation.Primary == primary),
+			fmt.Sprintf("phase %s, designation %s/%d", r.Phase, r.Designation.Primary, r.Designation.Generation)
+	})
+	return last
+}
+
+// nbdRefused reports whether n serves no NBD export of r0.
+func (c *Cluster) nbdRefused(n *Node) bool {
+	var err error
+	_ = inNetns(n.NS, func() error {
+		var conn *nbdConn
+		conn, err = dialNBD(net.JoinHostPort(n.IP, fmt.Sprint(nbdPort)), resource)
+		if err == nil {
+			conn.Close()
+		}
+		return nil
+	})
+	return err != nil
+}
+
+// TestHandoverUnderLoad: `tharsis primary r0` on beta while a load writes
+// through alpha: alpha's export ends after answering what was in flight,
+// beta replays exactly to alpha's sealed end and serves; no acknowledged
+// write is lost, gamma follows beta; then back to alpha; all disks equal.
+func TestHandoverUnderLoad(t *testing.T) {
+	c := started(t, Options{})
+	alpha, beta, gamma := c.Nodes["alpha"], c.Nodes["beta"], c.Nodes["gamma"]
+	var h History
+	l := c.startLoad(&h, 11, 0, 16<<20, 8)
+	WaitFor(t, 30*time.Second, "some writes through alpha", func() (bool, string) {
+		_, acked := h.Counts()
+		return acked > 200, fmt.Sprintf("%d acknowledged", acked)
+	})
+	out, err := beta.roleCmd("primary")
+	if err != nil {
+		t.Fatalf("primary on beta: %v", err)
+	}
+	t.Logf("tharsis primary r0 on beta: %s", out)
+	// alpha withdrew its export: the load's connection ended.
+	if err := l.stop(t); err == nil {
+		t.Log("the load ended without an error (it was between writes)")
+	}
+	c.SetPrimary("beta")
+	beta.waitRole(10*time.Second, "primary", "beta")
+	alpha.waitRole(20*time.Second, "secondary", "beta")
+	if !c.nbdRefused(alpha) {
+		t.Error("alpha still serves the NBD export after the handover")
+	}
+	h.Settle(t, beta.ReadDisk(), c.Size)
+	c.writeSome(&h, 12, 300, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+	c.assertPrimaryHolds(&h)
+	c.AssertIdentical()
+	if r := gamma.Repl(); r.Designation.Primary != "beta" {
+		t.Errorf("gamma's designated primary is %q, want beta", r.Designation.Primary)
+	}
+
+	// And back, under load again.
+	l = c.startLoad(&h, 13, 0, 16<<20, 8)
+	WaitFor(t, 30*time.Second, "some writes through beta", func() (bool, string) {
+		_, acked := h.Counts()
+		return acked > 700, fmt.Sprintf("%d acknowledged", acked)
+	})
+	if out, err := alpha.roleCmd("primary"); err != nil {
+		t.Fatalf("primary on alpha: %v", err)
+	} else {
+		t.Logf("tharsis primary r0 on alpha: %s", out)
+	}
+	l.stop(t)
+	c.SetPrimary("alpha")
+	h.Settle(t, alpha.ReadDisk(), c.Size)
+	c.writeSome(&h, 14, 100, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+	c.assertPrimaryHolds(&h)
+	c.AssertIdentical()
+	if r := alpha.Repl(); r.Designation.Generation != 3 {
+		t.Errorf("alpha's generation after two handovers is %d, want 3", r.Designation.Generation)
+	}
+}
+
+// TestForcedFailoverSplitBrain: alpha writes what its secondaries never
+// fetch, is killed; beta takes over with --force and takes writes; alpha
+// restarted sees the newer generation, serves nothing and is reported as a
+// split brain on all three nodes; gamma keeps following beta; invalidate on
+// alpha makes all disks equal again (its divergent segment is not replayed
+// over the sync).
+func TestForcedFailoverSplitBrain(t *testing.T) {
+	c := started(t, Options{})
+	alpha, beta, gamma := c.Nodes["alpha"], c.Nodes["beta"], c.Nodes["gamma"]
+	var h History
+	c.writeSome(&h, 21, 200, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+	beta.Verb("disconnect")
+	gamma.Verb("disconnect")
+	// 64 writes alpha acknowledges but never ships (the fork).
+	conn := c.MustDialNBD()
+	for i := range 64 {
+		data := bytes.Repeat([]byte{byte(0xa0 + i%16)}, block)
+		if err := conn.WriteAt(data, int64(i)*block, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	alpha.Kill()
+	beta.Verb("connect")
+	gamma.Verb("connect")
+
+	// A planned handover needs alpha.
+	if _, err := beta.roleCmd("primary"); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("primary on beta with alpha dead: %v, want a refusal naming --force", err)
+	}
+	out, err := beta.roleCmd("primary", "--force")
+	if err != nil {
+		t.Fatalf("primary --force on beta: %v", err)
+	}
+	t.Logf("primary --force on beta: %s", out)
+	if !strings.Contains(out, "may be lost") && !strings.Contains(out, "lost") {
+		t.Errorf("primary --force does not say what may be lost: %s", out)
+	}
+	c.SetPrimary("beta")
+	c.writeSome(&h, 22, 200, 16<<20, 8)
+
+	alpha.Start()
+	alpha.waitRole(30*time.Second, "secondary", "beta")
+	WaitFor(t, 30*time.Second, "split brain shown on all three nodes", func() (bool, string) {
+		for _, n := range c.nodes() {
+			r, err := n.TryRepl()
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(r.Forks) == 0 {
+				return false, n.Name + " shows no fork"
+			}
+		}
+		r, _ := alpha.TryRepl()
+		return r.Diverged && !r.Consistent, fmt.Sprintf("alpha diverged %v consistent %v", r.Diverged, r.Consistent)
+	})
+	if !c.nbdRefused(alpha) {
+		t.Error("the old primary alpha serves its NBD export after the split")
+	}
+	view, err := beta.tharsis(15*time.Second, "view", "--socket", beta.Socket)
+	if err != nil || !strings.Contains(string(view), "SPLIT BRAIN") {
+		t.Errorf("beta's view does not say SPLIT BRAIN: %v\n%s", err, view)
+	}
+	// gamma keeps following beta.
+	c.writeSome(&h, 23, 100, 16<<20, 8)
+	c.WaitCaughtUp(catchUp, "gamma")
+	c.AssertIdentical("beta", "gamma")
+
+	alpha.Verb("invalidate")
+	c.WaitCaughtUp(catchUp)
+	c.assertPrimaryHolds(&h)
+	c.AssertIdentical()
+	if r := alpha.Repl(); r.Diverged || len(r.Forks) > 0 {
+		t.Errorf("alpha after invalidate: diverged %v, forks %v", r.Diverged, r.Forks)
+	}
+}
+
+// TestStaleConfigsDisagree: alpha's config names alpha, beta's names beta;
+// started together, exactly one serves and the other follows it.
+func TestStaleConfigsDisagree(t *testing.T) {
+	c := NewCluster(t, Options{Nodes: []string{"alpha", "beta"}, Connect: map[string][]string{}, Primaries: map[string]string{"beta": "beta"}})
+	c.StartAll()
+	a := c.Nodes["alpha"].waitRole(30*time.Second, "primary", "alpha")
+	b := c.Nodes["beta"].waitRole(30*time.Second, "secondary", "alpha")
+	if a.Designation != b.Designation {
+		t.Errorf("alpha and beta disagree: %+v vs %+v", a.Designation, b.Designation)
+	}
+	if !c.nbdRefused(c.Nodes["beta"]) {
+		t.Error("beta serves the export although alpha is primary")
+	}
+	if !strings.Contains(c.Nodes["beta"].Log(), "configs disagree") {
+		t.Error("beta's log does not report that the configs disagree")
+	}
+}
+
+// TestRefusedHandovers: each refusal says why.
+func TestRefusedHandovers(t *testing.T) {
+	c := started(t, Options{})
+	alpha, beta, gamma := c.Nodes["alpha"], c.Nodes["beta"], c.Nodes["gamma"]
+	var h History
+	c.writeSome(&h, 31, 100, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+
+	// A sync runs to gamma (paused, so it stays): planned handover refused.
+	gamma.Verb("pause-sync")
+	gamma.Verb("invalidate")
+	WaitFor(t, 20*time.Second, "alpha to see gamma's sync", func() (bool, string) {
+		_, err := beta.roleCmd("primary")
+		return err != nil && strings.Contains(err.Error(), "--ignore-sync"), fmt.Sprint(err)
+	})
+	// gamma itself is not consistent: not even --force.
+	if _, err := gamma.roleCmd("primary", "--force"); err == nil || !strings.Contains(err.Error(), "not consistent") {
+		t.Errorf("primary --force on the inconsistent gamma: %v, want a refusal", err)
+	}
+	gamma.Verb("resume-sync")
+	c.WaitConsistent(catchUp, "gamma")
+
+	// The primary unreachable: refused, naming --force.
+	alpha.CutLink()
+	WaitFor(t, 30*time.Second, "beta to refuse a handover from the unreachable alpha", func() (bool, string) {
+		_, err := beta.roleCmd("primary", "--timeout", "5s")
+		return err != nil && (strings.Contains(err.Error(), "unreachable") || strings.Contains(err.Error(), "cannot reach")), fmt.Sprint(err)
+	})
+	alpha.RestoreLink()
+	if r := alpha.Repl(); r.Phase != "primary" {
+		t.Errorf("alpha is %s after refused handovers, want primary", r.Phase)
+	}
+}
