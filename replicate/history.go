@@ -37,7 +37,7 @@ func (f *Fork) String() string {
 //   - different writers (log-7-alpha vs log-7-beta) fork;
 //   - both sealed at different sizes fork (same size: same records);
 //   - one sealed at size s and the other unsealed holding more than the
-//     records before the marker (s - HeaderSize) forks;
+//     records before the marker (s - HeaderSize) but not exactly s forks;
 //   - both unsealed: the shorter is a prefix of the longer.
 //
 // Segments past the other side's last one are newer history, not a fork.
@@ -98,10 +98,12 @@ func CompareHistory(mine, theirs []SegmentSummary) *Fork {
 			fork = x.size != y.size
 			common = min(x.size, y.size) - HeaderSize
 		case x.sealed:
-			fork = y.size > x.size-HeaderSize
+			// Equal sizes: the other copy holds the marker too (a
+			// secondary reports the segment it fetches as unsealed).
+			fork = y.size > x.size-HeaderSize && y.size != x.size
 			common = min(y.size, x.size-HeaderSize)
 		case y.sealed:
-			fork = x.size > y.size-HeaderSize
+			fork = x.size > y.size-HeaderSize && x.size != y.size
 			common = min(x.size, y.size-HeaderSize)
 		}
 		if fork {
