@@ -972,7 +972,8 @@ func (c *RoleCore) stepSendFailed(ev EvSendFailed) {
 		if c.phase == PhasePromoting && c.ho != nil && c.ho.id == m.ID {
 			c.ho = nil
 			c.phase = PhaseSecondary
-			c.finish(fmt.Sprintf("cannot reach %s to ask for the handover of %s: %s", m.To, c.cfg.Resource, ev.Err), "")
+			c.finish(fmt.Sprintf("cannot reach %s to ask for the handover of %s (%s): a planned handover needs it; if it is dead, `tharsis primary --force %s` takes over without it; %s",
+				m.To, c.cfg.Resource, ev.Err, c.cfg.Resource, c.lossText()), "")
 		}
 	case MsgHandoverAbort:
 		c.note(slog.LevelError, fmt.Sprintf("could not tell %s that the handover of %s is off (%s): run `tharsis primary %s` on %s to serve again", m.To, c.cfg.Resource, ev.Err, c.cfg.Resource, m.To))

@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
@@ -99,9 +100,7 @@ func TestHandoverUnderLoad(t *testing.T) {
 	c.WaitCaughtUp(catchUp)
 	c.assertPrimaryHolds(&h)
 	c.AssertIdentical()
-	if r := gamma.Repl(); r.Designation.Primary != "beta" {
-		t.Errorf("gamma's designated primary is %q, want beta", r.Designation.Primary)
-	}
+	gamma.waitRole(10*time.Second, "secondary", "beta")
 
 	// And back, under load again.
 	l = c.startLoad(&h, 13, 0, 16<<20, 8)
@@ -238,10 +237,34 @@ func TestRefusedHandovers(t *testing.T) {
 	// A sync runs to gamma (paused, so it stays): planned handover refused.
 	gamma.Verb("pause-sync")
 	gamma.Verb("invalidate")
-	WaitFor(t, 20*time.Second, "alpha to see gamma's sync", func() (bool, string) {
-		_, err := beta.roleCmd("primary")
-		return err != nil && strings.Contains(err.Error(), "--ignore-sync"), fmt.Sprint(err)
+	WaitFor(t, 20*time.Second, "beta to see gamma's sync", func() (bool, string) {
+		out, err := beta.tharsis(15*time.Second, "view", "--json", "--socket", beta.Socket)
+		if err != nil {
+			return false, err.Error()
+		}
+		var v struct {
+			Peers []struct {
+				Peer   struct{ Name string }
+				Status struct {
+					Resources []struct {
+						Sync *struct{ State string } `json:"sync"`
+					} `json:"resources"`
+				} `json:"status"`
+			} `json:"peers"`
+		}
+		if err := json.Unmarshal(out, &v); err != nil {
+			return false, err.Error()
+		}
+		for _, p := range v.Peers {
+			if p.Peer.Name == "gamma" && len(p.Status.Resources) > 0 && p.Status.Resources[0].Sync != nil {
+				return true, ""
+			}
+		}
+		return false, "beta's view shows no sync on gamma"
 	})
+	if _, err := beta.roleCmd("primary"); err == nil || !strings.Contains(err.Error(), "--ignore-sync") {
+		t.Fatalf("primary on beta while a sync runs to gamma: %v, want a refusal naming --ignore-sync", err)
+	}
 	// gamma itself is not consistent: not even --force.
 	if _, err := gamma.roleCmd("primary", "--force"); err == nil || !strings.Contains(err.Error(), "not consistent") {
 		t.Errorf("primary --force on the inconsistent gamma: %v, want a refusal", err)
