@@ -83,12 +83,7 @@ const (
 
 var cmdNames = [...]string{"", "primary", "secondary", "leave-resource", "join-resource"}
 
-func (k CmdKind) String() string {
-	if int(k) < len(cmdNames) {
-		return cmdNames[k]
-	}
-	return fmt.Sprintf("cmd(%d)", uint8(k))
-}
+func (k CmdKind) String() string { return enumName(cmdNames[:], "cmd", k) }
 
 // Command is an operator command.
 type Command struct {
@@ -114,25 +109,16 @@ const (
 var msgNames = [...]string{"", "handover-request", "handover-sealed", "handover-refused", "handover-abort", "handover-done"}
 
 // String returns the kind's name.
-func (k MsgKind) String() string {
-	if int(k) < len(msgNames) {
-		return msgNames[k]
-	}
-	return fmt.Sprintf("msg(%d)", uint8(k))
-}
+func (k MsgKind) String() string { return enumName(msgNames[:], "msg", k) }
 
 // MarshalText implements encoding.TextMarshaler.
 func (k MsgKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (k *MsgKind) UnmarshalText(b []byte) error {
-	for i, n := range msgNames {
-		if i > 0 && string(b) == n {
-			*k = MsgKind(i)
-			return nil
-		}
-	}
-	return fmt.Errorf("unknown role message %q", b)
+	v, err := parseEnum[MsgKind](msgNames[:], "role message", 1, b)
+	*k = v
+	return err
 }
 
 // RoleMessage travels between the role cores of two nodes (over the

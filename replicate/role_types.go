@@ -8,6 +8,24 @@ import (
 	"path/filepath"
 )
 
+// enumName returns names[v], or kind(v) for a value out of range.
+func enumName[T ~uint8](names []string, kind string, v T) string {
+	if int(v) < len(names) {
+		return names[v]
+	}
+	return fmt.Sprintf("%s(%d)", kind, uint8(v))
+}
+
+// parseEnum finds b among names (from index first on).
+func parseEnum[T ~uint8](names []string, kind string, first int, b []byte) (T, error) {
+	for i := first; i < len(names); i++ {
+		if string(b) == names[i] {
+			return T(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown %s %q", kind, b)
+}
+
 // Role is what a node's data path does for a resource: write the log and
 // serve the exports (primary), or fetch and replay it (secondary).
 type Role uint8
@@ -23,29 +41,20 @@ const (
 var roleNames = [...]string{"none", "secondary", "primary"}
 
 // String returns "none", "secondary" or "primary".
-func (r Role) String() string {
-	if int(r) < len(roleNames) {
-		return roleNames[r]
-	}
-	return fmt.Sprintf("role(%d)", uint8(r))
-}
+func (r Role) String() string { return enumName(roleNames[:], "role", r) }
 
 // MarshalText implements encoding.TextMarshaler.
 func (r Role) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (r *Role) UnmarshalText(b []byte) error {
-	for i, n := range roleNames {
-		if string(b) == n {
-			*r = Role(i)
-			return nil
-		}
-	}
 	if len(b) == 0 {
 		*r = RoleNone
 		return nil
 	}
-	return fmt.Errorf("unknown role %q", b)
+	v, err := parseEnum[Role](roleNames[:], "role", 0, b)
+	*r = v
+	return err
 }
 
 // SyncState is where a node stands in a fast full sync.
@@ -63,12 +72,7 @@ const (
 var syncNames = [...]string{"", "needed", "running", "catching-up", "done"}
 
 // String returns the state's name ("" for SyncNone).
-func (s SyncState) String() string {
-	if int(s) < len(syncNames) {
-		return syncNames[s]
-	}
-	return fmt.Sprintf("sync(%d)", uint8(s))
-}
+func (s SyncState) String() string { return enumName(syncNames[:], "sync", s) }
 
 // Syncing reports whether the data device is being rewritten by a sync (or
 // waits for one): it is not consistent.
@@ -79,13 +83,9 @@ func (s SyncState) MarshalText() ([]byte, error) { return []byte(s.String()), ni
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (s *SyncState) UnmarshalText(b []byte) error {
-	for i, n := range syncNames {
-		if string(b) == n {
-			*s = SyncState(i)
-			return nil
-		}
-	}
-	return fmt.Errorf("unknown sync state %q", b)
+	v, err := parseEnum[SyncState](syncNames[:], "sync state", 0, b)
+	*s = v
+	return err
 }
 
 // Phase is the state of a node's role machine for one resource.
@@ -117,25 +117,16 @@ const (
 var phaseNames = [...]string{"starting", "secondary", "primary", "handing-over", "promoting", "left"}
 
 // String returns the phase's name.
-func (p Phase) String() string {
-	if int(p) < len(phaseNames) {
-		return phaseNames[p]
-	}
-	return fmt.Sprintf("phase(%d)", uint8(p))
-}
+func (p Phase) String() string { return enumName(phaseNames[:], "phase", p) }
 
 // MarshalText implements encoding.TextMarshaler.
 func (p Phase) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (p *Phase) UnmarshalText(b []byte) error {
-	for i, n := range phaseNames {
-		if string(b) == n {
-			*p = Phase(i)
-			return nil
-		}
-	}
-	return fmt.Errorf("unknown phase %q", b)
+	v, err := parseEnum[Phase](phaseNames[:], "phase", 0, b)
+	*p = v
+	return err
 }
 
 // Role is the data-path role the phase needs.
