@@ -180,6 +180,12 @@ func (d *Daemon) roleLoop(ctx context.Context, r *resource) {
 				rs.core.Step(replicate.EvLocal{Local: d.localFacts(r)})
 			}
 		case ev := <-rs.events:
+			if _, ok := ev.(replicate.EvCommand); ok {
+				// A command decides on the local log (what --force may
+				// lose, whether a handover is caught up): read it now,
+				// not up to localEvery ticks ago.
+				rs.core.Step(replicate.EvLocal{Local: d.localFacts(r)})
+			}
 			rs.core.Step(ev)
 		}
 		d.applyReady(r)

@@ -158,6 +158,7 @@ func TestForcedFailoverSplitBrain(t *testing.T) {
 	if _, err := beta.roleCmd("primary"); err == nil || !strings.Contains(err.Error(), "--force") {
 		t.Fatalf("primary on beta with alpha dead: %v, want a refusal naming --force", err)
 	}
+	betaEnd := beta.Repl().End.Seq
 	out, err := beta.roleCmd("primary", "--force")
 	if err != nil {
 		t.Fatalf("primary --force on beta: %v", err)
@@ -165,6 +166,11 @@ func TestForcedFailoverSplitBrain(t *testing.T) {
 	t.Logf("primary --force on beta: %s", out)
 	if !strings.Contains(out, "may be lost") && !strings.Contains(out, "lost") {
 		t.Errorf("primary --force does not say what may be lost: %s", out)
+	}
+	// It names how far this node's log goes, read at the command (not
+	// stale facts from before `connect`).
+	if !strings.Contains(out, fmt.Sprintf("up to record %d", betaEnd)) {
+		t.Errorf("primary --force names the wrong fetched end (beta holds record %d): %s", betaEnd, out)
 	}
 	c.SetPrimary("beta")
 	c.writeSome(&h, 22, 200, 16<<20, 8)
