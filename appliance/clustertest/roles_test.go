@@ -289,3 +289,82 @@ func TestRefusedHandovers(t *testing.T) {
 		t.Errorf("alpha is %s after refused handovers, want primary", r.Phase)
 	}
 }
+
+// TestPartitionForcedFailover: alpha's link is cut while it is primary; a
+// client on alpha's own host goes on writing to it (acknowledged, never
+// shipped); beta takes over with --force and takes writes. When the link
+// heals, alpha adopts beta's newer generation by itself (no restart), stops
+// serving, ends its client's connection and is reported as a split brain;
+// invalidate on alpha makes all disks equal again.
+func TestPartitionForcedFailover(t *testing.T) {
+	c := started(t, Options{})
+	alpha, beta := c.Nodes["alpha"], c.Nodes["beta"]
+	var h History
+	c.writeSome(&h, 41, 200, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+
+	alpha.CutLink()
+	// A client on alpha's host: loopback still reaches it.
+	var local *nbdConn
+	if err := inNetns(alpha.NS, func() error {
+		var err error
+		local, err = dialNBD(net.JoinHostPort("127.0.0.1", fmt.Sprint(nbdPort)), resource)
+		return err
+	}); err != nil {
+		t.Fatalf("NBD on alpha's loopback during the partition: %v", err)
+	}
+	defer local.Close()
+	for i := range 64 {
+		if err := local.WriteAt(bytes.Repeat([]byte{byte(0xc0 + i%16)}, block), int64(i)*block, false); err != nil {
+			t.Fatalf("write to the partitioned alpha: %v", err)
+		}
+	}
+	if err := local.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// beta: a planned handover is refused (alpha unreachable), --force works.
+	WaitFor(t, 30*time.Second, "beta to refuse a handover from the unreachable alpha", func() (bool, string) {
+		_, err := beta.roleCmd("primary", "--timeout", "5s")
+		return err != nil && strings.Contains(err.Error(), "--force"), fmt.Sprint(err)
+	})
+	if _, err := beta.roleCmd("primary", "--force"); err != nil {
+		t.Fatalf("primary --force on beta: %v", err)
+	}
+	c.SetPrimary("beta")
+	c.writeSome(&h, 42, 200, 16<<20, 8)
+	if r := alpha.Repl(); r.Phase != "primary" {
+		t.Errorf("the partitioned alpha is %s, want still primary (it cannot know)", r.Phase)
+	}
+
+	alpha.RestoreLink()
+	alpha.waitRole(30*time.Second, "secondary", "beta")
+	WaitFor(t, 30*time.Second, "split brain shown on every node", func() (bool, string) {
+		for _, n := range c.nodes() {
+			r, err := n.TryRepl()
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(r.Forks) == 0 {
+				return false, n.Name + " shows no fork"
+			}
+		}
+		r, _ := alpha.TryRepl()
+		return r.Diverged && !r.Consistent, fmt.Sprintf("alpha diverged %v consistent %v", r.Diverged, r.Consistent)
+	})
+	if !c.nbdRefused(alpha) {
+		t.Error("the old primary alpha serves its NBD export after the partition healed")
+	}
+	if err := local.ReadAt(make([]byte, block), 0); err == nil {
+		t.Error("alpha's local client can still read after alpha stepped down")
+	}
+	c.writeSome(&h, 43, 100, 16<<20, 8)
+
+	alpha.Verb("invalidate")
+	c.WaitCaughtUp(catchUp)
+	c.assertPrimaryHolds(&h)
+	c.AssertIdentical()
+	if r := alpha.Repl(); r.Diverged || len(r.Forks) > 0 || !r.Consistent {
+		t.Errorf("alpha after invalidate: diverged %v, forks %v, consistent %v", r.Diverged, r.Forks, r.Consistent)
+	}
+}
