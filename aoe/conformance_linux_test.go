@@ -498,7 +498,8 @@ var checks = []check{
 // (tharsis: UNC); vblade reads past the frame for a Mac Mask directive count
 // larger than the frame holds (tharsis: error 2); vblade trusts a config
 // string length up to the whole frame length (tharsis: up to the bytes
-// present).
+// present). Broadcasts other than Query Config and requests of another AoE
+// version differ on purpose: see TestBroadcastAndVersion.
 func TestConformance(t *testing.T) {
 	for _, im := range []impl{vblade, tharsis} {
 		t.Run(im.name, func(t *testing.T) {
@@ -536,6 +537,109 @@ func TestConformanceJumbo(t *testing.T) {
 			}
 			r, _ := e.ata(e.in.MAC(), aoe.ATAReadSectorsExt, 7, 18, nil)
 			wantErr(t, r, aoe.ErrBadArgument)
+		})
+	}
+}
+
+// probeResult is what a target implementation did with one probe.
+type probeResult struct {
+	answered bool
+	err      aoe.Error // AoE error of the response (0: none)
+	ver      uint8     // AoE version in the response header
+	changed  bool      // the disk or the reserve list changed
+}
+
+// probe is a request that tharsis refuses and vblade 25 executes.
+type probe struct {
+	name    string
+	ver     uint8 // AoE version of the request
+	bcast   bool  // Ethernet destination ff:ff:ff:ff:ff:ff, else the target's MAC
+	shelf   uint16
+	slot    uint8
+	cmd     aoe.Command
+	arg     []byte
+	tharsis probeResult
+	vblade  probeResult
+}
+
+func writeArg(lba uint64) []byte {
+	a := aoe.ATA{Flags: aoe.ATAWrite | aoe.ATAExtended, CmdStat: aoe.ATAWriteSectorsExt, LBA: lba, Sectors: 1,
+		Data: bytes.Repeat([]byte{byte(lba)}, 512)}
+	b, _ := a.AppendBinary(nil)
+	return b
+}
+
+var (
+	refused = probeResult{}
+	v1OK    = probeResult{answered: true, ver: 1}
+	v1Done  = probeResult{answered: true, ver: 1, changed: true}
+	v2OK    = probeResult{answered: true, ver: 2}
+	v2Done  = probeResult{answered: true, ver: 2, changed: true}
+	error5  = probeResult{answered: true, ver: 1, err: aoe.ErrUnsupportedVersion}
+)
+
+// TestBroadcastAndVersion sends both implementations broadcast requests
+// other than Query Config and requests of AoE version 2, and pins down
+// where they deliberately differ. vblade 25 executes both: its aoe() loop
+// accepts maj 0xffff and min 0xff for every command and never looks at the
+// version (dat.h defines BadVersion, nothing uses it; the response echoes
+// the request's version). tharsis drops such broadcasts unanswered (an ATA
+// WRITE to e65535.255 would otherwise write every target on the segment)
+// and answers a version other than 1 with error 5 in a version 1 header
+// (see core.route and target.handle). Both answer a version 1 broadcast
+// Query Config alike.
+func TestBroadcastAndVersion(t *testing.T) {
+	cfgRead, _ := (&aoe.Config{Version: 1}).AppendBinary(nil)
+	probes := []probe{
+		{"Query Config to e65535.255", 1, true, aoe.BroadcastShelf, aoe.BroadcastSlot, aoe.CmdConfig, cfgRead, v1OK, v1OK},
+		{"ATA write to e65535.255", 1, true, aoe.BroadcastShelf, aoe.BroadcastSlot, aoe.CmdATA, writeArg(10), refused, v1Done},
+		{"ATA write to e1.255", 1, false, 1, aoe.BroadcastSlot, aoe.CmdATA, writeArg(11), refused, v1Done},
+		{"ATA write to e65535.1", 1, false, aoe.BroadcastShelf, 1, aoe.CmdATA, writeArg(12), refused, v1Done},
+		{"reserve set to e65535.255", 1, true, aoe.BroadcastShelf, aoe.BroadcastSlot, aoe.CmdReserve,
+			append([]byte{byte(aoe.ReserveSet), 1}, otherMAC[:]...), refused, v1Done},
+		{"version 2 Query Config to e1.1", 2, false, 1, 1, aoe.CmdConfig, cfgRead, error5, v2OK},
+		{"version 2 ATA write to e1.1", 2, false, 1, 1, aoe.CmdATA, writeArg(13), error5, v2Done},
+		{"version 2 Query Config to e65535.255", 2, true, aoe.BroadcastShelf, aoe.BroadcastSlot, aoe.CmdConfig, cfgRead, refused, v2OK},
+	}
+	for _, im := range []impl{vblade, tharsis} {
+		t.Run(im.name, func(t *testing.T) {
+			e := setup(t, im, 1500, tharsisOpts{})
+			e.discover()
+			for _, p := range probes {
+				before, _ := os.ReadFile(e.file)
+				dst := e.tgt.MAC
+				if p.bcast {
+					dst = aoe.BroadcastMAC
+				}
+				rs, err := aoe.ExchangeVersion(context.Background(), e.in, p.ver, dst, p.shelf, p.slot, p.cmd, p.arg, wait)
+				if err != nil && !errors.Is(err, aoe.ErrNoResponse) {
+					t.Fatal(err)
+				}
+				var got probeResult
+				if len(rs) > 0 {
+					h := rs[0].Header
+					got = probeResult{answered: true, ver: h.Version}
+					if h.Flags&aoe.FlagError != 0 {
+						got.err = h.Error
+					}
+				}
+				after, _ := os.ReadFile(e.file)
+				r, ok := e.exchange(aoe.CmdReserve, []byte{byte(aoe.ReserveRead), 0})
+				if !ok {
+					t.Fatalf("%s: reserve read not answered", p.name)
+				}
+				got.changed = !bytes.Equal(before, after) || r.Arg[1] != 0
+				if r.Arg[1] != 0 {
+					e.exchange(aoe.CmdReserve, []byte{byte(aoe.ReserveForceSet), 0})
+				}
+				want := p.tharsis
+				if im.name == "vblade" {
+					want = p.vblade
+				}
+				if got != want {
+					t.Errorf("%s: got %+v, want %+v", p.name, got, want)
+				}
+			}
 		})
 	}
 }

@@ -1,7 +1,9 @@
 package aoe
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
 )
@@ -18,3 +20,10 @@ func SetInlineDevice(t testing.TB, inline func(blockdev.Device) bool) {
 // StageSizes returns the Server's write-stage frames and its receiving
 // workers.
 func StageSizes(s *Server) (frames, workers int) { return s.frames, s.workers }
+
+// ExchangeVersion is in.Exchange (first response only) with AoE version
+// ver in the request header.
+func ExchangeVersion(ctx context.Context, in *Initiator, ver uint8, dst MAC, shelf uint16, slot uint8, cmd Command, arg []byte, wait time.Duration) ([]Response, error) {
+	h := Header{Dst: dst, Src: in.mac, Version: ver, Shelf: shelf, Slot: slot, Command: cmd}
+	return in.exchange(ctx, h, arg, wait, true)
+}

@@ -225,8 +225,13 @@ func (in *Initiator) Exchange(ctx context.Context, dst MAC, shelf uint16, slot u
 // can play a second initiator; the response goes to src, which the socket
 // still sees on a point-to-point link such as a veth pair.
 func (in *Initiator) ExchangeAs(ctx context.Context, src, dst MAC, shelf uint16, slot uint8, cmd Command, arg []byte, wait time.Duration, first bool) ([]Response, error) {
-	tag := in.nextTag()
-	h := Header{Dst: dst, Src: src, Version: Version, Shelf: shelf, Slot: slot, Command: cmd, Tag: tag}
+	return in.exchange(ctx, Header{Dst: dst, Src: src, Version: Version, Shelf: shelf, Slot: slot, Command: cmd}, arg, wait, first)
+}
+
+// exchange is ExchangeAs for the request header h, whose Tag it sets.
+func (in *Initiator) exchange(ctx context.Context, h Header, arg []byte, wait time.Duration, first bool) ([]Response, error) {
+	tag, cmd := in.nextTag(), h.Command
+	h.Tag = tag
 	frame, _ := h.AppendBinary(make([]byte, 0, HeaderLen+len(arg)+MinFrameLen))
 	frame = append(frame, arg...)
 	if len(frame) < MinFrameLen {

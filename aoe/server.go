@@ -66,6 +66,20 @@ func (c *core) setEnv(mac MAC, mtu int) bool {
 // route appends to dst the targets that the request frame b[:n] addresses
 // and whose Mac Mask list lets its sender in. Responses, short frames and
 // frames of another EtherType address none.
+//
+// A broadcast address (shelf 0xffff, slot 0xff, or both) reaches its
+// targets only with a version 1 Query Config, which is how initiators
+// discover targets. Any other broadcast request (ATA, Mac Mask List,
+// Reserve/Release, unknown commands, other AoE versions) is dropped
+// unexecuted and counted in each addressed target's refusedBcast: executed,
+// one ATA WRITE to e65535.255 would write every target on the segment
+// (vblade 25 does exactly that: its aoe() accepts maj 0xffff and min 0xff
+// for every command). It gets no error response either: no initiator sends
+// such a request on purpose (the Linux driver's aoecmd_cfg_rsp refuses a
+// broadcast shelf or slot as a target address, "broadcast shelf number
+// invalid", so its ATA requests never carry one), none of AoEr11's error
+// codes says "not by broadcast", and an answer from every target to every
+// such frame would turn one broadcast into a storm of responses.
 func (c *core) route(dst []*target, b []byte, n int) []*target {
 	if n < HeaderLen || b[12] != EtherType>>8 || b[13] != EtherType&0xff || b[14]&uint8(FlagResponse) != 0 {
 		return dst
@@ -84,11 +98,15 @@ func (c *core) route(dst []*target, b []byte, n int) []*target {
 		}
 		return dst
 	}
+	discovery := Command(b[19]) == CmdConfig && b[14]>>4 == Version
 	for _, t := range c.targets {
 		if (shelf == BroadcastShelf || shelf == t.cfg.Shelf) && (slot == BroadcastSlot || slot == t.cfg.Slot) {
-			if t.allowed(src) {
+			switch {
+			case !discovery:
+				t.refusedBcast.Add(1)
+			case t.allowed(src):
 				dst = append(dst, t)
-			} else {
+			default:
 				t.dropped.Add(1)
 			}
 		}

@@ -97,6 +97,12 @@ type target struct {
 	writes  atomic.Uint64
 	ioerrs  atomic.Uint64
 	dropped atomic.Uint64 // frames dropped by the Mac Mask list
+	// refusedBcast counts broadcast requests dropped unexecuted (anything
+	// but a version 1 Query Config; see core.route).
+	refusedBcast atomic.Uint64
+	// badVersion counts requests of another AoE version, answered with
+	// error 5 (see handle).
+	badVersion atomic.Uint64
 	// idx is the target's index in its core's targets.
 	idx int
 	// inlineWrites: the device's WriteAt only copies into the page cache
@@ -302,7 +308,7 @@ var inlineDevice = func(d blockdev.Device) bool {
 // WriteAt is not inline (see target.inlineWrites). Such frames are handled
 // off the receiving path.
 func (t *target) blocks(b []byte, n int) bool {
-	if n < ATAFrameLen || Command(b[19]) != CmdATA {
+	if n < ATAFrameLen || Command(b[19]) != CmdATA || b[14]>>4 != Version {
 		return false
 	}
 	switch b[HeaderLen+3] {
@@ -346,12 +352,29 @@ func setError(b []byte, code Error) {
 // read of e.maxSector sectors). It returns the response length, 0 for none.
 // Frames shorter than their command's header get no response, as in
 // vblade.
+//
+// A request whose AoE version is not 1 is not executed: it gets error 5
+// (unsupported version, AoEr11's error table; the Linux driver's
+// aoe_errlist[5]) in a header-only response carrying version 1, the
+// version we speak, and the request's command and tag. The argument is not
+// echoed: its layout in another version is unknown. vblade 25 does not
+// look at the version at all (it defines BadVersion but never uses it) and
+// executes such a frame as version 1. Only requests addressed to t alone
+// get here: core.route drops broadcast ones, and responses (R flag) are
+// never answered.
 func (t *target) handle(b []byte, n int, e *env) outcome {
 	var src MAC
 	copy(src[:], b[6:12])
 	cmd := Command(b[19])
+	ver := b[14] >> 4
 	t.replyHeader(b, e, src) // the handlers below may set the E flag
 	var o outcome
+	if ver != Version {
+		t.badVersion.Add(1)
+		setError(b, ErrUnsupportedVersion)
+		clear(b[HeaderLen:MinFrameLen])
+		return outcome{n: MinFrameLen}
+	}
 	switch cmd {
 	case CmdATA:
 		if n < ATAFrameLen {

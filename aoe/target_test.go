@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net"
+	"slices"
 	"testing"
 
 	"github.com/tharsis/tharsis/blockdev"
@@ -240,4 +241,166 @@ func TestTargetMaskAndReserve(t *testing.T) {
 	if len(exchange(c3, request(otherMAC, 1, 2, CmdConfig, cfgReq(ConfigRead, "")))) != 0 {
 		t.Fatal("allow_macs did not drop another MAC")
 	}
+}
+
+// unchanged fails the test unless every device is still zero and no target
+// state (config string, Mac Mask list, reserve list) was set.
+func unchanged(t *testing.T, c *core) {
+	t.Helper()
+	for _, tg := range c.targets {
+		if slices.ContainsFunc(tg.cfg.Device.(*blockdev.Memory).Bytes(), func(b byte) bool { return b != 0 }) {
+			t.Fatalf("%s: device written", tg.name)
+		}
+		if st := tg.state.Load(); len(st.Config) != 0 || len(st.Masks) != 0 || len(st.Reserve) != 0 {
+			t.Fatalf("%s: state changed: %+v", tg.name, st)
+		}
+	}
+}
+
+// TestTargetBroadcastRefused: through a broadcast shelf or slot only a
+// version 1 Query Config reaches the targets; anything else is dropped
+// unexecuted, unanswered and counted on every target it addresses.
+func TestTargetBroadcastRefused(t *testing.T) {
+	c := newTestCore(t, TargetConfig{Shelf: 1, Slot: 1, Device: blockdev.NewMemory(1 << 20)},
+		TargetConfig{Shelf: 1, Slot: 2, Device: blockdev.NewMemory(1 << 20)},
+		TargetConfig{Shelf: 2, Slot: 1, Device: blockdev.NewMemory(1 << 20)})
+	data := bytes.Repeat([]byte{0x5a}, 512)
+	for _, a := range []struct {
+		shelf uint16
+		slot  uint8
+	}{{BroadcastShelf, BroadcastSlot}, {1, BroadcastSlot}, {BroadcastShelf, 1}} {
+		for _, req := range [][]byte{
+			request(hostMAC, a.shelf, a.slot, CmdATA, ataReq(ATAWriteSectorsExt, 5, 1, data)),
+			request(hostMAC, a.shelf, a.slot, CmdATA, ataReq(ATAWriteSectors, 5, 1, data)),
+			request(hostMAC, a.shelf, a.slot, CmdATA, ataReq(ATAReadSectorsExt, 5, 1, nil)),
+			request(hostMAC, a.shelf, a.slot, CmdMask, AppendDirective([]byte{0, byte(MaskEdit), 0, 1}, DirAdd, otherMAC)),
+			request(hostMAC, a.shelf, a.slot, CmdReserve, append([]byte{byte(ReserveSet), 1}, otherMAC[:]...)),
+			request(hostMAC, a.shelf, a.slot, 0x42, nil),
+		} {
+			if out := exchange(c, req); len(out) != 0 {
+				t.Fatalf("e%d.%d command %v: %d responses, want none", a.shelf, a.slot, Command(req[19]), len(out))
+			}
+		}
+	}
+	unchanged(t, c)
+	// e1.1 is addressed by all three addresses, e1.2 and e2.1 by two.
+	for i, want := range []uint64{18, 12, 12} {
+		if got := c.targets[i].refusedBcast.Load(); got != want {
+			t.Fatalf("%s refused %d broadcasts, want %d", c.targets[i].name, got, want)
+		}
+	}
+	// Discovery still reaches every target, each answering as itself.
+	out := exchange(c, request(hostMAC, BroadcastShelf, BroadcastSlot, CmdConfig, cfgReq(ConfigRead, "")))
+	if len(out) != 3 {
+		t.Fatalf("broadcast Query Config: %d responses, want 3", len(out))
+	}
+	for i, r := range out {
+		var h Header
+		if h.Decode(r); h.Flags != FlagResponse || h.Shelf != c.targets[i].cfg.Shelf || h.Slot != c.targets[i].cfg.Slot {
+			t.Fatalf("broadcast Query Config response %d: %+v", i, h)
+		}
+	}
+	if out := exchange(c, request(hostMAC, 1, BroadcastSlot, CmdConfig, cfgReq(ConfigRead, ""))); len(out) != 2 {
+		t.Fatalf("Query Config to e1.255: %d responses, want 2", len(out))
+	}
+	// A broadcast of another version is dropped like any other.
+	req := request(hostMAC, BroadcastShelf, BroadcastSlot, CmdConfig, cfgReq(ConfigRead, ""))
+	req[14] = 2 << 4
+	if out := exchange(c, req); len(out) != 0 || c.targets[2].refusedBcast.Load() != 13 {
+		t.Fatalf("version 2 broadcast: %d responses, %d refused", len(out), c.targets[2].refusedBcast.Load())
+	}
+	if c.targets[0].badVersion.Load() != 0 {
+		t.Fatal("a broadcast counted as an error 5 response")
+	}
+}
+
+// TestTargetUnsupportedVersion: a request of another AoE version addressed
+// to the target is not executed and gets a header-only error 5 response.
+func TestTargetUnsupportedVersion(t *testing.T) {
+	c := newTestCore(t, TargetConfig{Shelf: 1, Slot: 1, Device: blockdev.NewMemory(1 << 20)})
+	tg := c.targets[0]
+	data := bytes.Repeat([]byte{0xa5}, 1024)
+	count := uint64(0)
+	for _, ver := range []uint8{0, 2, 15} {
+		for _, req := range [][]byte{
+			request(hostMAC, 1, 1, CmdATA, ataReq(ATAWriteSectorsExt, 0, 2, data)),
+			request(hostMAC, 1, 1, CmdATA, ataReq(ATAFlushCacheExt, 0, 0, nil)),
+			request(hostMAC, 1, 1, CmdConfig, cfgReq(ConfigForceSet, "v2")),
+			request(hostMAC, 1, 1, CmdMask, AppendDirective([]byte{0, byte(MaskEdit), 0, 1}, DirAdd, otherMAC)),
+			request(hostMAC, 1, 1, CmdReserve, append([]byte{byte(ReserveSet), 1}, otherMAC[:]...)),
+			request(hostMAC, 1, 1, 0x42, nil),
+		} {
+			req[14] = ver << 4
+			if tg.blocks(req, len(req)) {
+				t.Fatalf("version %d %v frame goes to the write stage", ver, Command(req[19]))
+			}
+			out := exchange(c, req)
+			h, arg := one(t, out)
+			count++
+			if len(out[0]) != MinFrameLen || h.Version != Version || h.Flags != FlagResponse|FlagError ||
+				h.Error != ErrUnsupportedVersion || h.Shelf != 1 || h.Slot != 1 || h.Command != Command(req[19]) ||
+				slices.ContainsFunc(arg, func(b byte) bool { return b != 0 }) {
+				t.Fatalf("version %d %v: %d bytes, header %+v, argument %x", ver, Command(req[19]), len(out[0]), h, arg)
+			}
+		}
+	}
+	unchanged(t, c)
+	if got := tg.badVersion.Load(); got != count {
+		t.Fatalf("badVersion %d, want %d", got, count)
+	}
+	// A response is never answered, whatever its version.
+	req := request(hostMAC, 1, 1, CmdConfig, cfgReq(ConfigRead, ""))
+	req[14] = 2<<4 | uint8(FlagResponse|FlagError)
+	if out := exchange(c, req); len(out) != 0 {
+		t.Fatal("a version 2 response was answered")
+	}
+}
+
+// FuzzTargetFrame feeds arbitrary frames to two targets and checks what no
+// frame may do: answer a response or a refused broadcast, answer with
+// another version or tag, execute a broadcast other than Query Config or a
+// request of another version, or answer such a request with anything but a
+// 60-byte error 5.
+func FuzzTargetFrame(f *testing.F) {
+	data := bytes.Repeat([]byte{0x5a}, 512)
+	f.Add(request(hostMAC, BroadcastShelf, BroadcastSlot, CmdATA, ataReq(ATAWriteSectorsExt, 5, 1, data)))
+	f.Add(request(hostMAC, 1, BroadcastSlot, CmdATA, ataReq(ATAWriteSectors, 5, 1, data)))
+	f.Add(request(hostMAC, BroadcastShelf, BroadcastSlot, CmdConfig, cfgReq(ConfigRead, "")))
+	f.Add(request(hostMAC, BroadcastShelf, 2, CmdReserve, append([]byte{byte(ReserveSet), 1}, otherMAC[:]...)))
+	f.Add(request(hostMAC, 1, 1, CmdATA, ataReq(ATAReadSectorsExt, 0, 1, nil)))
+	v2 := request(hostMAC, 1, 2, CmdATA, ataReq(ATAWriteSectorsExt, 0, 1, data))
+	v2[14] = 2 << 4
+	f.Add(v2)
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		c := newTestCore(t, TargetConfig{Shelf: 1, Slot: 1, Device: blockdev.NewMemory(64 << 10)},
+			TargetConfig{Shelf: 1, Slot: 2, Device: blockdev.NewMemory(64 << 10)})
+		if len(frame) > c.frameLen {
+			frame = frame[:c.frameLen]
+		}
+		var h Header
+		request := h.Decode(frame) == nil && h.Flags&FlagResponse == 0
+		bcast := h.Shelf == BroadcastShelf || h.Slot == BroadcastSlot
+		discovery := h.Command == CmdConfig && h.Version == Version
+		out := exchange(c, frame)
+		if !request || (bcast && !discovery) {
+			if len(out) != 0 {
+				t.Fatalf("%d responses to a response, non-AoE frame or refused broadcast", len(out))
+			}
+		}
+		if !request || h.Version != Version || (bcast && !discovery) {
+			unchanged(t, c)
+		}
+		for _, r := range out {
+			var rh Header
+			if err := rh.Decode(r); err != nil || len(r) < MinFrameLen {
+				t.Fatalf("response %x: %v", r, err)
+			}
+			if rh.Flags&FlagResponse == 0 || rh.Version != Version || rh.Tag != h.Tag || rh.Command != h.Command || rh.Dst != h.Src {
+				t.Fatalf("response header %+v to request %+v", rh, h)
+			}
+			if h.Version != Version && (len(r) != MinFrameLen || rh.Flags&FlagError == 0 || rh.Error != ErrUnsupportedVersion) {
+				t.Fatalf("version %d request answered with %d bytes, %+v", h.Version, len(r), rh)
+			}
+		}
+	})
 }
