@@ -17,5 +17,5 @@ require (
 	github.com/mdlayher/packet v1.1.2
 	github.com/mdlayher/socket v0.4.1 // indirect
 	golang.org/x/net v0.9.0
-	golang.org/x/sync v0.1.0 // indirect
+	golang.org/x/sync v0.1.0
 )

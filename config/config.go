@@ -32,6 +32,7 @@ type Config struct {
 	Resources  map[string]*Resource
 	AoE        []*AoEExport // in file order
 	NBD        []*NBDExport // in file order
+	Limits     Limits       // the [limits] table, defaults applied
 }
 
 // Node is one [nodes.NAME] table.

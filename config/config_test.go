@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // designSketch is the config sketch of DESIGN.md, plus the node gamma that its
@@ -73,8 +74,9 @@ func TestDesignSketch(t *testing.T) {
 				SegmentSize: 256 << 20,
 			},
 		},
-		AoE: []*AoEExport{{Resource: "data", Shelf: 1, Slot: 1, Interfaces: []string{"eth1"}, BufCnt: 64}},
-		NBD: []*NBDExport{{Resource: "data", Listen: "0.0.0.0:10809", Name: "data"}},
+		AoE:    []*AoEExport{{Resource: "data", Shelf: 1, Slot: 1, Interfaces: []string{"eth1"}, BufCnt: 64}},
+		NBD:    []*NBDExport{{Resource: "data", Listen: "0.0.0.0:10809", Name: "data"}},
+		Limits: DefaultLimits(),
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got\n%s\nwant\n%s", c.Marshal(), want.Marshal())
@@ -342,5 +344,50 @@ read_only = true
 	}
 	if got := c.DiskNodes("nope"); got != nil {
 		t.Errorf("DiskNodes(nope) = %v", got)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	c := mustParse(t, designSketch)
+	if c.Limits != DefaultLimits() {
+		t.Errorf("limits without a [limits] table = %+v, want the defaults", c.Limits)
+	}
+	if c.Limits.NBDIdleTimeout != 0 {
+		t.Errorf("nbd_idle_timeout defaults to %v; idle mounted clients must not be cut off", c.Limits.NBDIdleTimeout)
+	}
+	c = mustParse(t, designSketch+`
+[limits]
+nbd_memory = "1GiB"
+nbd_max_connections = 16
+nbd_handshake_timeout = "5s"
+nbd_request_timeout = 90
+nbd_idle_timeout = "1h30m"
+replication_max_connections = 8
+replication_auth_timeout = "2500ms"
+control_max_connections = 4
+control_idle_timeout = "1m"
+`)
+	want := Limits{
+		NBDMemory: 1 << 30, NBDMaxConnections: 16, NBDHandshakeTimeout: 5 * time.Second,
+		NBDRequestTimeout: 90 * time.Second, NBDIdleTimeout: 90 * time.Minute,
+		ReplicationMaxConnections: 8, ReplicationAuthTimeout: 2500 * time.Millisecond,
+		ControlMaxConnections: 4, ControlIdleTimeout: time.Minute,
+	}
+	if c.Limits != want {
+		t.Errorf("limits = %+v, want %+v", c.Limits, want)
+	}
+	out := c.Marshal()
+	for _, w := range []string{"\n[limits]\n", `nbd_memory = "1 GiB"`, `nbd_request_timeout = "1m30s"`, `replication_auth_timeout = "2.5s"`} {
+		if !strings.Contains(string(out), w) {
+			t.Errorf("Marshal lacks %q:\n%s", w, out)
+		}
+	}
+	c2, err := Parse("t.toml", out, "/etc/tharsis")
+	if err != nil || c2.Limits != want {
+		t.Fatalf("round trip: %v, %+v", err, c2)
+	}
+	got := Diff(mustParse(t, designSketch), c)
+	if len(got) != 1 || got[0].String() != "limits modified: control_idle_timeout, control_max_connections, nbd_handshake_timeout, nbd_idle_timeout, nbd_max_connections, nbd_memory, nbd_request_timeout, replication_auth_timeout, replication_max_connections" {
+		t.Errorf("Diff = %v", got)
 	}
 }

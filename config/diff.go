@@ -36,15 +36,16 @@ const (
 	WhatResource = "resource"
 	WhatAoE      = "aoe export"
 	WhatNBD      = "nbd export"
+	WhatLimits   = "limits"
 )
 
 // Change is one difference between two configurations.
 type Change struct {
 	Kind ChangeKind
-	What string // WhatSecret, WhatNode, WhatResource, WhatAoE or WhatNBD
+	What string // WhatSecret, WhatNode, WhatResource, WhatAoE, WhatNBD or WhatLimits
 	// Name identifies the thing: a node or resource name, an AoE export's
 	// "shelf.slot" (e.g. "1.1"), an NBD export's "listen/name"; "" for
-	// secret_file.
+	// secret_file and limits.
 	Name string
 	// Fields lists the TOML keys whose values differ (Modified only), sorted.
 	Fields []string
@@ -66,13 +67,13 @@ func (c Change) String() string {
 // and exports added, removed or modified (with the keys that changed). AoE
 // exports are matched by shelf.slot, NBD exports by listen address and name.
 // The result is ordered: secret_file, nodes, resources, AoE, NBD exports, each
-// by name. Either argument may be nil (meaning an empty configuration).
+// by name, then limits (Modified, with the keys that changed). Either argument may be nil (meaning an empty configuration).
 func Diff(old, new *Config) []Change {
 	if old == nil {
-		old = &Config{}
+		old = &Config{Limits: DefaultLimits()}
 	}
 	if new == nil {
-		new = &Config{}
+		new = &Config{Limits: DefaultLimits()}
 	}
 	var out []Change
 	if old.SecretFile != new.SecretFile {
@@ -82,6 +83,10 @@ func Diff(old, new *Config) []Change {
 	out = append(out, diffMap(WhatResource, old.Resources, new.Resources, resourceFields)...)
 	out = append(out, diffMap(WhatAoE, aoeIndex(old.AoE), aoeIndex(new.AoE), aoeFields)...)
 	out = append(out, diffMap(WhatNBD, nbdIndex(old.NBD), nbdIndex(new.NBD), nbdFields)...)
+	if f := limitFields(old.Limits, new.Limits); len(f) > 0 {
+		sort.Strings(f)
+		out = append(out, Change{Kind: Modified, What: WhatLimits, Fields: f})
+	}
 	return out
 }
 

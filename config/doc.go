@@ -35,10 +35,23 @@
 //	  name = STRING                1..4096 bytes, default the resource name
 //	  description = STRING
 //	  read_only = BOOL
+//	[limits]                       what clients may hold of a node; same on every node
+//	  nbd_memory = SIZE            NBD payloads in memory, all listeners together; default 256MiB, >= 32MiB
+//	  nbd_max_connections = N      per NBD listen address, 1..65535, default 128
+//	  nbd_handshake_timeout = DURATION  default 30s
+//	  nbd_request_timeout = DURATION    a begun request must arrive whole within it; default 30s
+//	  nbd_idle_timeout = DURATION  close NBD clients idle this long; default 0: never
+//	  replication_max_connections = N   1..65535, default 128
+//	  replication_auth_timeout = DURATION  default 10s
+//	  control_max_connections = N  1..65535, default 32
+//	  control_idle_timeout = DURATION   idle keep-alive control connections; default 30s
 //
 // A SIZE is a byte count: an integer, or a string "NUMBER[ ]UNIT" with a whole
 // number, an optional space and a case-insensitive unit: B; K, KiB, M, MiB, G,
 // GiB, T, TiB (powers of 1024); KB, MB, GB, TB (powers of 1000). See ParseSize.
+// A DURATION is a string such as "30s", "500ms" or "1h30m" (Go's
+// time.ParseDuration), or an integer number of seconds; timeouts other than
+// nbd_idle_timeout must be more than 0.
 //
 // Validation reports every problem at once (Errors, sorted by line), each as
 // "FILE:LINE: KEY: what is wrong; what to do". Beyond types and ranges it

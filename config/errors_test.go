@@ -155,6 +155,24 @@ var errCases = []errCase{
 	{"nbd long name", base + "[[exports.nbd]]\nresource = \"data\"\nname = \"" + strings.Repeat("n", 4097) + "\"\n", []string{`t.toml:9: exports.nbd[0].name: must be 1 to 4096 bytes long (it is 4097)`}},
 	{"nbd long description", base + "[[exports.nbd]]\nresource = \"data\"\ndescription = \"" + strings.Repeat("d", 4097) + "\"\n", []string{`t.toml:9: exports.nbd[0].description: is 4097 bytes; shorten it to at most 4096`}},
 	{"nbd missing resource", base + "[[exports.nbd]]\nlisten = \"127.0.0.1:10809\"\n", []string{`t.toml:7: exports.nbd[0].resource: missing`}},
+
+	// Limits.
+	{"limits unknown key", base + "[limits]\nnbd_max_conections = 3\n", []string{`t.toml:8: limits.nbd_max_conections: unknown key in [limits]; did you mean "nbd_max_connections"?`}},
+	{"limits key in export", base + "[[exports.nbd]]\nresource = \"data\"\nnbd_idle_timeout = \"1m\"\n", []string{`t.toml:9: exports.nbd[0].nbd_idle_timeout: unknown key in [[exports.nbd]]; "nbd_idle_timeout" belongs in the [limits] table`}},
+	{"limits type", base + "limits = 3\n", []string{`t.toml:7: resources.data.limits: unknown key in [resources.NAME]; "limits" belongs in the top level`}},
+	{"limits not a table", "limits = 3\n" + base, []string{`t.toml:1: limits: must be a table, not an integer; for example: [limits]`}},
+	{"limits memory small", base + "[limits]\nnbd_memory = \"16MiB\"\n", []string{`t.toml:8: limits.nbd_memory: 16 MiB is less than the largest NBD request (32 MiB); use at least 32 MiB (default 256 MiB)`}},
+	{"limits memory type", base + "[limits]\nnbd_memory = true\n", []string{`t.toml:8: limits.nbd_memory: must be a size string or a number of bytes, not a boolean`}},
+	{"limits connections zero", base + "[limits]\nnbd_max_connections = 0\n", []string{`t.toml:8: limits.nbd_max_connections: 0 is out of range; use 1 to 65535 (default 128)`}},
+	{"limits connections big", base + "[limits]\ncontrol_max_connections = 70000\n", []string{`t.toml:8: limits.control_max_connections: 70000 is out of range; use 1 to 65535 (default 32)`}},
+	{"limits connections type", base + "[limits]\nreplication_max_connections = \"many\"\n", []string{`t.toml:8: limits.replication_max_connections: must be an integer, not a string; for example: replication_max_connections = 128`}},
+	{"limits duration unit", base + "[limits]\nnbd_request_timeout = \"30\"\n", []string{`t.toml:8: limits.nbd_request_timeout: "30" is not a duration; write a number with a unit (ms, s, m, h), for example: nbd_request_timeout = "30s"`}},
+	{"limits duration negative", base + "[limits]\nnbd_idle_timeout = \"-1m\"\n", []string{`t.toml:8: limits.nbd_idle_timeout: "-1m" is negative`}},
+	{"limits duration negative seconds", base + "[limits]\nnbd_idle_timeout = -5\n", []string{`t.toml:8: limits.nbd_idle_timeout: -5 seconds is out of range`}},
+	{"limits duration long", base + "[limits]\ncontrol_idle_timeout = \"9000h\"\n", []string{`t.toml:8: limits.control_idle_timeout: "9000h" is too long; use at most 8760h0m0s`}},
+	{"limits duration zero", base + "[limits]\nreplication_auth_timeout = \"0s\"\n", []string{`t.toml:8: limits.replication_auth_timeout: must be more than 0 (default 10s)`}},
+	{"limits duration zero int", base + "[limits]\ncontrol_idle_timeout = 0\n", []string{`t.toml:8: limits.control_idle_timeout: must be more than 0 (default 30s)`}},
+	{"limits duration type", base + "[limits]\nnbd_handshake_timeout = 1.5\n", []string{`t.toml:8: limits.nbd_handshake_timeout: must be a duration string or a number of seconds, not a float`}},
 }
 
 func TestParseErrors(t *testing.T) {

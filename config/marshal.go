@@ -76,6 +76,7 @@ func (c *Config) Marshal() []byte {
 		}
 		kv("read_only", fmt.Sprint(e.ReadOnly))
 	}
+	c.Limits.marshal(&b)
 	return []byte(b.String())
 }
 

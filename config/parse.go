@@ -16,12 +16,15 @@ import (
 
 // The keys valid at each level of the file.
 var (
-	topKeys      = []string{"secret_file", "nodes", "resources", "exports"}
+	topKeys      = []string{"secret_file", "nodes", "resources", "exports", "limits"}
 	nodeKeys     = []string{"replication", "state_dir", "control"}
 	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync"}
 	exportKeys   = []string{"aoe", "nbd"}
 	aoeKeys      = []string{"resource", "shelf", "slot", "interfaces", "allow_macs", "read_only", "bufcnt", "write_cache"}
 	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only"}
+	limitKeys    = []string{"nbd_memory", "nbd_max_connections", "nbd_handshake_timeout", "nbd_request_timeout",
+		"nbd_idle_timeout", "replication_max_connections", "replication_auth_timeout", "control_max_connections",
+		"control_idle_timeout"}
 )
 
 // keyHome says where each key belongs, for "unknown key" hints when a key is
@@ -41,6 +44,7 @@ var keyHome = func() map[string]string {
 	add(exportKeys, "[exports] (written as [[exports.aoe]] or [[exports.nbd]])")
 	add(aoeKeys, "an [[exports.aoe]] table")
 	add(nbdKeys, "an [[exports.nbd]] table")
+	add(limitKeys, "the [limits] table")
 	return m
 }()
 
@@ -74,6 +78,17 @@ var examples = map[string]string{
 	"listen":       `listen = "0.0.0.0:10809"`,
 	"name":         `name = "data"`,
 	"description":  `description = "database volume"`,
+	"limits":       `[limits]`,
+
+	"nbd_memory":                  `nbd_memory = "256MiB"`,
+	"nbd_max_connections":         `nbd_max_connections = 128`,
+	"nbd_handshake_timeout":       `nbd_handshake_timeout = "30s"`,
+	"nbd_request_timeout":         `nbd_request_timeout = "30s"`,
+	"nbd_idle_timeout":            `nbd_idle_timeout = "10m"`,
+	"replication_max_connections": `replication_max_connections = 128`,
+	"replication_auth_timeout":    `replication_auth_timeout = "10s"`,
+	"control_max_connections":     `control_max_connections = 32`,
+	"control_idle_timeout":        `control_idle_timeout = "30s"`,
 }
 
 // Parse decodes into generic maps and walks them against the schema, rather
@@ -500,6 +515,10 @@ func (p *parser) build(raw map[string]any) *Config {
 				nbdAddrs = append(nbdAddrs, hp)
 			}
 		}
+	}
+	c.Limits = DefaultLimits()
+	if lt, ok := p.getTable(raw, "", "limits"); ok {
+		c.Limits = p.limits(lt)
 	}
 	p.crossNodes(repl)
 	p.crossResources()

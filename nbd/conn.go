@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
+	"github.com/tharsis/tharsis/internal/netlimit"
 )
 
 // conn is one client connection.
@@ -25,6 +27,13 @@ type conn struct {
 	maxPayload uint32
 	closing    atomic.Bool
 	done       chan struct{} // closed when serve returns
+	gate       *netlimit.Gate
+	mem        *MemoryBudget
+	ctx        context.Context // ends with beginShutdown or serve; bounds waits for mem
+	cancel     context.CancelFunc
+	rdl        time.Time // the read deadline last set by the reader
+	reqTimeout time.Duration
+	idle       time.Duration
 
 	// Guarded by srv.mu: the name of the export the client chose, recorded
 	// before the reply that commits the choice is sent (see Server.pick).
@@ -58,12 +67,13 @@ type op struct {
 	buf   *[]byte // WRITE payload or READ data, from getBuf
 	errno uint32
 	msg   string // error text for structured replies
-	cost  int64  // budget held
+	cost  int64  // budget held, of the connection and of srv.Memory
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
 
-func newConn(s *Server, nc net.Conn) *conn {
+func newConn(s *Server, nc net.Conn, gate *netlimit.Gate, mem *MemoryBudget) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{
 		srv:        s,
 		nc:         nc,
@@ -72,13 +82,21 @@ func newConn(s *Server, nc net.Conn) *conn {
 		maxPayload: s.maxPayload(),
 		scratch:    make([]byte, 0, 512),
 		done:       make(chan struct{}),
+		gate:       gate,
+		mem:        mem,
+		ctx:        ctx,
+		cancel:     cancel,
+		reqTimeout: s.requestTimeout(),
+		idle:       s.IdleTimeout,
 	}
 }
 
-// beginShutdown makes the connection stop reading requests; requests
-// already read are still answered.
+// beginShutdown makes the connection stop reading requests (and stop
+// waiting for memory to read one); requests already read are still
+// answered.
 func (c *conn) beginShutdown() {
 	c.closing.Store(true)
+	c.cancel()
 	c.nc.SetReadDeadline(time.Now())
 }
 
@@ -88,6 +106,8 @@ func (c *conn) serve() {
 	defer c.srv.connWG.Done()
 	defer close(c.done)
 	defer c.srv.trackConn(c, false)
+	defer c.gate.Leave()
+	defer c.cancel()
 	defer c.nc.Close()
 	defer func() {
 		if v := recover(); v != nil {
@@ -138,12 +158,19 @@ func (c *conn) transmit() {
 	<-writerDone
 }
 
-// readLoop reads requests until DISC or an error.
+// readLoop reads requests until DISC or an error. Between requests it waits
+// up to c.idle (forever when 0); once a request has begun, its header and
+// payload must arrive within c.reqTimeout, not counting the time spent
+// waiting for budget.
 func (c *conn) readLoop() error {
 	var hdr [requestLen]byte
 	for {
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		start, err := c.awaitRequest()
+		if err != nil {
 			return err
+		}
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return c.readErr(err, "header")
 		}
 		o := opPool.Get().(*op)
 		if err := o.req.unmarshal(hdr[:]); err != nil {
@@ -159,23 +186,39 @@ func (c *conn) readLoop() error {
 		if r.typ == cmdWrite {
 			if r.length > c.maxPayload {
 				// Skip the payload to stay in sync; memory stays bounded.
-				if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
+				if err := c.setReadDeadline(start.Add(c.reqTimeout)); err != nil {
 					opPool.Put(o)
 					return err
+				}
+				if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
+					opPool.Put(o)
+					return c.readErr(err, "payload")
 				}
 				c.fail(o, errOverflow, "write larger than the advertised maximum block size")
 				continue
 			}
-			c.budget.acquire(int64(r.length))
-			o.cost = int64(r.length)
-			o.buf = getBuf(int(r.length))
-			if _, err := io.ReadFull(c.br, *o.buf); err != nil {
-				c.finish(o)
+			// Budget first: the buffer is allocated only once granted.
+			waited, err := c.reserve(o, payloadCost(r.length))
+			if err != nil {
+				opPool.Put(o)
 				return err
 			}
+			o.buf = getBuf(int(r.length))
+			if c.br.Buffered() < len(*o.buf) {
+				if err := c.setReadDeadline(start.Add(c.reqTimeout + waited)); err != nil {
+					c.finish(o)
+					return err
+				}
+			}
+			if _, err := io.ReadFull(c.br, *o.buf); err != nil {
+				c.finish(o)
+				return c.readErr(err, "payload")
+			}
 		} else if r.typ == cmdRead && r.length <= c.maxPayload {
-			c.budget.acquire(int64(r.length))
-			o.cost = int64(r.length)
+			if _, err := c.reserve(o, payloadCost(r.length)); err != nil {
+				opPool.Put(o)
+				return err
+			}
 		} else {
 			c.budget.acquire(0)
 		}
@@ -187,6 +230,71 @@ func (c *conn) readLoop() error {
 		}
 		c.dispatch(o)
 	}
+}
+
+// errClosing ends the reader when the connection is being shut down.
+var errClosing = errors.New("nbd: connection shutting down")
+
+// setReadDeadline sets the read deadline if it changes. It returns
+// errClosing when beginShutdown ran, whose deadline must not be replaced.
+func (c *conn) setReadDeadline(t time.Time) error {
+	if !t.Equal(c.rdl) {
+		c.rdl = t
+		c.nc.SetReadDeadline(t)
+	}
+	if c.closing.Load() {
+		return errClosing
+	}
+	return nil
+}
+
+// awaitRequest waits until the next request begins (or is already
+// buffered) and returns when it began, with the read deadline set for the
+// rest of it.
+func (c *conn) awaitRequest() (time.Time, error) {
+	if c.br.Buffered() >= requestLen {
+		return time.Now(), nil // no read until the payload, which sets its own deadline
+	}
+	if c.br.Buffered() == 0 {
+		var idle time.Time
+		if c.idle > 0 {
+			idle = time.Now().Add(c.idle)
+		}
+		if err := c.setReadDeadline(idle); err != nil {
+			return time.Time{}, err
+		}
+		if _, err := c.br.Peek(1); err != nil {
+			if c.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && !c.closing.Load() {
+				return time.Time{}, fmt.Errorf("no request for %v (idle timeout)", c.idle)
+			}
+			return time.Time{}, err
+		}
+	}
+	start := time.Now()
+	return start, c.setReadDeadline(start.Add(c.reqTimeout))
+}
+
+// readErr names a request timeout, which isClosed would hide.
+func (c *conn) readErr(err error, part string) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) && !c.closing.Load() {
+		return fmt.Errorf("request %s not received within %v of its first byte (request timeout)", part, c.reqTimeout)
+	}
+	return err
+}
+
+// reserve takes cost bytes of the connection's and the server's budgets
+// for o, waiting while either is spent, and returns how long it waited. It
+// fails only when the connection shuts down while waiting; then o holds
+// nothing.
+func (c *conn) reserve(o *op, cost int64) (time.Duration, error) {
+	t0 := time.Now()
+	c.budget.acquire(cost)
+	if err := c.mem.acquire(c.ctx, cost); err != nil {
+		c.budget.release(cost)
+		return 0, err
+	}
+	o.cost = cost
+	return time.Since(t0), nil
 }
 
 // dispatch hands o to an idle worker, or starts a new one. Workers live as
@@ -334,6 +442,9 @@ func errnoOf(err error) (uint32, string) {
 func (c *conn) finish(o *op) {
 	putBuf(o.buf)
 	c.budget.release(o.cost)
+	if o.cost > 0 {
+		c.mem.release(o.cost)
+	}
 	*o = op{}
 	opPool.Put(o)
 }

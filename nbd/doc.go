@@ -34,6 +34,19 @@
 // per burst. Every length a client sends is checked before anything is
 // allocated for it.
 //
+// # What a client can hold
+//
+// The payload buffers of all connections together stay within a
+// MemoryBudget, which several Servers can share: a connection reads a
+// WRITE's payload, or runs a READ, only once its share is granted (in
+// arrival order), and until then reads nothing more from its client. A
+// request that has begun must arrive whole within RequestTimeout, so a
+// client that stops half-way through a payload holds its share for that
+// long at most. MaxConns caps the connections (the excess is closed at
+// once); HandshakeTimeout bounds the handshake; IdleTimeout, off by
+// default because a mounted client may send nothing for hours, closes
+// connections idle between requests.
+//
 // The exports can change while the server runs: SetExports replaces the
 // whole set, AddExport adds or replaces one, and Withdraw removes some and
 // drains and ends the connections that chose them, leaving the others be.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
+	"github.com/tharsis/tharsis/internal/netlimit"
 )
 
 // Defaults of the Server's limits.
@@ -17,6 +18,8 @@ const (
 	DefaultMaxPayload       = 32 << 20
 	DefaultMaxInflight      = 64 << 20
 	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultRequestTimeout   = 30 * time.Second
+	DefaultMaxConns         = 128
 
 	// maxOptionLen bounds the data of one handshake option; longer options
 	// are skipped and answered with NBD_REP_ERR_TOO_BIG.
@@ -65,8 +68,29 @@ type Server struct {
 	// HandshakeTimeout bounds the handshake of a connection; 0 means
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// Memory bounds the payload bytes in memory across all connections;
+	// several Servers may share one. nil means a budget of DefaultMemory
+	// for this Server alone.
+	Memory *MemoryBudget
+	// MaxConns bounds the open connections of the Server (handshake and
+	// transmission, over all its listeners): a connection over it is closed
+	// as soon as it is accepted, and a burst of refusals is logged once.
+	// 0 means DefaultMaxConns.
+	MaxConns int
+	// RequestTimeout bounds the arrival of one request: once its first
+	// byte is in, its header and payload must follow within this time (time
+	// spent waiting for Memory or MaxInflight does not count); otherwise
+	// the connection is closed. 0 means DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// IdleTimeout closes a connection in transmission that sends no request
+	// for this long. 0, the default, never closes idle connections: a
+	// mounted nbd-client sends nothing while its file system is idle, and
+	// TCP keep-alive already finds peers that are gone.
+	IdleTimeout time.Duration
 
 	mu        sync.Mutex
+	gate      *netlimit.Gate // from MaxConns, made by the first Serve
+	mem       *MemoryBudget  // Memory, or the Server's own
 	exports   []Export
 	listeners map[*net.Listener]struct{}
 	conns     map[*conn]struct{}
@@ -251,6 +275,34 @@ func (s *Server) handshakeTimeout() time.Duration {
 	return DefaultHandshakeTimeout
 }
 
+func (s *Server) requestTimeout() time.Duration {
+	if s.RequestTimeout > 0 {
+		return s.RequestTimeout
+	}
+	return DefaultRequestTimeout
+}
+
+// limits returns the connection gate and the payload budget, making them
+// on first use from MaxConns and Memory.
+func (s *Server) limits() (*netlimit.Gate, *MemoryBudget) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gate == nil {
+		n := s.MaxConns
+		if n <= 0 {
+			n = DefaultMaxConns
+		}
+		s.gate = netlimit.NewGate(n, s.logger(), "nbd")
+	}
+	if s.mem == nil {
+		s.mem = s.Memory
+		if s.mem == nil {
+			s.mem = NewMemoryBudget(DefaultMemory)
+		}
+	}
+	return s.gate, s.mem
+}
+
 // Serve accepts connections on l and serves each in its own goroutine. It
 // returns ErrServerClosed after Shutdown, or the error that made Accept
 // fail for good. Serve closes l before it returns.
@@ -261,6 +313,7 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	defer s.trackListener(&l, false)
 	defer l.Close()
+	gate, mem := s.limits()
 
 	var backoff time.Duration
 	for {
@@ -279,8 +332,13 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		c := newConn(s, nc)
+		if !gate.Enter() {
+			nc.Close()
+			continue
+		}
+		c := newConn(s, nc, gate, mem)
 		if !s.trackConn(c, true) {
+			gate.Leave()
 			nc.Close()
 			return ErrServerClosed
 		}
