@@ -114,6 +114,7 @@ func (d *Daemon) openPrimary(r *resource) error {
 	r.mu.Unlock()
 	if d.ship != nil {
 		d.ship.AddResource(rc.Name, roleSource{src, r})
+		go d.restoreSegments(r, p)
 	}
 	return nil
 }
@@ -216,10 +217,11 @@ func (d *Daemon) startShip() error {
 	if d.ship == nil {
 		return nil
 	}
-	ln, err := net.Listen("tcp", d.node.Replication)
+	tl, err := net.Listen("tcp", d.node.Replication)
 	if err != nil {
 		return fmt.Errorf("replication: listen on %s: %w (is another daemon using it? see `replication` of node %s)", d.node.Replication, err, d.node.Name)
 	}
+	ln := d.limitReplication(tl)
 	d.shipLn = ln
 	go d.ship.Serve(ln)
 	ctx, cancel := context.WithCancel(d.ctx)

@@ -116,6 +116,13 @@ func (s roleSource) Status() replicate.ResourceStatus {
 	return rs
 }
 
+// NoteDamage passes damage the ship server found on to the data path.
+func (s roleSource) NoteDamage(cerr *replicate.CorruptError) {
+	if ds, ok := s.Source.(replicate.DamageSink); ok {
+		ds.NoteDamage(cerr)
+	}
+}
+
 func (s roleSource) Refuse() error {
 	if s.r.role.snapshot().Diverged {
 		return errors.New("its log forks from the current history (split brain)")

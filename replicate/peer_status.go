@@ -78,9 +78,14 @@ type ResourceStatus struct {
 	Sync *SyncProgress `json:"sync,omitempty"`
 	// LastSync is the outcome of the last full sync since the daemon
 	// started (State "done"), for the bytes it compared and transferred.
-	LastSync *SyncProgress    `json:"last_sync,omitempty"`
+	LastSync *SyncProgress `json:"last_sync,omitempty"`
+	// Verify is the running or last online verify of this node's disk
+	// against its source (secondaries only).
+	Verify   *VerifyReport    `json:"verify,omitempty"`
 	Segments []SegmentSummary `json:"segments"`
 	Err      string           `json:"error,omitempty"`
+	// Damage lists damaged places found in this node's log.
+	Damage []Damage `json:"damage,omitempty"`
 }
 
 // SegmentSummary is one segment of a node's log in its status.

@@ -76,6 +76,8 @@ type Primary struct {
 	kick     chan struct{}
 	stop     chan struct{}
 	bg       sync.WaitGroup
+
+	damage damageBook
 }
 
 var _ blockdev.Device = (*Primary)(nil)
@@ -152,9 +154,9 @@ func (p *Primary) recover() error {
 		return err
 	}
 	start := time.Now()
-	res, err := replayLog(dir, p.data, from, ReplayOptions{FS: fsys, Resource: p.opts.Resource, Logger: p.logger, CutTornTail: true, VerifyAll: true})
+	res, err := replayLog(dir, p.data, from, ReplayOptions{FS: fsys, Resource: p.opts.Resource, Logger: p.logger, CutTornTail: true, VerifyAll: true, SkipDamagedApplied: true})
 	if err != nil {
-		return fmt.Errorf("recover resource %s: %w", resName(p.opts.Resource), err)
+		return p.unappliedDamage(err, names)
 	}
 	p.replayed = res.n
 	if res.n > 0 || res.cut > 0 {
@@ -206,6 +208,11 @@ func (p *Primary) recover() error {
 			return fmt.Errorf("start log segment %s: %w", next, err)
 		}
 		segs = append(segs, SegmentInfo{Name: next})
+	}
+	// Damaged segments hold only applied records now (the newest was
+	// sealed above): out of the log with them, to be fetched again.
+	if segs, err = p.quarantineDamaged(res.damaged, segs); err != nil {
+		return err
 	}
 	p.w = startWriter(&logWriter{
 		fsys: fsys, dir: dir, node: p.opts.Node, segSize: p.opts.SegmentSize, minFree: p.opts.MinFree,

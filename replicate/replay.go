@@ -62,6 +62,10 @@ type ReplayOptions struct {
 	// from.Segment (whose records are not applied again). Without it they
 	// are not read.
 	VerifyAll bool
+	// SkipDamagedApplied goes on past damage in records that are applied
+	// already (before from): such segments are reported in
+	// replayResult.damaged instead of failing the replay.
+	SkipDamagedApplied bool
 }
 
 // replayResult is what replayLog found.
@@ -71,6 +75,8 @@ type replayResult struct {
 	last  Position      // end of the last record of the log (from if none)
 	segs  []SegmentInfo // every segment; Records -1 where not scanned
 	cut   int64         // torn bytes cut (or ignored) at the end
+	// damaged lists damage in applied records (SkipDamagedApplied).
+	damaged []*CorruptError
 }
 
 // Replay applies to data every record of the log in dir after from (by
@@ -128,23 +134,41 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 		if name.Seq == from.Segment {
 			durable = from.Offset
 		}
-		info, err := ScanSegment(f, size, name, ScanOptions{Newest: newest, PrevSeq: prev, Durable: durable, Path: path, Resource: opt.Resource, Buf: buf},
-			func(rec Record, end int64) error {
-				if first && prev == 0 && rec.Seq > from.Seq+1 {
-					return &CorruptError{File: path, Offset: end - int64(rec.EncodedSize()), Resource: opt.Resource,
-						Reason: fmt.Sprintf("the log resumes at record %d but only records up to %d were applied (records %d..%d are missing)", rec.Seq, from.Seq, from.Seq+1, rec.Seq-1)}
-				}
-				first = false
-				if rec.Seq <= from.Seq {
-					return nil
-				}
-				if err := apply(data, rec); err != nil {
-					return fmt.Errorf("replay record %d of %s: %w", rec.Seq, path, err)
-				}
-				res.n++
-				res.bytes += int64(rec.EncodedSize())
+		replay := func(rec Record, end int64) error {
+			if first && prev == 0 && rec.Seq > from.Seq+1 {
+				return &CorruptError{File: path, Offset: end - int64(rec.EncodedSize()), Resource: opt.Resource,
+					Reason: fmt.Sprintf("the log resumes at record %d but only records up to %d were applied (records %d..%d are missing)", rec.Seq, from.Seq, from.Seq+1, rec.Seq-1)}
+			}
+			first = false
+			if rec.Seq <= from.Seq {
 				return nil
-			})
+			}
+			if err := apply(data, rec); err != nil {
+				return fmt.Errorf("replay record %d of %s: %w", rec.Seq, path, err)
+			}
+			res.n++
+			res.bytes += int64(rec.EncodedSize())
+			return nil
+		}
+		info, err := ScanSegment(f, size, name, ScanOptions{Newest: newest, PrevSeq: prev, Durable: durable, Path: path, Resource: opt.Resource, Buf: buf}, replay)
+		if cerr, ok := corruptAt(err); ok && opt.SkipDamagedApplied &&
+			(name.Seq < from.Segment || name.Seq == from.Segment && cerr.Offset < from.Offset) {
+			// The damage lies in records the data device holds already:
+			// what is not applied yet is read from the applied position.
+			res.damaged = append(res.damaged, cerr)
+			if name.Seq < from.Segment {
+				info, err = SegmentInfo{Name: name, Records: -1, Sealed: true, End: size}, nil
+				prev = 0
+			} else {
+				info, err = ScanSegment(f, size, name, ScanOptions{Newest: newest, Start: from.Offset, PrevSeq: from.Seq, Path: path, Resource: opt.Resource, Buf: buf}, replay)
+				// It holds the applied records before Start too: it is
+				// not empty, and may be sealed after them.
+				info.Records = max(info.Records, 1)
+				if info.LastSeq == 0 {
+					info.LastSeq = from.Seq
+				}
+			}
+		}
 		if err != nil {
 			f.Close()
 			return res, err

@@ -57,6 +57,11 @@ type SecondaryOptions struct {
 	// log, so the node starts out consistent, whatever state it persisted
 	// when it last was a secondary.
 	WasPrimary bool
+	// VerifyInterval, if > 0, runs an online verify (no repair) that often
+	// (TOML `verify_interval`); VerifyRate bounds its bytes compared per
+	// second (0: DefaultVerifyRate). See verify.go.
+	VerifyInterval time.Duration
+	VerifyRate     int64
 }
 
 // secondaryState is what stateFile holds.
@@ -133,6 +138,17 @@ type Secondary struct {
 	// replay batch in flight does not overwrite it.
 	replayGen uint64
 
+	// damage lists damaged places found in the local log; cut is a
+	// damaged place replay asks the fetcher to cut the log at;
+	// peerDamaged remembers, per peer, the fetched position at which it
+	// reported its own copy damaged (it is not preferred again until the
+	// log is fetched past it elsewhere).
+	damage       damageBook
+	cut          *Position
+	peerDamaged  map[string]Position
+	replayErrLog repeatLog
+	fetchErrLog  repeatLog
+
 	kickFetch  chan struct{}
 	kickReplay chan struct{}
 	kickSync   chan struct{}
@@ -144,9 +160,11 @@ type Secondary struct {
 	// sync resetting it).
 	ckMu sync.Mutex
 
-	// applyMu is held while a record is applied to the data device and
-	// while a sync writes chunks.
+	// applyMu is held while a record is applied to the data device, while
+	// a sync writes chunks and while a verify compares (and repairs) them.
 	applyMu sync.Mutex
+
+	vf verifier // online verify (verify.go)
 
 	// discardLog asks the fetcher to drop the local log (a sync starts
 	// before its beginning).
@@ -204,6 +222,7 @@ func OpenSecondary(data blockdev.Device, opts SecondaryOptions) (*Secondary, err
 	if opts.WasPrimary {
 		s.st.Consistent, s.st.Sync, s.st.SyncChunk, s.st.SyncStart, s.st.DiscardLog = true, SyncNone, 0, Position{}, false
 	}
+	s.vf.open(opts.Dir)
 	if s.persisted, err = ReadApplied(OSFS{}, opts.Dir); err != nil {
 		return nil, err
 	}
@@ -307,7 +326,7 @@ func (s *Secondary) Run(ctx context.Context) error {
 	s.running = true
 	s.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, fn := range []func(context.Context){s.fetchLoop, s.replayLoop, s.syncLoop} {
+	for _, fn := range []func(context.Context){s.fetchLoop, s.replayLoop, s.syncLoop, s.verifyLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -424,7 +443,7 @@ func (s *Secondary) Status() ResourceStatus {
 	s.mu.Lock()
 	rs := ResourceStatus{Resource: s.opts.Resource, Role: RoleSecondary, End: s.fetched, Logged: s.fetched, Applied: s.persisted,
 		Consistent: s.st.Consistent, Source: s.source, SourceEnd: s.sourceEnd,
-		FetchPaused: s.st.FetchPaused, ReplayPaused: s.st.ReplayPaused, SyncPaused: s.st.SyncPaused}
+		FetchPaused: s.st.FetchPaused, ReplayPaused: s.st.ReplayPaused, SyncPaused: s.st.SyncPaused, Damage: s.damage.all()}
 	if s.st.Sync != SyncNone {
 		p := s.prog
 		p.State = s.st.Sync
@@ -444,6 +463,7 @@ func (s *Secondary) Status() ResourceStatus {
 		rs.LastSync = &ls
 	}
 	rs.LagSeconds = s.lagSeconds()
+	rs.Verify = s.vf.report()
 	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr} {
 		if e != "" {
 			rs.Err = e
@@ -606,6 +626,36 @@ func (ss secondarySource) SyncData() (blockdev.Device, Position, error) {
 }
 
 func (ss secondarySource) Status() ResourceStatus { return ss.s.Status() }
+
+// NoteDamage implements DamageSink.
+func (ss secondarySource) NoteDamage(cerr *CorruptError) { ss.s.noteDamage(cerr) }
+
+// Damage returns the damaged places found in the local log.
+func (s *Secondary) Damage() []Damage { return s.damage.all() }
+
+// noteDamage is called by the ship server when it finds a damaged record
+// in the local log while shipping it to another node (cascading). A
+// segment that is replayed already leaves the log (it is kept aside); one
+// that is not is cut and fetched again when replay reaches it.
+func (s *Secondary) noteDamage(cerr *CorruptError) {
+	name, ok := segmentOf(cerr)
+	s.mu.Lock()
+	replayed := s.replayed
+	s.mu.Unlock()
+	if !ok || name.Seq >= replayed.Segment {
+		s.damage.note(cerr, "replay cuts the local log there and fetches it again; nodes fetching from this one go to another", s.logger)
+		return
+	}
+	to := QuarantinePrefix + name.String()
+	if !s.damage.note(cerr, fmt.Sprintf("moved out of the log (kept as %s): this node has replayed it; nodes that need it fetch it from another node", to), s.logger) {
+		return
+	}
+	if _, err := quarantine(OSFS{}, s.opts.Dir, name); err != nil {
+		s.logger.Error("cannot move the damaged segment out of the log", "err", err)
+		return
+	}
+	s.damage.update(name.String(), func(d *Damage) { d.Quarantined = to })
+}
 
 // DeleteApplied removes segments of the local log (`tharsis log-delete` on
 // a secondary): the oldest one, or with all every one it can. A segment can

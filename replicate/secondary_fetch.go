@@ -83,6 +83,16 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 			}
 		}
 		s.mu.Lock()
+		cut := s.cut
+		s.cut = nil
+		s.mu.Unlock()
+		if cut != nil {
+			if err := s.cutLocalLog(&fl, *cut); err != nil {
+				s.setFetchErr(err)
+				s.logger.Error("cannot cut the damaged local log", "err", err)
+			}
+		}
+		s.mu.Lock()
 		paused := s.st.FetchPaused
 		s.mu.Unlock()
 		if paused {
@@ -107,8 +117,16 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 				break
 			}
 			var we *wire.Error
-			if errors.As(err, &we) && we.Code == wire.CodeGone {
+			if errors.As(err, &we) && (we.Code == wire.CodeGone || we.Code == wire.CodeCorrupt) {
 				gone++
+			}
+			if we != nil && we.Code == wire.CodeCorrupt {
+				s.mu.Lock()
+				if s.peerDamaged == nil {
+					s.peerDamaged = map[string]Position{}
+				}
+				s.peerDamaged[p.Name] = s.fetched
+				s.mu.Unlock()
 			}
 			if err != nil {
 				lastErr = fmt.Errorf("fetch from %s: %w", p, err)
@@ -118,7 +136,7 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 					if errors.Is(err, ErrAuth) {
 						s.logger.Warn(msg)
 					} else {
-						s.logger.Info("fetching the log failed; trying the next peer", "peer", p.String(), "err", err)
+						s.logger.Warn("fetching the log failed; trying the next peer", "peer", p.String(), "err", err)
 					}
 				}
 			} else {
@@ -139,8 +157,15 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 			if s.discardLogForSync(&fl) {
 				continue
 			}
-			lastErr = fmt.Errorf("no peer holds the log this node needs next (%v): run `tharsis invalidate %s` to resync it", lastErr, resName(s.opts.Resource))
-			s.logger.Error(lastErr.Error())
+			from, _ := s.fetchFrom()
+			lastErr = fmt.Errorf("no peer can ship the log this node needs next (after %v): %v; run `tharsis invalidate %s` to resync it", from, lastErr, resName(s.opts.Resource))
+			if s.fetchErrLog.changed(lastErr.Error()) {
+				s.logger.Error(lastErr.Error())
+			}
+		} else if lastErr == nil {
+			if last, n := s.fetchErrLog.clear(); last != "" {
+				s.logger.Info("the log is fetched again", "after", last, "repeats", n)
+			}
 		}
 		s.setFetchErr(lastErr)
 		s.wait(ctx, s.kickFetch, s.opts.RetryInterval)
@@ -299,6 +324,12 @@ func (s *Secondary) probePreferred(ctx context.Context, cancel context.CancelCau
 		}
 		from, _ := s.fetchFrom()
 		for _, p := range better {
+			s.mu.Lock()
+			d, damaged := s.peerDamaged[p.Name]
+			s.mu.Unlock()
+			if damaged && from.Seq <= d.Seq {
+				continue // its copy of what comes next is damaged
+			}
 			st, err := fetchNodeStatus(ctx, s.opts.Node, s.opts.Secret, p)
 			if err != nil {
 				continue

@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,9 +47,21 @@ func (s *Secondary) replayLoop(ctx context.Context) {
 			continue
 		}
 		n, err := s.replaySome(rr)
+		var ld *localDamage
+		if errors.As(err, &ld) {
+			// The local copy is damaged where the source's was intact
+			// (records are verified when fetched): cut it there and
+			// fetch the rest again.
+			s.damage.note(ld.cerr, "the local log is cut there and fetched again from a peer", s.logger)
+			s.requestCut(ld.at)
+			s.wait(ctx, s.kickReplay, s.opts.RetryInterval)
+			continue
+		}
 		if err != nil {
 			s.setReplayErr(err)
-			s.logger.Error("replay stopped", "err", err)
+			if s.replayErrLog.changed(err.Error()) {
+				s.logger.Error("replay stopped", "err", err)
+			}
 			s.wait(ctx, s.kickReplay, s.opts.RetryInterval)
 			continue
 		}
@@ -114,8 +127,11 @@ func (s *Secondary) replaySome(rr *replayReader) (int, error) {
 		}
 		rr.ra.limit = limit
 		rec, next, err := readRecord(&rr.ra, limit, pos.Offset, &rr.buf)
+		if err == nil && rec.Segment != seg.Seq {
+			err = fmt.Errorf("%w: record belongs to segment %d", ErrInvalidRecord, rec.Segment)
+		}
 		if err != nil {
-			return n, &CorruptError{File: filepath.Join(rr.dir, seg.String()), Offset: pos.Offset, Reason: err.Error(), Resource: s.opts.Resource}
+			return n, &localDamage{at: pos, cerr: &CorruptError{File: filepath.Join(rr.dir, seg.String()), Offset: pos.Offset, Reason: err.Error(), Resource: s.opts.Resource}}
 		}
 		if pos.Seq != 0 && rec.Seq != pos.Seq+1 {
 			if rec.Seq <= pos.Seq {
@@ -124,8 +140,8 @@ func (s *Secondary) replaySome(rr *replayReader) (int, error) {
 				pos.Offset = next
 				continue
 			}
-			return n, &CorruptError{File: filepath.Join(rr.dir, seg.String()), Offset: pos.Offset, Resource: s.opts.Resource,
-				Reason: fmt.Sprintf("record %d follows record %d (records missing)", rec.Seq, pos.Seq)}
+			return n, &localDamage{at: pos, cerr: &CorruptError{File: filepath.Join(rr.dir, seg.String()), Offset: pos.Offset, Resource: s.opts.Resource,
+				Reason: fmt.Sprintf("record %d follows record %d (records missing)", rec.Seq, pos.Seq)}}
 		}
 		// Under applyMu, so a sync that starts now writes its first chunk
 		// only after this record.
@@ -245,4 +261,61 @@ func (rr *replayReader) segmentAt(pos Position) (SegmentName, error) {
 	}
 	rr.size = st.Size()
 	return rr.name, nil
+}
+
+// localDamage is a damaged record of the local log at the replay position
+// at: the log is cut there and fetched again.
+type localDamage struct {
+	at   Position
+	cerr *CorruptError
+}
+
+func (e *localDamage) Error() string { return e.cerr.Error() }
+func (e *localDamage) Unwrap() error { return e.cerr }
+
+// requestCut asks the fetcher to cut the local log at at (dropping every
+// record after it) and fetch from there again.
+func (s *Secondary) requestCut(at Position) {
+	s.mu.Lock()
+	s.cut = &at
+	if s.cancelStream != nil {
+		s.cancelStream()
+	}
+	s.mu.Unlock()
+	kick(s.kickFetch)
+}
+
+// cutLocalLog carries out a requested cut: the segment holding at is
+// truncated there, later segments are removed.
+func (s *Secondary) cutLocalLog(fl *fetchLog, at Position) error {
+	fl.close()
+	fl.unsynced = 0
+	dir := s.opts.Dir
+	names, err := listSegments(OSFS{}, dir)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		path := filepath.Join(dir, n.String())
+		switch {
+		case n.Seq == at.Segment:
+			err = os.Truncate(path, at.Offset)
+		case n.Seq > at.Segment:
+			err = os.Remove(path)
+		}
+		if err != nil {
+			return fmt.Errorf("cut the local log at %v: %w", at, err)
+		}
+	}
+	if err := (OSFS{}).SyncDir(dir); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.fetched.Seq > at.Seq {
+		s.fetched = at
+	}
+	s.replayGen++ // the replay reader must not keep damaged bytes cached
+	s.mu.Unlock()
+	s.logger.Warn("cut the damaged local log; fetching it again", "at", at.String())
+	return nil
 }

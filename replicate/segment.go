@@ -144,6 +144,10 @@ type ScanOptions struct {
 	// to have been synced (the persisted applied position lies there): a
 	// bad record before it is corruption, never a torn tail.
 	Durable int64
+	// Start, if not 0, is the offset of a record boundary to scan from
+	// (PrevSeq is then the record before it): what lies before is not
+	// read. SegmentInfo counts only what was scanned.
+	Start int64
 	// Path names the segment in errors.
 	Path     string
 	Resource string
@@ -167,7 +171,8 @@ func ScanSegment(r io.ReaderAt, size int64, n SegmentName, opt ScanOptions, fn f
 	}
 	buf := opt.Buf
 	prev := opt.PrevSeq
-	var off int64
+	off := opt.Start
+	info.End = off
 	for off < size {
 		rec, next, err := readRecord(r, size, off, &buf)
 		if err == nil && rec.Segment != n.Seq {

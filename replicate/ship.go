@@ -294,11 +294,16 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 				}
 			}
 			log.Info("peer fetches the log", "resource", m.Resource, "from", fromWire(m.From).String())
-			err := s.stream(r, nc, c, fromWire(m.From))
+			err := s.stream(r, m.Resource, nc, c, fromWire(m.From))
 			var we *wire.Error
 			if errors.As(err, &we) {
 				c.SendFlush(we)
-				log.Warn("log stream refused", "resource", m.Resource, "err", we.Message)
+				if we.Code == wire.CodeCorrupt {
+					// Logged once, as ERROR, where the damage was noted.
+					log.Debug("log stream refused", "resource", m.Resource, "err", we.Message)
+				} else {
+					log.Warn("log stream refused", "resource", m.Resource, "err", we.Message)
+				}
 			} else if err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, context.Canceled) {
 				log.Info("log stream ended", "resource", m.Resource, "err", err)
 			}

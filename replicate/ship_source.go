@@ -200,10 +200,13 @@ func (s *primarySource) SyncData() (blockdev.Device, Position, error) {
 	return s.p, applied, nil
 }
 
+// NoteDamage implements DamageSink.
+func (s *primarySource) NoteDamage(cerr *CorruptError) { s.p.noteDamage(cerr) }
+
 func (s *primarySource) Status() ResourceStatus {
 	st := s.p.Status()
 	rs := ResourceStatus{Resource: s.p.opts.Resource, Role: RolePrimary, End: st.Written, Logged: st.Logged, Applied: st.Applied,
-		Consistent: true, SourceEnd: st.Written, Err: st.Err}
+		Consistent: true, SourceEnd: st.Written, Err: st.Err, Damage: s.p.Damage()}
 	for _, seg := range st.Segments {
 		rs.Segments = append(rs.Segments, SegmentSummary{Name: seg.Name, Size: seg.Size, Sealed: seg.Sealed,
 			SHA256: segmentSum(s.p.opts.Dir, seg.Name, seg.Size, seg.Sealed)})

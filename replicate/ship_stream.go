@@ -17,7 +17,7 @@ import (
 // records (up to about shipBatch bytes, or one larger record). With from.Seq
 // == 0 the stream starts at the beginning of segment from.Segment (the first
 // segment held when 0): a joining node's log begins there.
-func (s *ShipServer) stream(r *shipRes, nc net.Conn, c *wire.Conn, from Position) error {
+func (s *ShipServer) stream(r *shipRes, res string, nc net.Conn, c *wire.Conn, from Position) error {
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
 	go func() {
@@ -31,7 +31,7 @@ func (s *ShipServer) stream(r *shipRes, nc net.Conn, c *wire.Conn, from Position
 
 	src := r.src
 	dir := src.LogDir()
-	ss := &segStream{dir: dir}
+	ss := &segStream{dir: dir, res: res}
 	defer ss.close()
 	segs, err := listSegments(OSFS{}, dir)
 	if err != nil {
@@ -103,6 +103,17 @@ func (s *ShipServer) stream(r *shipRes, nc net.Conn, c *wire.Conn, from Position
 			if off < limit {
 				var n int
 				n, buf, err = ss.readRecords(cur, off, limit, buf)
+				if cerr, ok := corruptAt(err); ok {
+					if ds, ok := src.(DamageSink); ok {
+						ds.NoteDamage(cerr)
+					}
+					// The fetcher learns how far the log goes (its lag is
+					// not 0), then why this node cannot ship it.
+					if err := c.SendFlush(&wire.Heartbeat{End: toWire(end)}); err != nil {
+						return err
+					}
+					return &wire.Error{Code: wire.CodeCorrupt, Message: fmt.Sprintf("node %s's copy of log segment %s is damaged at offset %d (%s)", s.Node, cur, cerr.Offset, cerr.Reason)}
+				}
 				if err != nil {
 					return &wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("node %s cannot read its log: %v", s.Node, err)}
 				}
@@ -154,6 +165,7 @@ func findSegment(dir string, seq uint64) (SegmentName, bool, error) {
 // segStream reads whole records from the segment files of a log.
 type segStream struct {
 	dir  string
+	res  string // resource, for hints
 	name SegmentName
 	f    *os.File
 }
@@ -204,32 +216,55 @@ func (ss *segStream) readRecords(n SegmentName, off, limit int64, buf []byte) (i
 	if _, err := ss.f.ReadAt(b, off); err != nil {
 		return 0, buf, fmt.Errorf("read %s at %d: %w", n, off, err)
 	}
+	// Every record is verified before it leaves: damage is found here,
+	// reported by this node, and the fetcher goes to another copy.
+	corrupt := func(at int, err error) *CorruptError {
+		return &CorruptError{File: filepath.Join(ss.dir, n.String()), Offset: off + int64(at), Reason: err.Error(), Resource: ss.res}
+	}
 	pos := 0
 	for pos+HeaderSize <= len(b) {
 		h, err := decodeHeader(b[pos:])
+		if err == nil && h.rec.Segment != n.Seq {
+			err = fmt.Errorf("%w: record belongs to segment %d", ErrInvalidRecord, h.rec.Segment)
+		}
 		if err != nil {
-			return 0, buf, fmt.Errorf("segment %s at offset %d: %w", n, off+int64(pos), err)
+			if pos > 0 {
+				break // ship the good records first
+			}
+			return 0, buf, corrupt(pos, err)
 		}
 		rl := HeaderSize + h.paylen
-		if pos+rl > len(b) {
-			if pos == 0 {
-				// One record larger than the batch: read it whole.
-				if off+int64(rl) > limit {
-					return 0, buf, fmt.Errorf("segment %s: record at offset %d crosses the end of the durable log", n, off)
-				}
-				nb := make([]byte, rl)
-				copy(nb, b)
-				if _, err := ss.f.ReadAt(nb[len(b):], off+int64(len(b))); err != nil {
-					return 0, buf, fmt.Errorf("read %s at %d: %w", n, off, err)
-				}
-				return rl, nb, nil
+		if off+int64(pos+rl) > limit {
+			if pos > 0 {
+				break
 			}
-			break
+			return 0, buf, corrupt(pos, fmt.Errorf("%w: a record of %d bytes crosses the end of the durable log at %d", ErrInvalidRecord, rl, limit))
+		}
+		if pos+rl > len(b) {
+			if pos > 0 {
+				break
+			}
+			// One record larger than the batch: read it whole.
+			nb := make([]byte, rl)
+			copy(nb, b)
+			if _, err := ss.f.ReadAt(nb[len(b):], off+int64(len(b))); err != nil {
+				return 0, buf, fmt.Errorf("read %s at %d: %w", n, off, err)
+			}
+			if err := h.checkCRC(nb); err != nil {
+				return 0, buf, corrupt(0, err)
+			}
+			return rl, nb, nil
+		}
+		if err := h.checkCRC(b[pos : pos+rl]); err != nil {
+			if pos > 0 {
+				break
+			}
+			return 0, buf, corrupt(pos, err)
 		}
 		pos += rl
 	}
 	if pos == 0 {
-		return 0, buf, fmt.Errorf("segment %s: no whole record at offset %d before %d", n, off, limit)
+		return 0, buf, corrupt(0, fmt.Errorf("%w: no whole record before offset %d", ErrInvalidRecord, limit))
 	}
 	return pos, buf, nil
 }

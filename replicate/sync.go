@@ -82,35 +82,13 @@ func (s *Secondary) runSync(ctx context.Context) error {
 // interrupted by a crash or a pause resumes at the last flushed batch; if it
 // resumes from another source, the start is the lower of the two positions.
 func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
-	pc, err := dialPeer(ctx, s.opts.Node, s.opts.Secret, p)
+	pc, rs, err := s.dialSource(ctx, p)
 	if err != nil {
 		return err
 	}
 	defer pc.close()
-	st, err := pc.status(ctx)
-	if err != nil {
-		return err
-	}
-	rs, ok := st.Resource(s.opts.Resource)
-	switch {
-	case !ok:
-		return fmt.Errorf("peer %s holds no resource %s", p, s.opts.Resource)
-	case !rs.Consistent:
-		return fmt.Errorf("peer %s is not consistent itself", p)
-	}
 	cs := uint32(s.opts.ChunkSize)
-	m, err := pc.request(ctx, &wire.ChecksumRequest{Resource: s.opts.Resource, ChunkSize: cs}, syncTimeout)
-	if err != nil {
-		return err
-	}
-	sums, ok := m.(*wire.Checksums)
-	if !ok {
-		return fmt.Errorf("peer %s answered a checksum request with %s", p, m.Type())
-	}
 	size := s.data.Size()
-	if sums.Size != size {
-		return fmt.Errorf("the data device of %s on peer %s has %d bytes, this node's %d: make them the same size", s.opts.Resource, p, sums.Size, size)
-	}
 	err = s.update(func(st *secondaryState) {
 		if st.Sync == SyncRunning {
 			st.SyncStart = minPos(st.SyncStart, rs.Applied)
@@ -163,40 +141,9 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 			return err
 		}
 		cnt := min(uint64(syncBatch), nchunks-idx)
-		// Hash the local chunks while the peer hashes its own.
-		localSums := make(chan []byte, 1)
-		go func() {
-			out := make([]byte, 0, cnt*wire.SumSize)
-			for i := range cnt {
-				off := int64(idx+i) * int64(cs)
-				b := local[:min(int64(cs), size-off)]
-				if _, err := s.data.ReadAt(b, off); err != nil {
-					localSums <- nil
-					return
-				}
-				sum := sha256.Sum256(b)
-				out = append(out, sum[:wire.SumSize]...)
-			}
-			localSums <- out
-		}()
-		m, err := pc.request(ctx, &wire.ChecksumRequest{Resource: s.opts.Resource, ChunkSize: cs, First: idx, Count: uint32(cnt)}, syncTimeout)
-		mine := <-localSums
+		diff, err := s.compareChunks(ctx, pc, idx, cnt, local)
 		if err != nil {
 			return err
-		}
-		theirs, ok := m.(*wire.Checksums)
-		if !ok || theirs.First != idx || uint64(len(theirs.Sums)) != cnt*wire.SumSize {
-			return fmt.Errorf("peer %s sent a wrong checksum answer", p)
-		}
-		if mine == nil {
-			return fmt.Errorf("read the local data device of %s", s.opts.Resource)
-		}
-		var diff []uint64
-		for i := range cnt {
-			a, b := mine[i*wire.SumSize:(i+1)*wire.SumSize], theirs.Sums[i*wire.SumSize:(i+1)*wire.SumSize]
-			if !bytes.Equal(a, b) {
-				diff = append(diff, idx+i)
-			}
 		}
 		n, err := s.fetchChunks(ctx, pc, diff, cs)
 		transferred += n
@@ -224,16 +171,10 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	// from start on makes it consistent once replayed past every record
 	// the chunks may reflect: the source's log end as of now (including
 	// records logged but not yet durable or applied).
-	st, err = pc.status(ctx)
-	if err != nil {
+	if rs, err = pc.sourceStatus(ctx, s.opts.Resource); err != nil {
 		return err
 	}
-	rs, _ = st.Resource(s.opts.Resource)
-	for _, p := range []Position{rs.Logged, rs.Applied} {
-		if p.Seq > rs.End.Seq {
-			rs.End = p
-		}
-	}
+	rs.End = rs.logEnd()
 	if err := s.data.Flush(); err != nil {
 		return fmt.Errorf("flush data device: %w", err)
 	}
@@ -268,11 +209,135 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 	return nil
 }
 
+// dialSource connects to peer p as a source of this resource's data: p
+// must hold the resource, be consistent and have a data device of this
+// node's size. It returns the connection and p's status of the resource.
+func (s *Secondary) dialSource(ctx context.Context, p Peer) (*peerConn, ResourceStatus, error) {
+	pc, err := dialPeer(ctx, s.opts.Node, s.opts.Secret, p)
+	if err != nil {
+		return nil, ResourceStatus{}, err
+	}
+	rs, err := pc.sourceStatus(ctx, s.opts.Resource)
+	if err == nil && !rs.Consistent {
+		err = fmt.Errorf("peer %s is not consistent itself", p)
+	}
+	if err != nil {
+		pc.close()
+		return nil, ResourceStatus{}, err
+	}
+	m, err := pc.request(ctx, &wire.ChecksumRequest{Resource: s.opts.Resource, ChunkSize: uint32(s.opts.ChunkSize)}, syncTimeout)
+	if err == nil {
+		if sums, ok := m.(*wire.Checksums); !ok {
+			err = fmt.Errorf("peer %s answered a checksum request with %s", p, m.Type())
+		} else if size := s.data.Size(); sums.Size != size {
+			err = fmt.Errorf("the data device of %s on peer %s has %d bytes, this node's %d: make them the same size", s.opts.Resource, p, sums.Size, size)
+		}
+	}
+	if err != nil {
+		pc.close()
+		return nil, ResourceStatus{}, err
+	}
+	return pc, rs, nil
+}
+
+// sourceStatus asks the peer for its status of resource res.
+func (pc *peerConn) sourceStatus(ctx context.Context, res string) (ResourceStatus, error) {
+	st, err := pc.status(ctx)
+	if err != nil {
+		return ResourceStatus{}, err
+	}
+	rs, ok := st.Resource(res)
+	if !ok {
+		return ResourceStatus{}, fmt.Errorf("peer %s holds no resource %s", pc.peer, res)
+	}
+	return rs, nil
+}
+
+// logEnd is the end of every record the node's data device may reflect:
+// the highest of its durable end, its logged end (records logged but not
+// yet durable) and its applied position.
+func (rs ResourceStatus) logEnd() Position {
+	end := rs.End
+	for _, p := range []Position{rs.Logged, rs.Applied} {
+		if p.Seq > end.Seq {
+			end = p
+		}
+	}
+	return end
+}
+
+// compareChunks compares cnt chunks from chunk idx with the peer's, by
+// their checksums, and returns the indexes of those that differ. It hashes
+// the local chunks (into local, a chunk-sized buffer) while the peer hashes
+// its own; an error reading the local device is a *localError.
+func (s *Secondary) compareChunks(ctx context.Context, pc *peerConn, idx, cnt uint64, local []byte) ([]uint64, error) {
+	cs, size := int64(len(local)), s.data.Size()
+	localSums := make(chan []byte, 1)
+	go func() {
+		out := make([]byte, 0, cnt*wire.SumSize)
+		for i := range cnt {
+			off := int64(idx+i) * cs
+			b := local[:min(cs, size-off)]
+			if _, err := s.data.ReadAt(b, off); err != nil {
+				localSums <- nil
+				return
+			}
+			sum := sha256.Sum256(b)
+			out = append(out, sum[:wire.SumSize]...)
+		}
+		localSums <- out
+	}()
+	m, err := pc.request(ctx, &wire.ChecksumRequest{Resource: s.opts.Resource, ChunkSize: uint32(cs), First: idx, Count: uint32(cnt)}, syncTimeout)
+	mine := <-localSums
+	if err != nil {
+		return nil, err
+	}
+	theirs, ok := m.(*wire.Checksums)
+	if !ok || theirs.First != idx || uint64(len(theirs.Sums)) != cnt*wire.SumSize {
+		return nil, fmt.Errorf("peer %s sent a wrong checksum answer", pc.peer)
+	}
+	if mine == nil {
+		return nil, &localError{fmt.Errorf("read the local data device of %s", s.opts.Resource)}
+	}
+	var diff []uint64
+	for i := range cnt {
+		a, b := mine[i*wire.SumSize:(i+1)*wire.SumSize], theirs.Sums[i*wire.SumSize:(i+1)*wire.SumSize]
+		if !bytes.Equal(a, b) {
+			diff = append(diff, idx+i)
+		}
+	}
+	return diff, nil
+}
+
+// localError is a failure of this node's own disk or log (not of the peer
+// or the link): retrying with another connection does not help.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
 // fetchChunks asks for the chunks idx (pipelined) and writes them to the
 // data device. It returns the bytes written.
 func (s *Secondary) fetchChunks(ctx context.Context, pc *peerConn, idx []uint64, cs uint32) (int64, error) {
+	var n int64
+	err := s.requestChunks(ctx, pc, idx, cs, func(i uint64, b []byte) error {
+		s.applyMu.Lock()
+		_, err := s.data.WriteAt(b, int64(i)*int64(cs))
+		s.applyMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("write chunk %d to the data device: %w", i, err)
+		}
+		n += int64(len(b))
+		return nil
+	})
+	return n, err
+}
+
+// requestChunks asks the peer for the chunks idx (pipelined) and hands each
+// to put, in order. The bytes put gets are valid only during the call.
+func (s *Secondary) requestChunks(ctx context.Context, pc *peerConn, idx []uint64, cs uint32, put func(i uint64, b []byte) error) error {
 	if len(idx) == 0 {
-		return 0, nil
+		return nil
 	}
 	stop := context.AfterFunc(ctx, func() { pc.nc.SetDeadline(time.Now()) })
 	defer stop()
@@ -281,40 +346,35 @@ func (s *Secondary) fetchChunks(ctx context.Context, pc *peerConn, idx []uint64,
 	pc.nc.SetDeadline(time.Now().Add(syncTimeout))
 	for _, i := range idx {
 		if err := pc.c.Send(&wire.ChunkRequest{Resource: s.opts.Resource, ChunkSize: cs, Index: i}); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	if err := pc.c.Flush(); err != nil {
-		return 0, err
+		return err
 	}
-	var n int64
 	for _, i := range idx {
 		pc.nc.SetDeadline(time.Now().Add(syncTimeout))
 		if err := ctx.Err(); err != nil {
-			return n, err
+			return err
 		}
 		m, err := pc.c.Recv()
 		if err != nil {
-			return n, fmt.Errorf("read chunk %d from peer %s: %w", i, pc.peer, err)
+			return fmt.Errorf("read chunk %d from peer %s: %w", i, pc.peer, err)
 		}
 		switch m := m.(type) {
 		case *wire.ChunkData:
 			off := int64(i) * int64(cs)
 			if m.Index != i || int64(len(m.Data)) != min(int64(cs), s.data.Size()-off) {
-				return n, fmt.Errorf("peer %s sent chunk %d (%d bytes) for chunk %d", pc.peer, m.Index, len(m.Data), i)
+				return fmt.Errorf("peer %s sent chunk %d (%d bytes) for chunk %d", pc.peer, m.Index, len(m.Data), i)
 			}
-			s.applyMu.Lock()
-			_, err := s.data.WriteAt(m.Data, off)
-			s.applyMu.Unlock()
-			if err != nil {
-				return n, fmt.Errorf("write chunk %d to the data device: %w", i, err)
+			if err := put(i, m.Data); err != nil {
+				return &localError{err}
 			}
-			n += int64(len(m.Data))
 		case *wire.Error:
-			return n, &wire.Error{Code: m.Code, Message: m.Message}
+			return &wire.Error{Code: m.Code, Message: m.Message}
 		default:
-			return n, fmt.Errorf("peer %s answered a chunk request with %s", pc.peer, m.Type())
+			return fmt.Errorf("peer %s answered a chunk request with %s", pc.peer, m.Type())
 		}
 	}
-	return n, nil
+	return nil
 }

@@ -153,6 +153,7 @@ const (
 	CodeNotConsistent uint16 = 5 // the peer's data device is not consistent (no sync from it)
 	CodeBadRequest    uint16 = 6 // the request makes no sense
 	CodeDiverged      uint16 = 7 // the peer's log is not the current history (or not open yet): no log from it
+	CodeCorrupt       uint16 = 8 // the peer's copy of the log is damaged at the records asked for next
 )
 
 // Error reports a failed request.
