@@ -121,6 +121,9 @@ type Secondary struct {
 	endCh     chan struct{}
 	source    string
 	sourceEnd Position
+	// bestEnd is the furthest log end any peer reported (a fallback
+	// source may be behind the primary): the lag is counted to it.
+	bestEnd Position
 	// lagMarks remember when the source's log end was first seen past
 	// each sequence number not yet replayed (increasing seq): the oldest
 	// gives the lag in seconds, without comparing clocks.
@@ -145,7 +148,7 @@ type Secondary struct {
 	// log is fetched past it elsewhere).
 	damage       damageBook
 	cut          *Position
-	peerDamaged  map[string]Position
+	peerDamaged  map[string]peerDamage
 	replayErrLog repeatLog
 	fetchErrLog  repeatLog
 
@@ -416,6 +419,7 @@ func (s *Secondary) Invalidate() error {
 // peers Options.Peers returns now (the designated primary changed).
 func (s *Secondary) Reconnect() {
 	s.mu.Lock()
+	s.bestEnd = Position{} // the history may have moved to another node
 	if s.cancelStream != nil {
 		s.cancelStream()
 	}
@@ -464,13 +468,16 @@ func (s *Secondary) Status() ResourceStatus {
 	}
 	rs.LagSeconds = s.lagSeconds()
 	rs.Verify = s.vf.report()
-	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr} {
+	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr, s.damagedPeersErr()} {
 		if e != "" {
 			rs.Err = e
 			break
 		}
 	}
 	fetched, replayed, srcEnd := s.fetched, s.replayed, s.sourceEnd
+	if s.bestEnd.Seq > srcEnd.Seq {
+		srcEnd = s.bestEnd
+	}
 	s.mu.Unlock()
 
 	names, _ := listSegments(OSFS{}, s.opts.Dir)

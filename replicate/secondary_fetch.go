@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/tharsis/tharsis/replicate/wire"
@@ -123,9 +126,9 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 			if we != nil && we.Code == wire.CodeCorrupt {
 				s.mu.Lock()
 				if s.peerDamaged == nil {
-					s.peerDamaged = map[string]Position{}
+					s.peerDamaged = map[string]peerDamage{}
 				}
-				s.peerDamaged[p.Name] = s.fetched
+				s.peerDamaged[p.Name] = peerDamage{at: s.fetched, msg: we.Message}
 				s.mu.Unlock()
 			}
 			if err != nil {
@@ -218,6 +221,9 @@ func (s *Secondary) setSource(name string, end Position) {
 	if end.Seq > 0 {
 		s.sourceEnd = end
 		s.noteSourceEnd(end)
+	}
+	if end.Seq > s.bestEnd.Seq {
+		s.bestEnd = end
 	}
 	s.mu.Unlock()
 }
@@ -327,7 +333,7 @@ func (s *Secondary) probePreferred(ctx context.Context, cancel context.CancelCau
 			s.mu.Lock()
 			d, damaged := s.peerDamaged[p.Name]
 			s.mu.Unlock()
-			if damaged && from.Seq <= d.Seq {
+			if damaged && from.Seq <= d.at.Seq {
 				continue // its copy of what comes next is damaged
 			}
 			st, err := fetchNodeStatus(ctx, s.opts.Node, s.opts.Secret, p)
@@ -335,6 +341,13 @@ func (s *Secondary) probePreferred(ctx context.Context, cancel context.CancelCau
 				continue
 			}
 			rs, ok := st.Resource(s.opts.Resource)
+			if ok && rs.End.Seq > 0 && rs.Phase != PhaseLeft && !rs.Diverged {
+				s.mu.Lock()
+				if rs.End.Seq > s.bestEnd.Seq {
+					s.bestEnd = rs.End // the source we use may be behind it
+				}
+				s.mu.Unlock()
+			}
 			if !ok || rs.End.Seq < from.Seq || len(rs.Segments) == 0 {
 				continue
 			}
@@ -509,4 +522,26 @@ func isSealedAt(f *os.File, end int64) bool {
 	}
 	rec, n, err := DecodeRecord(h)
 	return err == nil && n == HeaderSize && rec.Kind == KindSegmentEnd
+}
+
+// peerDamage is a peer's report that its copy of the log is damaged just
+// after position at (this node's fetched end then).
+type peerDamage struct {
+	at  Position
+	msg string
+}
+
+// damagedPeersErr says which peers cannot ship what this node needs next
+// because their copy is damaged ("" when none). Call with s.mu held.
+func (s *Secondary) damagedPeersErr() string {
+	var msgs []string
+	for _, name := range slices.Sorted(maps.Keys(s.peerDamaged)) {
+		if d := s.peerDamaged[name]; s.fetched.Seq <= d.at.Seq {
+			msgs = append(msgs, d.msg)
+		}
+	}
+	if len(msgs) == 0 {
+		return ""
+	}
+	return strings.Join(msgs, "; ") + fmt.Sprintf(": fetching from the other peers; if none of them holds the log from there on, run `tharsis invalidate %s`", resName(s.opts.Resource))
 }

@@ -69,6 +69,13 @@ type ReplStatus struct {
 		Segment uint64 `json:"segment"`
 		Loser   string `json:"loser"`
 	} `json:"forks"`
+	Damage []struct {
+		Segment     string `json:"segment"`
+		Offset      int64  `json:"offset"`
+		Count       int    `json:"count"`
+		Quarantined string `json:"quarantined"`
+		Restored    bool   `json:"restored"`
+	} `json:"damage"`
 }
 
 // SyncProgress is replicate.SyncProgress.

@@ -1,0 +1,120 @@
+package clustertest
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Damaged log records (issue 10): found, reported once, worked around, and
+// healed, with no acknowledged write lost and a view that tells the truth.
+
+// logDir is n's log directory of r0.
+func (n *Node) logDir() string { return filepath.Join(n.StateDir, resource, "log") }
+
+// flipSegment flips a byte in the middle of segment seq of n's log (the
+// daemon runs: the page cache sees it) and returns the file name.
+func (n *Node) flipSegment(t testing.TB, seq uint64) string {
+	t.Helper()
+	names, _ := filepath.Glob(filepath.Join(n.logDir(), fmt.Sprintf("log-%09d-*", seq)))
+	if len(names) != 1 {
+		t.Fatalf("%s holds no segment %d: %v", n.Name, seq, names)
+	}
+	b, err := os.ReadFile(names[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x5a
+	if err := os.WriteFile(names[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Base(names[0])
+}
+
+// TestDamagedLogHealed: alpha's copy of a sealed segment beta still needs
+// is damaged. With gamma holding it, beta fetches it from gamma and alpha
+// restores its copy from a peer; with no other copy, beta says so (never
+// "0 B lag") and invalidate brings it back, as it does gamma.
+func TestDamagedLogHealed(t *testing.T) {
+	c := started(t, Options{SegmentSize: "1MiB", Connect: map[string][]string{"beta": {"alpha", "gamma"}, "gamma": {"alpha", "beta"}}})
+	alpha, beta, gamma := c.Nodes["alpha"], c.Nodes["beta"], c.Nodes["gamma"]
+	var h History
+	c.writeSome(&h, 51, 100, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+
+	// 1. gamma holds an intact copy.
+	beta.Verb("disconnect")
+	c.writeSome(&h, 52, 300, 16<<20, 8)
+	alpha.Verb("log-rotate")
+	c.WaitCaughtUp(catchUp, "gamma")
+	next := beta.Repl().End.Segment + 1
+	seg := alpha.flipSegment(t, next)
+	beta.Verb("connect")
+	c.writeSome(&h, 53, 50, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+	c.assertPrimaryHolds(&h)
+	c.AssertIdentical()
+	WaitFor(t, 30*time.Second, "alpha to restore "+seg+" from a peer", func() (bool, string) {
+		r := alpha.Repl()
+		for _, d := range r.Damage {
+			if d.Segment == seg {
+				return d.Restored, fmt.Sprintf("%+v", d)
+			}
+		}
+		return false, fmt.Sprintf("alpha reports no damage of %s: %+v", seg, r.Damage)
+	})
+	if n := strings.Count(alpha.Log(), "the transaction log is damaged"); n != 1 {
+		t.Errorf("alpha logged the damage %d times, want once", n)
+	}
+
+	// 2. No other copy.
+	beta.Verb("disconnect")
+	gamma.Verb("disconnect")
+	c.writeSome(&h, 54, 300, 16<<20, 8)
+	alpha.Verb("log-rotate")
+	next = beta.Repl().End.Segment + 1
+	seg = alpha.flipSegment(t, next)
+	beta.Verb("connect")
+	WaitFor(t, 30*time.Second, "beta to say that alpha's copy is damaged", func() (bool, string) {
+		r := beta.Repl()
+		return strings.Contains(r.Err, "damaged") && strings.Contains(r.Err, "invalidate") && r.LagBytes > 0, fmt.Sprintf("error %q, lag %d", r.Err, r.LagBytes)
+	})
+	view, err := beta.tharsis(15*time.Second, "view", "--socket", beta.Socket)
+	if row := viewRow(string(view), "beta"); err != nil || !strings.Contains(row, "is damaged") || strings.Contains(row, " 0 B,") {
+		t.Errorf("beta's view does not tell that it is stuck: %v\n%s", err, view)
+	}
+	view, _ = alpha.tharsis(15*time.Second, "view", "--socket", alpha.Socket)
+	if !strings.Contains(string(view), "DAMAGED LOG") || !strings.Contains(string(view), seg) {
+		t.Errorf("alpha's view does not show the damage of %s:\n%s", seg, view)
+	}
+	beta.Verb("invalidate")
+	c.WaitCaughtUp(catchUp, "beta")
+	gamma.Verb("connect")
+	WaitFor(t, 30*time.Second, "gamma to say it cannot get the log", func() (bool, string) {
+		r := gamma.Repl()
+		return strings.Contains(r.Err, "invalidate") && r.LagBytes > 0, fmt.Sprintf("error %q, lag %d", r.Err, r.LagBytes)
+	})
+	gamma.Verb("invalidate")
+	c.writeSome(&h, 55, 50, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+	c.assertPrimaryHolds(&h)
+	c.AssertIdentical()
+	for _, n := range c.nodes() {
+		if r := n.Repl(); r.Err != "" {
+			t.Errorf("%s still reports an error: %s", n.Name, r.Err)
+		}
+	}
+}
+
+// viewRow returns the row of node in a `tharsis view` text.
+func viewRow(view, node string) string {
+	for _, l := range strings.Split(view, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == node {
+			return l
+		}
+	}
+	return ""
+}
