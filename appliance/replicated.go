@@ -139,6 +139,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 		// Cascading: keep what the nodes fetching from us still need.
 		MinAppliedByPeers: d.cluster.MinAppliedFunc(rc.Name, func() []string { return d.fetchers(rc) }),
 		WasPrimary:        wasPrimary,
+		VerifyInterval:    rc.VerifyInterval,
 	}
 	s, err := replicate.OpenSecondary(keepOpen{r.disk}, opts)
 	if err != nil {

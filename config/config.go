@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Defaults applied by Parse.
@@ -18,6 +19,7 @@ const (
 	DefaultNBDListen   = "0.0.0.0:10809"    // exports.nbd listen
 	MaxNBDName         = 4096               // longest NBD export name or description, in bytes
 	SectorSize         = 512                // size must be a multiple of this
+	MinVerifyInterval  = time.Minute        // shortest verify_interval accepted (0: never)
 )
 
 // Config is a validated cluster configuration. Every path in it is already
@@ -54,6 +56,9 @@ type Resource struct {
 	Replicated  bool                // transaction log on (default true)
 	SegmentSize int64               // log rotation threshold in bytes
 	Sync        bool                // fdatasync the log on every write
+	// VerifyInterval runs an online verify on each secondary that often
+	// (`tharsis verify` without --repair); 0: never.
+	VerifyInterval time.Duration
 }
 
 // AoEExport is one [[exports.aoe]] table.

@@ -137,7 +137,8 @@ func nodeFields(a, b *Node) []string {
 func resourceFields(a, b *Resource) []string {
 	return fieldDiff("disk", a.Disks, b.Disks, "size", a.Size, b.Size, "log_dir", a.LogDir, b.LogDir,
 		"primary", a.Primary, b.Primary, "connect", a.Connect, b.Connect, "replicated", a.Replicated, b.Replicated,
-		"segment_size", a.SegmentSize, b.SegmentSize, "sync", a.Sync, b.Sync)
+		"segment_size", a.SegmentSize, b.SegmentSize, "sync", a.Sync, b.Sync,
+		"verify_interval", a.VerifyInterval, b.VerifyInterval)
 }
 
 func aoeFields(a, b *AoEExport) []string {

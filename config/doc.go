@@ -20,6 +20,7 @@
 //	  replicated = BOOL            default true; false: no log, writes go to the disk
 //	  segment_size = SIZE          log rotation threshold, default 256MiB, >= 1MiB
 //	  sync = BOOL                  fdatasync the log on every write, default false
+//	  verify_interval = DURATION   online verify on each secondary that often ("24h"), default 0: never
 //	[[exports.aoe]]                ATA over Ethernet target, served by the primary
 //	  resource* = NAME
 //	  shelf* = 0..65534            0xffff is the broadcast shelf

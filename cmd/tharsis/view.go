@@ -204,18 +204,14 @@ func renderNodeRow(w io.Writer, row nodeRow) {
 	} else if s := rs.LastSync; s != nil {
 		fmt.Fprintf(w, "  %-10s last sync: compared %s, transferred %s\n", "", humanBytes(s.Compared), humanBytes(s.Transferred))
 	}
+	if v := rs.Verify; v != nil {
+		fmt.Fprintf(w, "  %-10s %s\n", "", verifySummary(v))
+	}
 }
 
 // progress draws a sync's progress bar with its ETA.
 func progress(s *replicate.SyncProgress) string {
-	const width = 30
-	frac := 0.0
-	if s.Total > 0 {
-		frac = float64(s.Compared) / float64(s.Total)
-	}
-	n := int(frac * width)
-	bar := "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
-	out := fmt.Sprintf("%s %5.1f%% of %s, transferred %s", bar, 100*frac, humanBytes(s.Total), humanBytes(s.Transferred))
+	out := fmt.Sprintf("%s, transferred %s", bar(s.Compared, s.Total), humanBytes(s.Transferred))
 	if s.Source != "" {
 		out += " from " + s.Source
 	}
@@ -223,6 +219,17 @@ func progress(s *replicate.SyncProgress) string {
 		out += fmt.Sprintf(", ETA %s", (time.Duration(s.ETASeconds) * time.Second).String())
 	}
 	return out
+}
+
+// bar draws a progress bar of done bytes out of total, with the percentage.
+func bar(done, total int64) string {
+	const width = 30
+	frac := 0.0
+	if total > 0 {
+		frac = float64(done) / float64(total)
+	}
+	n := int(frac * width)
+	return fmt.Sprintf("[%s%s] %5.1f%% of %s", strings.Repeat("#", n), strings.Repeat(".", width-n), 100*frac, humanBytes(total))
 }
 
 // humanBytes formats n with one decimal in binary units.
