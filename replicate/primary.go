@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -78,6 +79,9 @@ type Primary struct {
 	bg       sync.WaitGroup
 
 	damage damageBook
+
+	freeMu     sync.Mutex
+	freeFailed time.Time
 }
 
 var _ blockdev.Device = (*Primary)(nil)
@@ -307,6 +311,7 @@ func (p *Primary) zero(k Kind, off, length int64) error {
 // earlier records and, with Options.Sync, waits for their fdatasync (which
 // runs meanwhile).
 func (p *Primary) do(es []*entry) error {
+	freed := false
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -321,6 +326,10 @@ func (p *Primary) do(es []*entry) error {
 		retry, err := p.w.reserve(es)
 		if err != nil {
 			p.mu.Unlock()
+			if errors.Is(err, blockdev.ErrNoSpace) && !freed && p.freeSpace() {
+				freed = true
+				continue // once, with what every node has replayed gone
+			}
 			return err
 		}
 		if retry != nil {
@@ -496,6 +505,29 @@ func (p *Primary) Checkpoint() error {
 	p.persisted = pos
 	p.mu.Unlock()
 	return nil
+}
+
+// freeSpaceEvery bounds how often a full log filesystem makes a write try
+// to delete applied segments again after a try that deleted nothing (each
+// try checkpoints the data device).
+const freeSpaceEvery = time.Second
+
+// freeSpace deletes, at once, every segment that every node has replayed,
+// because the log filesystem is full; it reports whether any went.
+func (p *Primary) freeSpace() bool {
+	p.freeMu.Lock()
+	defer p.freeMu.Unlock()
+	if time.Since(p.freeFailed) < freeSpaceEvery {
+		return false
+	}
+	removed, err := p.DeleteApplied(true)
+	if err != nil {
+		p.freeFailed = time.Now()
+		p.logger.Warn("the log filesystem is full and no segment can be deleted: writes fail until space is freed", "why", err)
+		return false
+	}
+	p.logger.Warn("the log filesystem was full: deleted the segments every node has replayed", "removed", removed)
+	return true
 }
 
 // Rotate seals the current segment and starts a new one (`tharsis
