@@ -174,7 +174,8 @@ func (r *VerifyReport) clone() *VerifyReport {
 }
 
 // verifier is a Secondary's verify: the running or last report, and the
-// request the verify loop picks up.
+// request the verify loop picks up. Its mu is taken after Secondary.mu
+// (Status), never before.
 type verifier struct {
 	mu     sync.Mutex
 	dir    string
@@ -311,6 +312,7 @@ func (s *Secondary) verifyLoop(ctx context.Context) {
 		v.mu.Unlock()
 	}()
 	for ctx.Err() == nil {
+		notReady := s.verifyReady() // before v.mu: Status holds s.mu while it takes v.mu
 		v.mu.Lock()
 		r, opts := v.cur, v.req
 		v.req = nil
@@ -324,7 +326,7 @@ func (s *Secondary) verifyLoop(ctx context.Context) {
 				s.wait(ctx, v.kick, wait)
 				continue
 			}
-			if s.verifyReady() != nil {
+			if notReady != nil {
 				v.mu.Unlock()
 				s.wait(ctx, v.kick, min(time.Minute, s.opts.VerifyInterval))
 				continue
@@ -407,7 +409,9 @@ func (s *Secondary) runVerify(ctx context.Context, r *VerifyReport, opts VerifyO
 	}()
 	var lastErr error
 	progress := time.Now() // of the last batch done (or the start)
-	began := time.Now()
+	// The scan is paced from paceAt and chunk paceIdx on (again after a
+	// retry, so a stall is not made up for by a burst).
+	paceAt, paceIdx := time.Now(), uint64(0)
 	for idx := uint64(0); idx < nchunks; {
 		if err := s.verifyReady(); err != nil {
 			return fmt.Errorf("%w: %v", errVerifyCancelled, err)
@@ -430,6 +434,7 @@ func (s *Secondary) runVerify(ctx context.Context, r *VerifyReport, opts VerifyO
 			s.logger.Info("verify: retrying", "err", lastErr)
 			s.wait(ctx, nil, s.opts.RetryInterval)
 			lastErr = nil
+			paceAt, paceIdx = time.Now(), idx
 			continue
 		}
 		if pc == nil {
@@ -446,7 +451,7 @@ func (s *Secondary) runVerify(ctx context.Context, r *VerifyReport, opts VerifyO
 			})
 		}
 		// Pace the scan: at most rate bytes a second.
-		due := began.Add(time.Duration(float64(int64(idx)*cs) / float64(rate) * float64(time.Second)))
+		due := paceAt.Add(time.Duration(float64(int64(idx-paceIdx)*cs) / float64(rate) * float64(time.Second)))
 		if d := time.Until(due); d > 0 {
 			s.wait(ctx, nil, d)
 			continue
