@@ -60,6 +60,7 @@ type PeerState struct {
 	// of the last poll ("" when it succeeded).
 	Updated time.Time `json:"updated,omitzero"`
 	Err     string    `json:"error,omitempty"`
+	fails   int       // polls failed in a row
 }
 
 // Cluster polls every peer's status and keeps the latest. It keeps one
@@ -162,10 +163,15 @@ func (c *Cluster) pollOne(ctx context.Context, p Peer) {
 	ps.Peer = p
 	if err != nil {
 		if ps.Err == "" {
-			c.opts.Logger.Info("cannot get the status of a peer", "peer", p.String(), "err", err)
+			c.opts.Logger.Warn("cannot get the status of a peer", "peer", p.String(), "err", err)
 		}
 		ps.Err = err.Error()
+		ps.fails++
 	} else {
+		if ps.Err != "" {
+			c.opts.Logger.Info("a peer answers again", "peer", p.String(), "failed_polls", ps.fails, "last_err", ps.Err)
+		}
+		ps.fails = 0
 		ps.Status, ps.Updated, ps.Err = st, time.Now(), ""
 		if pc != nil {
 			if old := c.conns[p.Name]; old != nil {

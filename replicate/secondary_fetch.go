@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tharsis/tharsis/blockdev"
 	"github.com/tharsis/tharsis/replicate/wire"
 )
 
@@ -136,9 +137,12 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 				// Log each peer's failure once, not on every retry.
 				if msg := err.Error(); peerErrs[p.Name] != msg {
 					peerErrs[p.Name] = msg
-					if errors.Is(err, ErrAuth) {
+					switch {
+					case errors.Is(err, ErrAuth):
 						s.logger.Warn(msg)
-					} else {
+					case isNoSpace(err) || errors.Is(err, blockdev.ErrNoSpace):
+						s.logger.Error("this node's log filesystem is full: fetching stops until space is freed (`tharsis log-delete` removes replayed segments)", "dir", s.opts.Dir, "err", err)
+					default:
 						s.logger.Warn("fetching the log failed; trying the next peer", "peer", p.String(), "err", err)
 					}
 				}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,7 +59,63 @@ type ShipServer struct {
 	closed    bool
 	wg        sync.WaitGroup
 	extra     func() []ResourceStatus
+	// hsFails tracks failed handshakes per remote host, so each distinct
+	// failure is logged once (WARN) and its repeats are counted.
+	hsFails map[string]*repeatLog
 }
+
+// maxHandshakeHosts bounds the hosts whose handshake failures are tracked.
+const maxHandshakeHosts = 1024
+
+func hostOf(remote string) string {
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		return h
+	}
+	return remote
+}
+
+// handshakeFailed logs a failed handshake (authentication, another
+// protocol version, a timeout, a stranger) once per host and failure.
+func (s *ShipServer) handshakeFailed(remote string, err error, log *slog.Logger) {
+	host := hostOf(remote)
+	msg := err.Error()
+	if errors.Is(err, wire.ErrVersion) {
+		msg = fmt.Sprintf("%v: the peer runs another tharsis version; upgrade the nodes to the same release", err)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		msg = fmt.Sprintf("no handshake within %v (%v)", handshakeTimeout, err)
+	}
+	s.mu.Lock()
+	if s.hsFails == nil {
+		s.hsFails = map[string]*repeatLog{}
+	}
+	r := s.hsFails[host]
+	if r == nil && len(s.hsFails) < maxHandshakeHosts {
+		r = &repeatLog{}
+		s.hsFails[host] = r
+	}
+	s.mu.Unlock()
+	if r == nil || r.changed(stripPort(msg, remote)) {
+		log.Warn("replication handshake failed", "err", msg)
+	}
+}
+
+// handshakeOK ends the failure streak of remote's host, if any.
+func (s *ShipServer) handshakeOK(remote string, log *slog.Logger) {
+	host := hostOf(remote)
+	s.mu.Lock()
+	r := s.hsFails[host]
+	delete(s.hsFails, host)
+	s.mu.Unlock()
+	if r != nil {
+		if last, n := r.clear(); n > 0 {
+			log.Info("replication handshakes succeed again", "failed_before", last, "repeats", n)
+		}
+	}
+}
+
+// stripPort removes remote (host:port, different per connection) from a
+// message, so repeats from one host compare equal.
+func stripPort(msg, remote string) string { return strings.ReplaceAll(msg, remote, hostOf(remote)) }
 
 type shipRes struct {
 	src    Source
@@ -231,13 +288,10 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
 	peer, err := serverHandshake(c, s.Node, s.Secret, remote)
 	if err != nil {
-		if errors.Is(err, ErrAuth) {
-			log.Warn(err.Error())
-		} else {
-			log.Debug("replication handshake failed", "err", err)
-		}
+		s.handshakeFailed(remote, err, log)
 		return
 	}
+	s.handshakeOK(remote, log)
 	nc.SetDeadline(time.Time{})
 	c.Max = maxRequestFrame
 	log = log.With("node", peer)
