@@ -335,10 +335,11 @@ func TestPrimaryNoSpace(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.crash()
-	fresh := blockdev.NewMemory(devSize)
-	p = openTest(t, fresh, logDir, nil)
+	// (The full log made the primary checkpoint while it looked for
+	// segments to delete: "acked" is applied on disk, "again" replayed.)
+	p = openTest(t, mem, logDir, nil)
 	defer p.Close()
-	if p.Replayed() != 2 || string(fresh.Bytes()[:5]) != "acked" || string(fresh.Bytes()[200:205]) != "again" {
+	if p.Replayed() != 1 || string(mem.Bytes()[:5]) != "acked" || string(mem.Bytes()[200:205]) != "again" {
 		t.Fatalf("replayed %d after ENOSPC", p.Replayed())
 	}
 }
