@@ -207,6 +207,16 @@ func renderNodeRow(w io.Writer, row nodeRow) {
 	if v := rs.Verify; v != nil {
 		fmt.Fprintf(w, "  %-10s %s\n", "", verifySummary(v))
 	}
+	for _, d := range rs.Damage {
+		state := "DAMAGED LOG"
+		switch {
+		case d.Restored:
+			state = "damaged log (restored)"
+		case d.Quarantined != "":
+			state = "DAMAGED LOG (moved aside as " + d.Quarantined + ")"
+		}
+		fmt.Fprintf(w, "  %-10s %s: %s at offset %d: %s (found %d×); %s\n", "", state, d.Segment, d.Offset, d.Reason, d.Count, d.Action)
+	}
 }
 
 // progress draws a sync's progress bar with its ETA.
