@@ -23,7 +23,10 @@ type Client struct {
 func (c *Client) http() *http.Client {
 	return &http.Client{
 		Timeout: 60 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		// One request per connection: a CLI makes a few requests, and an
+		// idle keep-alive connection would only hold one of the daemon's
+		// control_max_connections.
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var dl net.Dialer
 			return dl.DialContext(ctx, "unix", c.Socket)
 		}},

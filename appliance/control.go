@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tharsis/tharsis/internal/netlimit"
 	"github.com/tharsis/tharsis/replicate"
 )
 
@@ -25,7 +26,9 @@ import (
 //	                             "done: ..." or "error: ..."
 //
 // Errors come back as HTTP 4xx/5xx with the operator-facing message as the
-// body.
+// body. At most control_max_connections connections are open at once (more
+// are closed at once), and a connection idle between requests for
+// control_idle_timeout is closed.
 type controlServer struct {
 	path string
 	ln   net.Listener
@@ -56,6 +59,8 @@ func (d *Daemon) startControl() error {
 	if err != nil {
 		return fmt.Errorf("control socket %s: %w", path, err)
 	}
+	lim := d.limits()
+	ln = netlimit.NewListener(ln, netlimit.NewGate(lim.ControlMaxConnections, d.log, "control socket"), 0)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v0/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -63,7 +68,7 @@ func (d *Daemon) startControl() error {
 	})
 	mux.HandleFunc("POST /v0/resource/{res}/{verb}", d.handleVerb)
 	mux.HandleFunc("POST /v0/role/{res}/{cmd}", d.handleRole)
-	c := &controlServer{path: path, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
+	c := &controlServer{path: path, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: lim.ControlIdleTimeout}}
 	go c.srv.Serve(ln)
 	d.control = c
 	return nil

@@ -7,6 +7,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/tharsis/tharsis/config"
+	"github.com/tharsis/tharsis/internal/netlimit"
 	"github.com/tharsis/tharsis/nbd"
 )
 
@@ -70,7 +72,15 @@ func (d *Daemon) nbdListen(addr string) (*nbdListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nbd export: listen on %s: %w (is another server using the port, or is the address not on this node? change `listen` in the config)", addr, err)
 	}
-	srv := &nbd.Server{Logger: d.log.With("nbd", addr)}
+	lim := d.limits()
+	srv := &nbd.Server{
+		Logger:           d.log.With("nbd", addr),
+		Memory:           d.nbdMemory(),
+		MaxConns:         lim.NBDMaxConnections,
+		HandshakeTimeout: lim.NBDHandshakeTimeout,
+		RequestTimeout:   lim.NBDRequestTimeout,
+		IdleTimeout:      lim.NBDIdleTimeout,
+	}
 	l := &nbdListener{addr: ln.Addr().String(), ln: ln, srv: srv, served: make(chan error, 1)}
 	go func() {
 		err := srv.Serve(ln)
@@ -81,6 +91,29 @@ func (d *Daemon) nbdListen(addr string) (*nbdListener, error) {
 	}()
 	d.nbd[addr] = l
 	return l, nil
+}
+
+// nbdMemory returns the payload budget every NBD listener of the daemon
+// shares: the one the first listener got, or a new one of nbd_memory. Call
+// with d.expMu held.
+func (d *Daemon) nbdMemory() *nbd.MemoryBudget {
+	for _, l := range d.nbd {
+		return l.srv.Memory
+	}
+	return nbd.NewMemoryBudget(d.limits().NBDMemory)
+}
+
+// limits returns the [limits] of the config.
+func (d *Daemon) limits() config.Limits { return d.cfg.Limits.WithDefaults() }
+
+// limitReplication bounds the replication listener l: at most
+// replication_max_connections connections, and replication_auth_timeout
+// for a peer to authenticate (the ship server clears the deadline once it
+// has; its own bound applies too).
+func (d *Daemon) limitReplication(l net.Listener) net.Listener {
+	lim := d.limits()
+	gate := netlimit.NewGate(lim.ReplicationMaxConnections, d.log, "replication "+d.node.Replication)
+	return netlimit.NewListener(l, gate, lim.ReplicationAuthTimeout)
 }
 
 // stopExports withdraws r's exports: NBD connections of r's exports stop

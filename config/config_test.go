@@ -391,3 +391,15 @@ control_idle_timeout = "1m"
 		t.Errorf("Diff = %v", got)
 	}
 }
+
+func TestLimitsWithDefaults(t *testing.T) {
+	if got := (Limits{}).WithDefaults(); got != DefaultLimits() {
+		t.Errorf("zero Limits with defaults = %+v, want %+v", got, DefaultLimits())
+	}
+	l := Limits{NBDMemory: 1 << 30, ControlIdleTimeout: time.Minute, NBDIdleTimeout: time.Hour}
+	want := DefaultLimits()
+	want.NBDMemory, want.ControlIdleTimeout, want.NBDIdleTimeout = 1<<30, time.Minute, time.Hour
+	if got := l.WithDefaults(); got != want {
+		t.Errorf("WithDefaults = %+v, want %+v", got, want)
+	}
+}

@@ -65,6 +65,28 @@ func DefaultLimits() Limits {
 	}
 }
 
+// WithDefaults returns l with the default standing in for every zero field
+// (as in a Config built without Parse); NBDIdleTimeout's zero is its
+// default.
+func (l Limits) WithDefaults() Limits {
+	d := DefaultLimits()
+	orDefault(&l.NBDMemory, d.NBDMemory)
+	orDefault(&l.NBDMaxConnections, d.NBDMaxConnections)
+	orDefault(&l.NBDHandshakeTimeout, d.NBDHandshakeTimeout)
+	orDefault(&l.NBDRequestTimeout, d.NBDRequestTimeout)
+	orDefault(&l.ReplicationMaxConnections, d.ReplicationMaxConnections)
+	orDefault(&l.ReplicationAuthTimeout, d.ReplicationAuthTimeout)
+	orDefault(&l.ControlMaxConnections, d.ControlMaxConnections)
+	orDefault(&l.ControlIdleTimeout, d.ControlIdleTimeout)
+	return l
+}
+
+func orDefault[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
 // limits reads the [limits] table m.
 func (p *parser) limits(m map[string]any) Limits {
 	l := DefaultLimits()

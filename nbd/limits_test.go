@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"testing"
 	"time"
@@ -32,14 +33,12 @@ func dialTCP(t *testing.T, addr string) *client {
 	return &client{t: t, c: c, br: bufio.NewReader(c), reads: map[uint64]uint32{}}
 }
 
-// heapAfterGC returns the live heap after two collections (the second
-// frees what sync.Pool's victim cache still held).
-func heapAfterGC() uint64 {
-	runtime.GC()
-	runtime.GC()
+// heapFromOS returns the memory the heap holds from the operating system
+// (what counts in the RSS), without collecting first.
+func heapFromOS() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
+	return ms.HeapSys - ms.HeapReleased
 }
 
 // picked counts the server's connections that chose an export.
@@ -64,19 +63,23 @@ func openConns(srv *Server) int {
 // TestMemoryBoundsPartialWrites: 40 clients each send all but the last byte
 // of a 32 MiB WRITE. The server holds at most its memory budget of payload
 // buffers (the others wait, unread, before anything is allocated for them),
-// and gives the memory back once the clients are gone.
+// and gives the memory back to the OS once the clients are gone, without
+// anyone collecting garbage.
 func TestMemoryBoundsPartialWrites(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moves 256 MiB over loopback")
 	}
 	const conns, size = 40, 32 << 20
 	mem := NewMemoryBudget(DefaultMemory)
+	mem.trimDelay = 10 * time.Millisecond
 	srv := &Server{Logger: quietLog, Memory: mem}
 	addr := serveTCPServer(t, srv, Export{Name: "d", Device: blockdev.NewMemory(size)})
 	payload := make([]byte, size-1) // shared by all clients
 	hdr := (&request{typ: cmdWrite, handle: 1, length: size}).appendBinary(nil)
 
-	base := heapAfterGC()
+	base := testutil.HeapAfterGC()
+	debug.FreeOSMemory()
+	baseOS := heapFromOS()
 	var clients []*client
 	var wg sync.WaitGroup
 	for range conns {
@@ -93,7 +96,8 @@ func TestMemoryBoundsPartialWrites(t *testing.T) {
 	}
 	waitFor(t, "every connection in transmission", func() bool { return picked(srv) == conns })
 	waitFor(t, "the budget spent", func() bool { return mem.InUse() == mem.Size() })
-	held := heapAfterGC()
+	heldOS := heapFromOS()
+	held := testutil.HeapAfterGC()
 	t.Logf("%d partial %d MiB writes: heap %d MiB above the start (budget %d MiB)", conns, size>>20, (held-base)>>20, mem.Size()>>20)
 	if slack := uint64(32 << 20); held > base+uint64(mem.Size())+slack {
 		t.Errorf("heap grew by %d MiB with %d partial writes, budget %d MiB + %d MiB slack",
@@ -111,7 +115,14 @@ func TestMemoryBoundsPartialWrites(t *testing.T) {
 	if got := mem.InUse(); got != 0 {
 		t.Fatalf("%d bytes still in use after every connection closed", got)
 	}
-	after := heapAfterGC()
+	waitFor(t, "the memory given back", func() bool { return mem.trims.Load() > 0 })
+	afterOS := heapFromOS()
+	t.Logf("heap memory from the OS: %d MiB at the start, %d MiB with the stalled writes, %d MiB after they left",
+		baseOS>>20, heldOS>>20, afterOS>>20)
+	if afterOS > baseOS+(32<<20) {
+		t.Errorf("heap holds %d MiB from the OS after the clients left, %d MiB at the start", afterOS>>20, baseOS>>20)
+	}
+	after := testutil.HeapAfterGC()
 	runtime.KeepAlive(payload)
 	t.Logf("after the clients left: heap %d MiB above the start", int64(after-base)>>20)
 	if after > base+(16<<20) {
@@ -303,5 +314,46 @@ func TestPeerNbdcopySmallBudget(t *testing.T) {
 	}
 	if v := nbdinfo(t, uri); len(v.Exports) != 1 || v.Exports[0].Size != size {
 		t.Fatalf("nbdinfo: %+v", v)
+	}
+}
+
+// TestMemoryBudgetTrim: memory is handed back once the budget is unused
+// after a burst of at least trimAbove, not after small use or while in use.
+func TestMemoryBudgetTrim(t *testing.T) {
+	m := NewMemoryBudget(2 * trimAbove)
+	m.trimDelay = time.Millisecond
+	armed := func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.trimArmed
+	}
+	ctx := context.Background()
+	m.acquire(ctx, 1<<20)
+	m.release(1 << 20)
+	if armed() {
+		t.Fatal("trim armed after a small burst")
+	}
+	m.acquire(ctx, trimAbove)
+	m.acquire(ctx, 4096)
+	m.release(trimAbove)
+	if armed() {
+		t.Fatal("trim armed while the budget is in use")
+	}
+	m.release(4096)
+	if !armed() {
+		t.Fatal("trim not armed after a large burst ended")
+	}
+	waitFor(t, "the trim", func() bool { return m.trims.Load() == 1 })
+	if m.peak.Load() != 0 || armed() {
+		t.Fatalf("after the trim: peak %d, armed %v", m.peak.Load(), armed())
+	}
+	// A request larger than the budget takes all of it and gives it back.
+	m.acquire(ctx, 4*trimAbove)
+	if m.InUse() != m.Size() {
+		t.Fatalf("in use %d, want the whole budget %d", m.InUse(), m.Size())
+	}
+	m.release(4 * trimAbove)
+	if m.InUse() != 0 {
+		t.Fatalf("in use %d after release", m.InUse())
 	}
 }

@@ -2,7 +2,11 @@ package nbd
 
 import (
 	"context"
+	"runtime"
+	"runtime/debug"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 )
@@ -10,6 +14,17 @@ import (
 // DefaultMemory is the size of the payload budget a Server makes for itself
 // when Server.Memory is nil.
 const DefaultMemory = 256 << 20
+
+// Giving memory back after a burst: once a budget that held at least
+// trimAbove is unused for trimDelay, the idle payload buffers are freed and
+// the process's free memory is returned to the operating system.
+// Otherwise pooled buffers live until two garbage collections, which an
+// idle daemon runs only every two minutes, and the runtime returns freed
+// pages slowly.
+const (
+	trimAbove = 64 << 20
+	trimDelay = 5 * time.Second
+)
 
 // MemoryBudget is a budget of payload bytes shared by every connection of
 // one or more Servers (a daemon gives all its listeners one). A connection
@@ -26,10 +41,21 @@ const DefaultMemory = 256 << 20
 // waits until it can have all of it and then runs alone, so the budget
 // should be at least the largest request (Server.MaxPayload). A
 // MemoryBudget is safe for concurrent use.
+//
+// After a burst that held at least 64 MiB, once the budget has been unused
+// for 5 seconds, it frees the idle payload buffers and returns free memory
+// to the operating system (runtime.GC, debug.FreeOSMemory), so the
+// memory a burst of clients took is given back.
 type MemoryBudget struct {
 	sem  *semaphore.Weighted
 	size int64
 	used atomic.Int64
+	peak atomic.Int64 // the most used since the last trim
+
+	mu        sync.Mutex
+	trimArmed bool
+	trimDelay time.Duration // trimDelay; tests shorten it
+	trims     atomic.Int64  // trims done, for tests
 }
 
 // NewMemoryBudget returns a budget of size bytes; size <= 0 means DefaultMemory.
@@ -37,7 +63,7 @@ func NewMemoryBudget(size int64) *MemoryBudget {
 	if size <= 0 {
 		size = DefaultMemory
 	}
-	return &MemoryBudget{sem: semaphore.NewWeighted(size), size: size}
+	return &MemoryBudget{sem: semaphore.NewWeighted(size), size: size, trimDelay: trimDelay}
 }
 
 // Size returns the budget in bytes.
@@ -53,15 +79,40 @@ func (m *MemoryBudget) acquire(ctx context.Context, n int64) error {
 	if err := m.sem.Acquire(ctx, n); err != nil {
 		return err
 	}
-	m.used.Add(n)
+	used := m.used.Add(n)
+	for p := m.peak.Load(); used > p && !m.peak.CompareAndSwap(p, used); p = m.peak.Load() {
+	}
 	return nil
 }
 
 // release gives back n bytes granted by acquire(n).
 func (m *MemoryBudget) release(n int64) {
 	n = min(n, m.size)
-	m.used.Add(-n)
+	idle := m.used.Add(-n) == 0
 	m.sem.Release(n)
+	if idle && m.peak.Load() >= trimAbove {
+		m.mu.Lock()
+		if !m.trimArmed {
+			m.trimArmed = true
+			time.AfterFunc(m.trimDelay, m.trim)
+		}
+		m.mu.Unlock()
+	}
+}
+
+// trim gives the memory of a burst back if the budget is still unused;
+// otherwise the next release that leaves it unused tries again.
+func (m *MemoryBudget) trim() {
+	m.mu.Lock()
+	m.trimArmed = false
+	m.mu.Unlock()
+	if m.used.Load() != 0 {
+		return
+	}
+	m.peak.Store(0)
+	runtime.GC() // moves pooled buffers to the pool's victim cache
+	debug.FreeOSMemory()
+	m.trims.Add(1)
 }
 
 // payloadCost is the share of the budget a payload of n bytes holds: the

@@ -92,15 +92,6 @@ func accepted(t *testing.T, ch <-chan net.Conn) net.Conn {
 	return nil
 }
 
-// closedByPeer waits until the other end closes c.
-func closedByPeer(t *testing.T, c net.Conn) {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.Copy(io.Discard, c); err != nil {
-		t.Fatalf("connection not closed by the listener: %v", err)
-	}
-}
-
 func TestListenerCap(t *testing.T) {
 	l, ch := serve(t, 2, 0)
 	dial(t, l)
@@ -108,7 +99,7 @@ func TestListenerCap(t *testing.T) {
 	dial(t, l)
 	accepted(t, ch)
 	over := dial(t, l)
-	closedByPeer(t, over)
+	testutil.ClosedByPeer(t, over, "connection")
 	if n := l.Gate().Open(); n != 2 {
 		t.Fatalf("%d open, want 2", n)
 	}

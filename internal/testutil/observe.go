@@ -2,10 +2,18 @@ package testutil
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net"
+	"runtime"
 	"strings"
 	"sync"
+	"testing"
+	"time"
 )
+
+// What tests observe of the code under test: its log messages, its heap,
+// and its end of a connection.
 
 // Logs is a slog.Handler that keeps the message of every record, so a test
 // can count what a component logged: slog.New(&testutil.Logs{}).
@@ -36,4 +44,24 @@ func (h *Logs) Count(substr string) int {
 		}
 	}
 	return n
+}
+
+// HeapAfterGC returns the live heap after two collections (the second frees
+// what sync.Pool's victim cache still held).
+func HeapAfterGC() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// ClosedByPeer reads c until the other end closes it, failing the test
+// (naming what) if that takes more than 20 seconds.
+func ClosedByPeer(t testing.TB, c net.Conn, what string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("%s not closed by its server: %v", what, err)
+	}
 }
