@@ -72,6 +72,8 @@ type resource struct {
 
 	serving   bool   // exports on (under Daemon.expMu)
 	exportErr string // why an export failed to start
+	// released names the nodes the retention limits released, and why.
+	released map[string]string
 }
 
 // repl returns what the log verbs act on, or nil for an unreplicated

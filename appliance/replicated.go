@@ -99,7 +99,7 @@ func (d *Daemon) openPrimary(r *resource) error {
 	if d.cluster != nil {
 		// Retention: keep what any other node that holds the resource
 		// has not fetched and replayed yet.
-		opts.MinAppliedByPeers = d.cluster.MinAppliedFunc(rc.Name, func() []string { return d.others(rc) })
+		opts.MinAppliedByPeers = d.minApplied(r, func() []string { return d.others(rc) })
 	}
 	p, err := replicate.OpenPrimary(keepOpen{r.disk}, opts)
 	if err != nil {
@@ -137,7 +137,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 			return out
 		},
 		// Cascading: keep what the nodes fetching from us still need.
-		MinAppliedByPeers: d.cluster.MinAppliedFunc(rc.Name, func() []string { return d.fetchers(rc) }),
+		MinAppliedByPeers: d.minApplied(r, func() []string { return d.fetchers(rc) }),
 		WasPrimary:        wasPrimary,
 		VerifyInterval:    rc.VerifyInterval,
 	}

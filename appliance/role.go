@@ -109,6 +109,7 @@ func (s roleSource) Status() replicate.ResourceStatus {
 	rs := s.Source.Status()
 	st := s.r.role.snapshot()
 	rs.Phase, rs.Designation, rs.Diverged, rs.Forks, rs.Handover = st.Phase, st.Designation, st.Diverged, st.Forks, st.Handover
+	rs.Released = s.r.releases()
 	rs.Consistent = rs.Consistent && st.Consistent
 	if st.Phase == replicate.PhasePrimary {
 		rs.Consistent = st.Consistent

@@ -59,6 +59,12 @@ type Resource struct {
 	// VerifyInterval runs an online verify on each secondary that often
 	// (`tharsis verify` without --repair); 0: never.
 	VerifyInterval time.Duration
+	// RetainMax and RetainMaxAge limit the log kept for another node that
+	// is behind (bytes past what it replayed) or unreachable (for this
+	// long); beyond either, it is released: the segments it still needs
+	// may be deleted, and then it needs a full sync. 0: no limit.
+	RetainMax    int64
+	RetainMaxAge time.Duration
 }
 
 // AoEExport is one [[exports.aoe]] table.

@@ -21,6 +21,9 @@
 //	  segment_size = SIZE          log rotation threshold, default 256MiB, >= 1MiB
 //	  sync = BOOL                  fdatasync the log on every write, default false
 //	  verify_interval = DURATION   online verify on each secondary that often ("24h"), default 0: never
+//	  retain_max = SIZE            log kept for a node that is behind, default 0: no limit; beyond it
+//	                               the node is released (may need a full sync on return)
+//	  retain_max_age = DURATION    same for a node unreachable this long ("72h"), default 0: no limit
 //	[[exports.aoe]]                ATA over Ethernet target, served by the primary
 //	  resource* = NAME
 //	  shelf* = 0..65534            0xffff is the broadcast shelf

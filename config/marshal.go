@@ -53,6 +53,12 @@ func (c *Config) Marshal() []byte {
 		if r.VerifyInterval > 0 {
 			kv("verify_interval", q(r.VerifyInterval.String()))
 		}
+		if r.RetainMax > 0 {
+			kv("retain_max", q(FormatSize(r.RetainMax)))
+		}
+		if r.RetainMaxAge > 0 {
+			kv("retain_max_age", q(r.RetainMaxAge.String()))
+		}
 	}
 	for _, e := range c.AoE {
 		b.WriteString("\n[[exports.aoe]]\n")

@@ -18,7 +18,7 @@ import (
 var (
 	topKeys      = []string{"secret_file", "nodes", "resources", "exports", "limits"}
 	nodeKeys     = []string{"replication", "state_dir", "control"}
-	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "verify_interval"}
+	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "verify_interval", "retain_max", "retain_max_age"}
 	exportKeys   = []string{"aoe", "nbd"}
 	aoeKeys      = []string{"resource", "shelf", "slot", "interfaces", "allow_macs", "read_only", "bufcnt", "write_cache"}
 	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only"}
@@ -66,6 +66,8 @@ var examples = map[string]string{
 	"segment_size":    `segment_size = "256MiB"`,
 	"sync":            `sync = false`,
 	"verify_interval": `verify_interval = "24h"`,
+	"retain_max":      `retain_max = "64GiB"`,
+	"retain_max_age":  `retain_max_age = "72h"`,
 	"aoe":             `[[exports.aoe]]`,
 	"nbd":             `[[exports.nbd]]`,
 	"resource":        `resource = "data"`,
@@ -668,6 +670,20 @@ func (p *parser) resource(name string, v any) (*Resource, bool) {
 			p.errorf(joinPath(path, "verify_interval"), "%s is too often; use at least %s (or 0: never), for example: %s", d, MinVerifyInterval, examples["verify_interval"])
 		} else {
 			r.VerifyInterval = d
+		}
+	}
+	if n, ok := p.getSize(m, path, "retain_max"); ok {
+		if n != 0 && n < 2*r.SegmentSize {
+			p.errorf(joinPath(path, "retain_max"), "%s is less than two log segments (%s); use more, or 0: no limit, for example: %s", FormatSize(n), FormatSize(2*r.SegmentSize), examples["retain_max"])
+		} else {
+			r.RetainMax = n
+		}
+	}
+	if d, ok := p.getDuration(m, path, "retain_max_age"); ok {
+		if d < 0 || d != 0 && d < time.Minute {
+			p.errorf(joinPath(path, "retain_max_age"), "%s is too short; use at least 1m (or 0: no limit), for example: %s", d, examples["retain_max_age"])
+		} else {
+			r.RetainMaxAge = d
 		}
 	}
 	return r, true

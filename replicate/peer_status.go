@@ -86,6 +86,9 @@ type ResourceStatus struct {
 	Err      string           `json:"error,omitempty"`
 	// Damage lists damaged places found in this node's log.
 	Damage []Damage `json:"damage,omitempty"`
+	// Released lists the nodes this node no longer keeps log segments for
+	// (retain_max, retain_max_age): they may need a full sync.
+	Released []Release `json:"released,omitempty"`
 }
 
 // SegmentSummary is one segment of a node's log in its status.
@@ -191,4 +194,10 @@ func sumWorker() {
 		}
 		s.Unlock()
 	}
+}
+
+// Release says that a node no longer holds log segments back, and why.
+type Release struct {
+	Node string `json:"node"`
+	Why  string `json:"why"`
 }

@@ -86,6 +86,8 @@ type Options struct {
 	// Primaries overrides the config's `primary` in some nodes' config
 	// files (stale copies that disagree).
 	Primaries map[string]string
+	// ResourceExtra is appended to the resource's table (more keys).
+	ResourceExtra string
 }
 
 // Cluster is a tharsis cluster, one node per network namespace, each joined
@@ -228,7 +230,7 @@ func (c *Cluster) config(secret, primary string, opt Options) []byte {
 		}
 		fmt.Fprintf(&b, "%s = %q", n.Name, n.Name+".img")
 	}
-	fmt.Fprintf(&b, " }\nprimary = %q\nsegment_size = %q\n", primary, opt.SegmentSize)
+	fmt.Fprintf(&b, " }\nprimary = %q\nsegment_size = %q\n%s", primary, opt.SegmentSize, opt.ResourceExtra)
 	if len(opt.Connect) > 0 {
 		b.WriteString("connect = { ")
 		i := 0

@@ -118,3 +118,44 @@ func viewRow(view, node string) string {
 	}
 	return ""
 }
+
+// TestRetentionLimitReleasesDownNode: beta is down while alpha writes more
+// than retain_max; alpha stops keeping the log for it (view: RELEASED), so
+// log-delete-all frees it; beta, back, says it needs a full sync, and
+// invalidate brings it back.
+func TestRetentionLimitReleasesDownNode(t *testing.T) {
+	c := started(t, Options{Nodes: []string{"alpha", "beta"}, SegmentSize: "1MiB", ResourceExtra: "retain_max = \"2MiB\"\n"})
+	alpha, beta := c.Nodes["alpha"], c.Nodes["beta"]
+	var h History
+	c.writeSome(&h, 61, 100, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+	beta.Kill()
+	c.writeSome(&h, 62, 400, 16<<20, 8) // several MiB of log
+	WaitFor(t, 30*time.Second, "alpha to release beta", func() (bool, string) {
+		out, _ := alpha.tharsis(15*time.Second, "view", "--socket", alpha.Socket)
+		return strings.Contains(string(out), "RELEASED beta"), string(out)
+	})
+	if out, err := alpha.TryVerb("log-rotate"); err != nil {
+		t.Fatalf("log-rotate: %v %s", err, out)
+	}
+	if out, err := alpha.TryVerb("log-delete-all"); err != nil {
+		t.Fatalf("log-delete-all with beta released: %v %s", err, out)
+	}
+	beta.Start()
+	WaitFor(t, 30*time.Second, "beta to say it needs a full sync", func() (bool, string) {
+		r, err := beta.TryRepl()
+		if err != nil {
+			return false, err.Error()
+		}
+		return strings.Contains(r.Err, "invalidate"), r.Err
+	})
+	beta.Verb("invalidate")
+	c.writeSome(&h, 63, 50, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+	c.assertPrimaryHolds(&h)
+	c.AssertIdentical()
+	WaitFor(t, 30*time.Second, "alpha to keep the log for beta again", func() (bool, string) {
+		out, _ := alpha.tharsis(15*time.Second, "view", "--socket", alpha.Socket)
+		return !strings.Contains(string(out), "RELEASED"), string(out)
+	})
+}

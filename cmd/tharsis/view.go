@@ -207,6 +207,9 @@ func renderNodeRow(w io.Writer, row nodeRow) {
 	if v := rs.Verify; v != nil {
 		fmt.Fprintf(w, "  %-10s %s\n", "", verifySummary(v))
 	}
+	for _, rel := range rs.Released {
+		fmt.Fprintf(w, "  %-10s RELEASED %s: %s; its log is no longer kept here: once deleted, %s needs `tharsis invalidate` there\n", "", rel.Node, rel.Why, rel.Node)
+	}
 	for _, d := range rs.Damage {
 		state := "DAMAGED LOG"
 		switch {
