@@ -98,6 +98,7 @@ func TestOnlineVerify(t *testing.T) {
 		t.Fatalf("view --json of beta shows verify %+v; want done against alpha, chunks %v", v, flipped)
 	}
 	text, err := beta.tharsis(15*time.Second, "view", "--socket", beta.Socket)
+	t.Logf("tharsis view on beta:\n%s", text)
 	if err != nil || !strings.Contains(string(text), want) {
 		t.Errorf("`tharsis view` on beta does not show %q:\n%s (%v)", want, text, err)
 	}
