@@ -20,7 +20,7 @@ func init() {
 		nf.register(fs)
 		repair := fs.Bool("repair", false, "rewrite the chunks that differ with the source's (the disk stays consistent throughout)")
 		stop := fs.Bool("stop", false, "stop the verify that runs (also a scheduled one)")
-		noWait := fs.Bool("no-wait", false, "start the verify and return; `tharsis view` shows its progress and findings")
+		noWait := fs.Bool("no-wait", false, "start the verify and return (tharsis view shows its progress and findings)")
 		if err := parse(fs, args); err != nil {
 			return err
 		}
