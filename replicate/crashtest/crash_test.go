@@ -93,7 +93,7 @@ type cluster struct {
 	nbdAddr string
 	logDir  string
 	cmd     *exec.Cmd
-	out     *bytes.Buffer
+	out     *syncBuffer
 	exited  chan error
 }
 
@@ -177,7 +177,7 @@ func (c *cluster) hasLog() bool {
 }
 
 func (c *cluster) startNoWait() error {
-	c.out = &bytes.Buffer{}
+	c.out = &syncBuffer{}
 	c.cmd = exec.Command(c.bin, "run", "--config", c.cfg, "--node", "alpha")
 	if *nbdkit != "" {
 		// Self-check of the harness: the same file served by nbdkit.
@@ -400,4 +400,23 @@ func TestCrashLogFull(t *testing.T) {
 	if err := c.check(m, cs, cs); err != nil {
 		t.Fatalf("after restart: %v\n%s", err, c.out)
 	}
+}
+
+// syncBuffer collects the daemon's output; tests read it while the daemon
+// runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
