@@ -25,15 +25,20 @@ func flipByte(t testing.TB, path string, off int64) {
 	}
 }
 
+// writeTen writes records 1..10: 1000 bytes of i at 1000*(i-1).
+func writeTen(p *Primary) {
+	for i := range 10 {
+		p.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 1000), int64(i)*1000)
+	}
+}
+
 // A damaged record that is applied already does not stop the primary: the
 // segment is moved aside (not deleted), reported, and the data is intact.
 func TestDamagedAppliedSegmentQuarantined(t *testing.T) {
 	logDir := t.TempDir()
 	mem := blockdev.NewMemory(devSize)
 	p := openTest(t, mem, logDir, nil)
-	for i := range 10 {
-		p.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 1000), int64(i)*1000)
-	}
+	writeTen(p)
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -76,9 +81,7 @@ func TestDamagedAppliedSegmentQuarantined(t *testing.T) {
 func TestRestoreQuarantinedSegment(t *testing.T) {
 	logDir := t.TempDir()
 	p := openTest(t, blockdev.NewMemory(devSize), logDir, nil)
-	for i := range 10 {
-		p.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 1000), int64(i)*1000)
-	}
+	writeTen(p)
 	p.Close()
 	openTest(t, blockdev.NewMemory(devSize), logDir, nil).Close() // seals segment 1
 	seg := filepath.Join(logDir, "log-000000001-alpha")
@@ -116,9 +119,7 @@ func TestDamagedUnappliedRecordStopsOpen(t *testing.T) {
 	logDir := t.TempDir()
 	mem := blockdev.NewMemory(devSize)
 	p := openTest(t, mem, logDir, nil)
-	for i := range 10 {
-		p.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 1000), int64(i)*1000)
-	}
+	writeTen(p)
 	p.Flush()
 	p.WriteAt([]byte("later"), 50000) // its synced field proves the rest durable
 	p.Flush()

@@ -177,19 +177,7 @@ func TestForcedFailoverSplitBrain(t *testing.T) {
 
 	alpha.Start()
 	alpha.waitRole(30*time.Second, "secondary", "beta")
-	WaitFor(t, 30*time.Second, "split brain shown on all three nodes", func() (bool, string) {
-		for _, n := range c.nodes() {
-			r, err := n.TryRepl()
-			if err != nil {
-				return false, err.Error()
-			}
-			if len(r.Forks) == 0 {
-				return false, n.Name + " shows no fork"
-			}
-		}
-		r, _ := alpha.TryRepl()
-		return r.Diverged && !r.Consistent, fmt.Sprintf("alpha diverged %v consistent %v", r.Diverged, r.Consistent)
-	})
+	c.waitSplitShown(alpha)
 	if !c.nbdRefused(alpha) {
 		t.Error("the old primary alpha serves its NBD export after the split")
 	}
@@ -339,19 +327,7 @@ func TestPartitionForcedFailover(t *testing.T) {
 
 	alpha.RestoreLink()
 	alpha.waitRole(30*time.Second, "secondary", "beta")
-	WaitFor(t, 30*time.Second, "split brain shown on every node", func() (bool, string) {
-		for _, n := range c.nodes() {
-			r, err := n.TryRepl()
-			if err != nil {
-				return false, err.Error()
-			}
-			if len(r.Forks) == 0 {
-				return false, n.Name + " shows no fork"
-			}
-		}
-		r, _ := alpha.TryRepl()
-		return r.Diverged && !r.Consistent, fmt.Sprintf("alpha diverged %v consistent %v", r.Diverged, r.Consistent)
-	})
+	c.waitSplitShown(alpha)
 	if !c.nbdRefused(alpha) {
 		t.Error("the old primary alpha serves its NBD export after the partition healed")
 	}
@@ -367,4 +343,23 @@ func TestPartitionForcedFailover(t *testing.T) {
 	if r := alpha.Repl(); r.Diverged || len(r.Forks) > 0 || !r.Consistent {
 		t.Errorf("alpha after invalidate: diverged %v, forks %v, consistent %v", r.Diverged, r.Forks, r.Consistent)
 	}
+}
+
+// waitSplitShown waits until every node reports a fork and loser says it
+// diverged and is not consistent.
+func (c *Cluster) waitSplitShown(loser *Node) {
+	c.t.Helper()
+	WaitFor(c.t, 30*time.Second, "split brain shown on every node", func() (bool, string) {
+		for _, n := range c.nodes() {
+			r, err := n.TryRepl()
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(r.Forks) == 0 {
+				return false, n.Name + " shows no fork"
+			}
+		}
+		r, _ := loser.TryRepl()
+		return r.Diverged && !r.Consistent, fmt.Sprintf("%s diverged %v consistent %v", loser.Name, r.Diverged, r.Consistent)
+	})
 }
