@@ -264,6 +264,17 @@ func init() {
 				return "", errNotReplicated
 			}
 			removed, err := h.DeleteApplied(all)
+			if prim, _, _ := r.paths(); all && prim != nil && prim.Emergency().Active {
+				// log-delete-all ends emergency mode as soon as the
+				// mark fits (MARS does the same).
+				left, lerr := prim.MaybeLeaveEmergency(true)
+				switch {
+				case lerr != nil:
+					return "", errors.Join(err, lerr)
+				case left:
+					return r.name + ": removed " + joinComma(removed) + "; emergency mode over: run `tharsis invalidate " + r.name + "` on each secondary", nil
+				}
+			}
 			if err != nil {
 				return "", err
 			}

@@ -18,6 +18,7 @@ func (p *Primary) crash() {
 	close(p.stop)
 	p.bg.Wait()
 	p.w.close()
+	p.em.close()
 }
 
 // faultFS injects faults into the segments it opens.

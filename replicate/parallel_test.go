@@ -50,7 +50,7 @@ func TestParallelWritesCompleteInOrder(t *testing.T) {
 	logDir := t.TempDir()
 	fsys := newFaultFS()
 	mem := blockdev.NewMemory(devSize)
-	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys })
+	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys; o.NoEmergency = true })
 	if _, err := p.WriteAt([]byte("acked"), 0); err != nil {
 		t.Fatal(err)
 	}

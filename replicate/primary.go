@@ -47,6 +47,10 @@ type Options struct {
 	// every other node of the resource; DeleteApplied keeps what it does
 	// not cover. Nil: only this node counts.
 	MinAppliedByPeers func() Position
+	// NoEmergency makes a write that finds the log full (and nothing to
+	// delete) fail with blockdev.ErrNoSpace, instead of emergency mode
+	// (emergency.go). For tests of the log itself.
+	NoEmergency bool
 }
 
 // Primary is the replicated blockdev.Device of a resource's primary: every
@@ -82,6 +86,14 @@ type Primary struct {
 
 	freeMu     sync.Mutex
 	freeFailed time.Time
+
+	// Emergency mode (emergency.go): emMu serializes entering and
+	// leaving; emPending and emLeaving (under mu) hold writers back while
+	// it switches.
+	em        *emergency
+	emMu      sync.Mutex
+	emPending bool
+	emLeaving bool
 }
 
 var _ blockdev.Device = (*Primary)(nil)
@@ -121,6 +133,15 @@ func OpenPrimary(data blockdev.Device, opts Options) (*Primary, error) {
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
 	if err := p.recover(); err != nil {
 		return nil, err
+	}
+	em, err := openEmergency(p.fsys, opts.Dir, data.Size())
+	if err != nil {
+		p.w.close()
+		return nil, err
+	}
+	p.em = em
+	if em.st.Active {
+		p.logger.Error("EMERGENCY MODE (still): writes go to the disk without the log until the log filesystem has space again", "since", em.st.Since.Format(time.RFC3339))
 	}
 	p.bg.Add(1)
 	go p.checkpointLoop()
@@ -311,6 +332,26 @@ func (p *Primary) zero(k Kind, off, length int64) error {
 // earlier records and, with Options.Sync, waits for their fdatasync (which
 // runs meanwhile).
 func (p *Primary) do(es []*entry) error {
+	err := p.write(es, false)
+	if !errors.Is(err, blockdev.ErrNoSpace) || p.opts.NoEmergency {
+		return err
+	}
+	// The log is full and deleting what every node replayed freed
+	// nothing: none of es was logged. Write without the log rather than
+	// refuse the write.
+	if p.enterEmergency(err) != nil {
+		return err
+	}
+	fresh := make([]*entry, len(es))
+	for i, e := range es {
+		fresh[i] = &entry{rec: Record{Kind: e.rec.Kind, Offset: e.rec.Offset, Length: e.rec.Length, Payload: e.rec.Payload}}
+	}
+	return p.write(fresh, false)
+}
+
+// write is do; mark says es is the emergency mark, logged while other
+// writers wait.
+func (p *Primary) write(es []*entry, mark bool) error {
 	freed := false
 	for {
 		p.mu.Lock()
@@ -322,11 +363,29 @@ func (p *Primary) do(es []*entry) error {
 			p.mu.Unlock()
 			return p.failed
 		}
+		if !mark && (p.emPending || p.emLeaving) {
+			// Emergency mode starts or ends: wait for it.
+			p.mu.Unlock()
+			p.emMu.Lock()
+			p.emMu.Unlock()
+			continue
+		}
+		if !mark && p.inEmergency() {
+			p.mu.Unlock()
+			retry, err := p.writeEmergency(es)
+			if retry {
+				continue
+			}
+			return err
+		}
 		// Under p.mu: pending order == log order.
 		retry, err := p.w.reserve(es)
 		if err != nil {
 			p.mu.Unlock()
-			if errors.Is(err, blockdev.ErrNoSpace) && !freed && p.freeSpace() {
+			if !errors.Is(err, blockdev.ErrNoSpace) || mark {
+				return err
+			}
+			if !freed && p.freeSpace() {
 				freed = true
 				continue // once, with what every node has replayed gone
 			}
@@ -443,6 +502,11 @@ func (p *Primary) Flush() error {
 	if err != nil {
 		return err
 	}
+	if p.inEmergency() {
+		if err := p.data.Flush(); err != nil {
+			return err
+		}
+	}
 	return p.w.flush()
 }
 
@@ -467,6 +531,10 @@ func (p *Primary) checkpointLoop() {
 		if err := p.Checkpoint(); err != nil {
 			p.logger.Error("cannot persist the applied position; replay on restart will start further back", "err", err)
 		}
+		if _, err := p.MaybeLeaveEmergency(false); err != nil {
+			p.logger.Warn("cannot leave emergency mode yet", "err", err)
+		}
+		p.maybeForgetEmergency()
 	}
 }
 
@@ -602,6 +670,7 @@ func (p *Primary) Close() error {
 	if werr := p.w.close(); err == nil {
 		err = werr
 	}
+	p.em.close()
 	if derr := p.data.Close(); err == nil {
 		err = derr
 	}
@@ -646,6 +715,7 @@ func (p *Primary) CloseSealed() (Position, error) {
 			err = WriteApplied(p.fsys, p.opts.Dir, end)
 		}
 	}
+	p.em.close()
 	if derr := p.data.Close(); err == nil {
 		err = derr
 	}

@@ -301,7 +301,7 @@ func TestPrimaryNoSpace(t *testing.T) {
 	logDir := t.TempDir()
 	fsys := newFaultFS()
 	mem := blockdev.NewMemory(devSize)
-	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys })
+	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys; o.NoEmergency = true })
 	p.w.mu.Lock()
 	p.w.statfsMaxAge = 0 // see every change of the fake free space at once
 	p.w.mu.Unlock()

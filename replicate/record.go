@@ -32,9 +32,14 @@ const (
 	KindWriteZeroes Kind = 3 // zero Length bytes at Offset
 	KindResize      Kind = 4 // the device is now Length bytes
 	KindSegmentEnd  Kind = 5 // last record of a sealed segment
+	// KindEmergency marks where the primary left emergency mode: after the
+	// record before it, the primary wrote to its disk without logging, so
+	// a secondary's replay stops before it (consistent, outdated) until a
+	// sync of the chunks written meanwhile.
+	KindEmergency Kind = 6
 )
 
-var kindNames = [...]string{"invalid", "write", "trim", "write-zeroes", "resize", "segment-end"}
+var kindNames = [...]string{"invalid", "write", "trim", "write-zeroes", "resize", "segment-end", "emergency"}
 
 // String returns the kind's name.
 func (k Kind) String() string {
@@ -93,9 +98,9 @@ func (r *Record) validate() error {
 		if len(r.Payload) != 0 || r.Offset != 0 {
 			return fmt.Errorf("%w: resize with payload or offset", ErrInvalidRecord)
 		}
-	case KindSegmentEnd:
+	case KindSegmentEnd, KindEmergency:
 		if len(r.Payload) != 0 || r.Offset != 0 || r.Length != 0 {
-			return fmt.Errorf("%w: segment end with payload, offset or length", ErrInvalidRecord)
+			return fmt.Errorf("%w: %s with payload, offset or length", ErrInvalidRecord, r.Kind)
 		}
 	default:
 		return fmt.Errorf("%w: unknown kind %d", ErrInvalidRecord, uint8(r.Kind))

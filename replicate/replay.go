@@ -228,7 +228,7 @@ func apply(data blockdev.Device, rec Record) error {
 			return fmt.Errorf("the log resizes the device to %d bytes but the data device has only %d; grow the disk first", rec.Length, data.Size())
 		}
 		return nil
-	case KindSegmentEnd:
+	case KindSegmentEnd, KindEmergency:
 		return nil
 	}
 	return fmt.Errorf("unknown record kind %v", rec.Kind)
