@@ -117,6 +117,15 @@ func (s roleSource) Status() replicate.ResourceStatus {
 	return rs
 }
 
+// EmergencyChunks passes an emergency sync's question on to the primary's
+// data path (an empty answer anywhere else).
+func (s roleSource) EmergencyChunks() (replicate.EmergencyChunks, bool) {
+	if es, ok := s.Source.(replicate.EmergencySource); ok {
+		return es.EmergencyChunks()
+	}
+	return replicate.EmergencyChunks{}, false
+}
+
 // NoteDamage passes damage the ship server found on to the data path.
 func (s roleSource) NoteDamage(cerr *replicate.CorruptError) {
 	if ds, ok := s.Source.(replicate.DamageSink); ok {

@@ -2,9 +2,12 @@ package replicate
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
+	"github.com/tharsis/tharsis/internal/testutil"
 )
 
 // A full log with nothing to delete: writes go to the disk without the log
@@ -94,4 +97,72 @@ func TestEmergencyMode(t *testing.T) {
 		t.Errorf("emergency state not cleared: %+v", st)
 	}
 	p.Close()
+}
+
+// The secondary stops before the mark, consistent with the primary's state
+// when emergency mode began; invalidate copies only the chunks written
+// without the log and replays the log after the mark.
+func TestEmergencySecondaryResync(t *testing.T) {
+	const size = 16 << 20
+	a, b := newNode(t, "alpha", size), newNode(t, "beta", size)
+	fsys := newFaultFS()
+	p, err := OpenPrimary(noClose{a.data}, Options{Dir: a.dir, Node: "alpha", Resource: "r0", SegmentSize: 1 << 20, FS: fsys,
+		CheckpointInterval: time.Hour, Logger: a.logger(), MinAppliedByPeers: func() Position {
+			if b.sec == nil {
+				return Position{}
+			}
+			_, r := b.sec.Positions()
+			return r
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.w.mu.Lock()
+	p.w.statfsMaxAge = 0
+	p.w.mu.Unlock()
+	a.prim = p
+	a.srv.AddResource("r0", PrimarySource(p))
+	t.Cleanup(func() { p.Close() })
+	w := &writer{rng: rand.New(rand.NewPCG(71, 72))}
+	w.write(t, p, 30)
+	b.startSecondary(func() []Peer { return []Peer{a.peer()} }, nil)
+	waitCaughtUp(t, p, b)
+	atMark := bytes.Clone(a.data.Bytes())
+
+	fsys.set(func(f *faultFS) { f.avail = 1000 })
+	w.write(t, p, 40)
+	if !p.Emergency().Active {
+		t.Fatal("no emergency mode with a full log")
+	}
+	chunks := len(p.EmergencyChunks())
+	fsys.set(func(f *faultFS) { f.avail = -1 })
+	if left, err := p.MaybeLeaveEmergency(false); !left || err != nil {
+		t.Fatalf("leave emergency mode: %v %v", left, err)
+	}
+	w.write(t, p, 10)
+
+	testutil.WaitFor(t, 20*time.Second, "beta to stop at the emergency mark", func() bool {
+		st := b.sec.Status()
+		return st.StoppedAtMark != nil && st.Consistent
+	})
+	if got := b.data.Bytes(); !bytes.Equal(got, atMark) {
+		t.Fatal("beta stopped at the mark does not hold the primary's state when emergency mode began")
+	}
+	if err := b.sec.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, p, b)
+	sameData(t, a, b)
+	ls := b.sec.Status().LastSync
+	if ls == nil || ls.Transferred != int64(chunks)*EmergencyChunk {
+		t.Fatalf("emergency sync transferred %+v, want %d chunks of %d", ls, chunks, EmergencyChunk)
+	}
+	t.Logf("emergency sync: %d chunks, %d bytes of a %d-byte disk", chunks, ls.Transferred, size)
+	w.write(t, p, 10)
+	waitCaughtUp(t, p, b)
+	sameData(t, a, b)
+	p.maybeForgetEmergency()
+	if st := p.Emergency(); len(st.Marks) != 0 {
+		t.Errorf("emergency state kept after every node passed the mark: %+v", st)
+	}
 }

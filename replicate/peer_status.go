@@ -84,6 +84,12 @@ type ResourceStatus struct {
 	Verify   *VerifyReport    `json:"verify,omitempty"`
 	Segments []SegmentSummary `json:"segments"`
 	Err      string           `json:"error,omitempty"`
+	// Emergency is the primary's emergency mode (active, or marks not yet
+	// replayed past by every node); StoppedAtMark is where a secondary's
+	// replay stopped before such a mark (consistent, outdated: `tharsis
+	// invalidate` copies the chunks written without the log).
+	Emergency     *EmergencyState `json:"emergency,omitempty"`
+	StoppedAtMark *Position       `json:"stopped_at_mark,omitempty"`
 	// Damage lists damaged places found in this node's log.
 	Damage []Damage `json:"damage,omitempty"`
 	// Released lists the nodes this node no longer keeps log segments for

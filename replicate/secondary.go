@@ -81,6 +81,14 @@ type secondaryState struct {
 	// fetched or replayed again (set by Invalidate: the local log may hold
 	// segments of another history).
 	DiscardLog bool `json:"discard_log,omitempty"`
+	// StoppedAt: replay stopped before an emergency mark of the primary,
+	// at this position (consistent, outdated). EmergencySync: invalidate
+	// asked for an emergency sync (only the chunks the primary wrote
+	// without its log). PassMarksUpTo: replay passes emergency marks up to
+	// this record (those an emergency sync covered).
+	StoppedAt     *Position `json:"stopped_at,omitempty"`
+	EmergencySync bool      `json:"emergency_sync,omitempty"`
+	PassMarksUpTo uint64    `json:"pass_marks_up_to,omitempty"`
 }
 
 // Secondary fetches a resource's log from its peers into its own log
@@ -408,7 +416,15 @@ func (s *Secondary) FakeSync() error {
 // the other side's writes back) and fetched afresh from the sync's start.
 func (s *Secondary) Invalidate() error {
 	err := s.update(func(st *secondaryState) {
+		if st.StoppedAt != nil && !st.EmergencySync {
+			// Stopped at the primary's emergency mark: the local log is
+			// the primary's, only the chunks it wrote without the log
+			// are copied (a second invalidate asks for a full sync).
+			st.Consistent, st.Sync, st.SyncChunk, st.SyncStart, st.EmergencySync = false, SyncNeeded, 0, *st.StoppedAt, true
+			return
+		}
 		st.Consistent, st.Sync, st.SyncChunk, st.SyncStart, st.DiscardLog = false, SyncNeeded, 0, Position{}, true
+		st.StoppedAt, st.EmergencySync = nil, false
 	})
 	s.Reconnect()
 	kick(s.kickSync)
@@ -448,6 +464,10 @@ func (s *Secondary) Status() ResourceStatus {
 	rs := ResourceStatus{Resource: s.opts.Resource, Role: RoleSecondary, End: s.fetched, Logged: s.fetched, Applied: s.persisted,
 		Consistent: s.st.Consistent, Source: s.source, SourceEnd: s.sourceEnd,
 		FetchPaused: s.st.FetchPaused, ReplayPaused: s.st.ReplayPaused, SyncPaused: s.st.SyncPaused, Damage: s.damage.all()}
+	if p := s.st.StoppedAt; p != nil && !s.st.EmergencySync {
+		at := *p
+		rs.StoppedAtMark = &at
+	}
 	if s.st.Sync != SyncNone {
 		p := s.prog
 		p.State = s.st.Sync

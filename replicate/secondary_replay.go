@@ -33,7 +33,7 @@ func (s *Secondary) replayLoop(ctx context.Context) {
 	lastCk := time.Now()
 	for ctx.Err() == nil {
 		s.mu.Lock()
-		blocked := s.st.ReplayPaused || s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning
+		blocked := s.st.ReplayPaused || s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning || s.st.StoppedAt != nil
 		todo := s.fetched.Seq > s.replayed.Seq
 		s.mu.Unlock()
 		if blocked || !todo {
@@ -142,6 +142,14 @@ func (s *Secondary) replaySome(rr *replayReader) (int, error) {
 			}
 			return n, &localDamage{at: pos, cerr: &CorruptError{File: filepath.Join(rr.dir, seg.String()), Offset: pos.Offset, Resource: s.opts.Resource,
 				Reason: fmt.Sprintf("record %d follows record %d (records missing)", rec.Seq, pos.Seq)}}
+		}
+		if rec.Kind == KindEmergency {
+			s.mu.Lock()
+			pass := rec.Seq <= s.st.PassMarksUpTo
+			s.mu.Unlock()
+			if !pass {
+				return n, s.stopAtMark(pos)
+			}
 		}
 		// Under applyMu, so a sync that starts now writes its first chunk
 		// only after this record.
@@ -317,5 +325,17 @@ func (s *Secondary) cutLocalLog(fl *fetchLog, at Position) error {
 	s.replayGen++ // the replay reader must not keep damaged bytes cached
 	s.mu.Unlock()
 	s.logger.Warn("cut the damaged local log; fetching it again", "at", at.String())
+	return nil
+}
+
+// stopAtMark stops replay before an emergency mark of the primary, at pos:
+// after it, the primary wrote to its disk without the log, so this node
+// stays consistent at pos (outdated) until `tharsis invalidate` copies the
+// chunks written meanwhile.
+func (s *Secondary) stopAtMark(pos Position) error {
+	if err := s.update(func(st *secondaryState) { p := pos; st.StoppedAt = &p }); err != nil {
+		return err
+	}
+	s.logger.Warn("replay stopped at the primary's emergency mark: this disk is consistent but outdated; run `tharsis invalidate` here to copy the chunks the primary wrote without its log", "at", pos.String())
 	return nil
 }

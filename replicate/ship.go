@@ -362,6 +362,10 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 				log.Info("log stream ended", "resource", m.Resource, "err", err)
 			}
 			return
+		case *wire.Emergency:
+			if err := s.serveEmergency(c, m); err != nil {
+				return
+			}
 		case *wire.ChecksumRequest:
 			if buf, err = s.checksums(c, m, buf); err != nil {
 				return

@@ -200,6 +200,12 @@ func (s *primarySource) SyncData() (blockdev.Device, Position, error) {
 	return s.p, applied, nil
 }
 
+// EmergencyChunks implements EmergencySource.
+func (s *primarySource) EmergencyChunks() (EmergencyChunks, bool) {
+	st := s.p.Emergency()
+	return EmergencyChunks{Active: st.Active, At: st.At, Marks: st.Marks, End: s.p.Status().Logged, ChunkSize: EmergencyChunk, Chunks: s.p.EmergencyChunks()}, true
+}
+
 // NoteDamage implements DamageSink.
 func (s *primarySource) NoteDamage(cerr *CorruptError) { s.p.noteDamage(cerr) }
 
@@ -207,6 +213,9 @@ func (s *primarySource) Status() ResourceStatus {
 	st := s.p.Status()
 	rs := ResourceStatus{Resource: s.p.opts.Resource, Role: RolePrimary, End: st.Written, Logged: st.Logged, Applied: st.Applied,
 		Consistent: true, SourceEnd: st.Written, Err: st.Err, Damage: s.p.Damage()}
+	if em := s.p.Emergency(); em.Active || len(em.Marks) > 0 {
+		rs.Emergency = &em
+	}
 	for _, seg := range st.Segments {
 		rs.Segments = append(rs.Segments, SegmentSummary{Name: seg.Name, Size: seg.Size, Sealed: seg.Sealed,
 			SHA256: segmentSum(s.p.opts.Dir, seg.Name, seg.Size, seg.Sealed)})

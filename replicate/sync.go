@@ -66,7 +66,19 @@ func (s *Secondary) runSync(ctx context.Context) error {
 	}
 	var errs []error
 	for _, p := range peers {
-		err := s.syncFrom(ctx, p)
+		s.mu.Lock()
+		emergency := s.st.EmergencySync
+		s.mu.Unlock()
+		var err error
+		if emergency {
+			err = s.emergencySyncFrom(ctx, p)
+			if errors.Is(err, errFullSyncInstead) {
+				kick(s.kickFetch) // the local log goes first
+				return nil
+			}
+		} else {
+			err = s.syncFrom(ctx, p)
+		}
 		if err == nil || errors.Is(err, errSyncPaused) || ctx.Err() != nil {
 			return nil
 		}

@@ -87,11 +87,12 @@ const (
 	TypeChunkRequest    Type = 13 // client → server: the bytes of one chunk
 	TypeChunkData       Type = 14 // server → client
 	TypeRole            Type = 15 // either way: a role message (JSON), answered by another (empty JSON: received)
-	typeMax                  = 15
+	TypeEmergency       Type = 16 // either way: the chunks a primary wrote without its log (JSON request and answer)
+	typeMax                  = 16
 )
 
 var typeNames = [...]string{"invalid", "hello", "challenge", "response", "welcome", "error", "status-request", "status",
-	"fetch", "segment-data", "heartbeat", "checksum-request", "checksums", "chunk-request", "chunk-data", "role"}
+	"fetch", "segment-data", "heartbeat", "checksum-request", "checksums", "chunk-request", "chunk-data", "role", "emergency"}
 
 // String returns the type's name.
 func (t Type) String() string {
@@ -238,6 +239,11 @@ type ChunkRequest struct {
 //	json (rest of body)
 type Role struct{ JSON []byte }
 
+// Emergency asks a primary which chunks it wrote without its log
+// (emergency mode) and carries the answer, both as JSON (replicate's
+// EmergencyRequest and EmergencyChunks).
+type Emergency struct{ JSON []byte }
+
 // ChunkData answers ChunkRequest (shorter at the end of the device).
 //
 //	index u64 | data (rest of body)
@@ -261,6 +267,7 @@ func (*Checksums) Type() Type       { return TypeChecksums }
 func (*ChunkRequest) Type() Type    { return TypeChunkRequest }
 func (*ChunkData) Type() Type       { return TypeChunkData }
 func (*Role) Type() Type            { return TypeRole }
+func (*Emergency) Type() Type       { return TypeEmergency }
 
 // New returns an empty message of type t, or nil for an unknown type.
 func New(t Type) Message {
@@ -295,6 +302,8 @@ func New(t Type) Message {
 		return &ChunkData{}
 	case TypeRole:
 		return &Role{}
+	case TypeEmergency:
+		return &Emergency{}
 	}
 	return nil
 }
@@ -513,6 +522,13 @@ func (m *Status) decode(body []byte) error {
 
 func (m *Role) AppendBody(b []byte) []byte { return append(b, m.JSON...) }
 func (m *Role) decode(body []byte) error {
+	d := dec{b: body}
+	m.JSON = d.rest()
+	return d.end()
+}
+
+func (m *Emergency) AppendBody(b []byte) []byte { return append(b, m.JSON...) }
+func (m *Emergency) decode(body []byte) error {
 	d := dec{b: body}
 	m.JSON = d.rest()
 	return d.end()

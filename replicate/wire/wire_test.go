@@ -22,6 +22,7 @@ func samples() []Message {
 		&StatusRequest{},
 		&Status{JSON: []byte(`{"node":"a"}`)},
 		&Role{JSON: []byte(`{"kind":"handover-request"}`)},
+		&Emergency{JSON: []byte(`{"resource":"r0"}`)},
 		&Fetch{Resource: "r0", From: Position{Segment: 3, Offset: 4096, Seq: 77}},
 		&SegmentData{Segment: "log-000000003-alpha", Offset: 56, End: Position{3, 200, 9}, Data: []byte("records")},
 		&Heartbeat{End: Position{1, 2, 3}},
