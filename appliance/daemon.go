@@ -74,6 +74,8 @@ type resource struct {
 	exportErr string // why an export failed to start
 	// released names the nodes the retention limits released, and why.
 	released map[string]string
+	// spaceWarned: the log filesystem was reported as filling up.
+	spaceWarned bool
 }
 
 // repl returns what the log verbs act on, or nil for an unreplicated

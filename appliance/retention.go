@@ -48,7 +48,9 @@ func (d *Daemon) retain(ctx context.Context) {
 				continue
 			}
 			bs := int64(st.Bsize)
-			if lowOnSpace(int64(st.Bavail)*bs, int64(st.Blocks)*bs, r.cfg.SegmentSize) {
+			avail, total := int64(st.Bavail)*bs, int64(st.Blocks)*bs
+			d.warnSpace(r, avail, total)
+			if lowOnSpace(avail, total, r.cfg.SegmentSize) {
 				low = append(low, r)
 			}
 		}
@@ -68,6 +70,24 @@ func (d *Daemon) retain(ctx context.Context) {
 			}
 			d.log.Info("log filesystem low on space: deleted applied segments", "resource", r.name, "removed", removed)
 		}
+	}
+}
+
+// warnSpace is the first stage of a filling log filesystem: a WARN when
+// less than a third is free (once, until more than half is free again).
+// The next stages: applied segments are deleted (lowOnSpace), a secondary
+// stops fetching (its appends fail), the primary enters emergency mode.
+func (d *Daemon) warnSpace(r *resource, avail, total int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case !r.spaceWarned && avail < total/3:
+		r.spaceWarned = true
+		d.log.Warn("the log filesystem is filling up: applied segments are deleted below a fifth free, and a full log puts the primary into emergency mode; free space or make it larger",
+			"resource", r.name, "free", config.FormatSize(avail), "size", config.FormatSize(total))
+	case r.spaceWarned && avail > total/2:
+		r.spaceWarned = false
+		d.log.Info("the log filesystem has space again", "resource", r.name, "free", config.FormatSize(avail))
 	}
 }
 

@@ -167,3 +167,61 @@ func TestRetentionLimitReleasesDownNode(t *testing.T) {
 		return !strings.Contains(string(out), "RELEASED"), string(out)
 	})
 }
+
+// TestEmergencyMode: alpha's log lives on a 4 MiB tmpfs and beta is down,
+// so alpha's log fills up with nothing it may delete: writes go on (no
+// client error), alpha shows EMERGENCY. beta comes back, replays what was
+// logged, the log empties, alpha logs again with a mark; beta stops there
+// (consistent, outdated) and invalidate copies only the chunks written
+// without the log.
+func TestEmergencyMode(t *testing.T) {
+	c := NewCluster(t, Options{Nodes: []string{"alpha", "beta"}, SegmentSize: "1MiB"})
+	alpha, beta := c.Nodes["alpha"], c.Nodes["beta"]
+	if err := os.MkdirAll(alpha.logDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tharsis-clustertest", alpha.logDir()).CombinedOutput(); err != nil {
+		t.Skipf("mount -t tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", alpha.logDir()).Run() })
+	c.StartAll()
+	c.WaitConsistent(catchUp)
+	var h History
+	c.writeSome(&h, 71, 50, 16<<20, 8)
+	c.WaitCaughtUp(catchUp)
+	beta.Kill()
+	// Far more than the log filesystem holds, into the first 4 MiB.
+	c.writeSome(&h, 72, 1500, 4<<20, 8)
+	r := alpha.Repl()
+	if r.Emergency == nil || !r.Emergency.Active {
+		t.Fatalf("alpha is not in emergency mode after filling its log: %+v", r.Emergency)
+	}
+	chunks := r.Emergency.Chunks
+	view, _ := alpha.tharsis(15*time.Second, "view", "--socket", alpha.Socket)
+	if !strings.Contains(string(view), "EMERGENCY") {
+		t.Errorf("alpha's view does not say EMERGENCY:\n%s", view)
+	}
+	c.assertPrimaryHolds(&h)
+
+	beta.Start()
+	WaitFor(t, 60*time.Second, "alpha to log again and beta to stop at the mark", func() (bool, string) {
+		a, b := alpha.Repl(), beta.Repl()
+		return a.Emergency != nil && !a.Emergency.Active && b.StoppedAtMark != nil && b.Consistent,
+			fmt.Sprintf("alpha %+v, beta stopped at %v consistent %v", a.Emergency, b.StoppedAtMark, b.Consistent)
+	})
+	view, _ = beta.tharsis(15*time.Second, "view", "--socket", beta.Socket)
+	if !strings.Contains(string(view), "STOPPED at the primary's emergency mark") {
+		t.Errorf("beta's view does not say it stopped at the mark:\n%s", view)
+	}
+	c.writeSome(&h, 73, 50, 16<<20, 8)
+	beta.Verb("invalidate")
+	c.WaitCaughtUp(catchUp)
+	c.assertPrimaryHolds(&h)
+	c.AssertIdentical()
+	ls := beta.Repl().LastSync
+	if ls == nil || ls.Transferred != int64(chunks)<<20 {
+		t.Errorf("the emergency sync transferred %+v, want the %d chunks written without the log", ls, chunks)
+	} else {
+		t.Logf("emergency sync: %d chunks, %d bytes transferred of a %d-byte disk", chunks, ls.Transferred, c.Size)
+	}
+}

@@ -57,6 +57,13 @@ type ReplStatus struct {
 	ReplayPaused bool          `json:"replay_paused"`
 	SyncPaused   bool          `json:"sync_paused"`
 	Sync         *SyncProgress `json:"sync"`
+	LastSync     *SyncProgress `json:"last_sync"`
+	Emergency    *struct {
+		Active bool       `json:"active"`
+		Chunks int        `json:"chunks"`
+		Marks  []Position `json:"marks"`
+	} `json:"emergency"`
+	StoppedAtMark *Position `json:"stopped_at_mark"`
 	Err          string        `json:"error"`
 	Phase        string        `json:"phase"`
 	Designation  struct {

@@ -207,6 +207,16 @@ func renderNodeRow(w io.Writer, row nodeRow) {
 	if v := rs.Verify; v != nil {
 		fmt.Fprintf(w, "  %-10s %s\n", "", verifySummary(v))
 	}
+	if em := rs.Emergency; em != nil && em.Active {
+		fmt.Fprintf(w, "  %-10s EMERGENCY since %s: the log filesystem is full, writes go to the disk without the log (%d chunks so far); secondaries stop at #%d. Free space in the log directory (`tharsis log-delete-all`, a larger filesystem): the log resumes by itself; then run `tharsis invalidate` on each secondary\n",
+			"", em.Since.Format("15:04:05"), em.Chunks, em.At.Seq)
+	} else if em != nil && len(em.Marks) > 0 {
+		fmt.Fprintf(w, "  %-10s emergency over (mark at #%d): %d chunks were written without the log; secondaries stopped at the mark need `tharsis invalidate` (copies only those chunks)\n",
+			"", em.Marks[len(em.Marks)-1].Seq, em.Chunks)
+	}
+	if p := rs.StoppedAtMark; p != nil {
+		fmt.Fprintf(w, "  %-10s STOPPED at the primary's emergency mark (#%d): consistent but outdated; run `tharsis invalidate` here (copies only the chunks written without the log)\n", "", p.Seq+1)
+	}
 	for _, rel := range rs.Released {
 		fmt.Fprintf(w, "  %-10s RELEASED %s: %s; its log is no longer kept here: once deleted, %s needs `tharsis invalidate` there\n", "", rel.Node, rel.Why, rel.Node)
 	}
