@@ -64,9 +64,9 @@ type ReplStatus struct {
 		Marks  []Position `json:"marks"`
 	} `json:"emergency"`
 	StoppedAtMark *Position `json:"stopped_at_mark"`
-	Err          string        `json:"error"`
-	Phase        string        `json:"phase"`
-	Designation  struct {
+	Err           string    `json:"error"`
+	Phase         string    `json:"phase"`
+	Designation   struct {
 		Primary    string `json:"primary"`
 		Generation uint64 `json:"generation"`
 	} `json:"designation"`
