@@ -5,8 +5,8 @@
 //
 // The guest is built from packages already installed on the host: the
 // kernel and modules of linux-image-amd64, busybox-static, aoetools (plus
-// bash, which aoe-stat needs), nbd-client and e2fsprogs' mke2fs, each with
-// the shared libraries ldd names. The base initramfs is cached under
+// bash, which aoe-stat needs), nbd-client and e2fsprogs' mke2fs and
+// e2fsck, each with the shared libraries ldd names. The base initramfs is cached under
 // CacheDir, keyed by a hash of every input, and rebuilt only when an input
 // changes. Each boot appends a tiny second cpio archive holding the
 // scenario script (/scenario.sh), so scenarios never rebuild the base.
@@ -22,7 +22,16 @@
 // address; the host runs the step (for instance restarting the target) and
 // answers when it is done.
 //
-// The scenarios themselves live in vm_test.go behind the build tag vm:
+// Handover scenarios (handover_test.go) put the guest and several tharsis
+// nodes on one L2 segment (Segment): a bridge holding the guest's tap and
+// one veth pair per node, whose other end is eth0 in the node's network
+// namespace, where `tharsis run` runs with its own config, state dir and
+// disks (Cluster). The guest runs the write-and-verify load of package
+// writeload through the static helper guestio (built from
+// vm-tests/guestio and added to each boot), which also times every
+// write+fsync so that the guest reports its own I/O stalls.
+//
+// The scenarios live in *_test.go files behind the build tag vm:
 //
 //	go test -tags vm ./vm-tests/...
 package vmtests

@@ -54,7 +54,7 @@ var guestTools = []string{
 	"/usr/sbin/aoe-flush", "/usr/sbin/aoe-revalidate", "/usr/sbin/aoe-version",
 	"/usr/sbin/aoeping", "/usr/sbin/aoecfg",
 	"/usr/sbin/nbd-client",
-	"/usr/sbin/mke2fs",
+	"/usr/sbin/mke2fs", "/usr/sbin/e2fsck",
 	"/etc/mke2fs.conf",
 }
 

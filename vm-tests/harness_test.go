@@ -148,12 +148,17 @@ func (sc *scenario) fatalf(format string, args ...any) {
 	sc.t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, format, args...)
-	for i, r := range sc.boots {
-		fmt.Fprintf(&b, "\n--- guest console (boot %d, %s, %s) ---\n%s", i+1, r.Accel, r.Elapsed.Round(time.Millisecond), r.Console)
-	}
+	writeConsoles(&b, sc.boots)
 	fmt.Fprintf(&b, "\n--- host steps ---\n%s", strings.Join(sc.ctl.Log(), "\n"))
 	fmt.Fprintf(&b, "\n--- %s target output ---\n%s", sc.target.Kind(), sc.target.Output())
 	sc.t.Fatal(b.String())
+}
+
+// writeConsoles appends the console of every boot to a failure report.
+func writeConsoles(b *strings.Builder, boots []*Result) {
+	for i, r := range boots {
+		fmt.Fprintf(b, "\n--- guest console (boot %d, %s, %s) ---\n%s", i+1, r.Accel, r.Elapsed.Round(time.Millisecond), r.Console)
+	}
 }
 
 // proof logs the marker lines that show a scenario passed.

@@ -457,3 +457,20 @@ func moduleRoot() (string, error) {
 		d = parent
 	}
 }
+
+// BuildGuestIO compiles the guest helper ./vm-tests/guestio as a static
+// binary into dir and returns its bytes (for BootConfig.Programs).
+func BuildGuestIO(ctx context.Context, dir string) ([]byte, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(dir, "guestio")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./vm-tests/guestio")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build ./vm-tests/guestio: %w\n%s", err, out)
+	}
+	return os.ReadFile(bin)
+}

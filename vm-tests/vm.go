@@ -30,6 +30,9 @@ type BootConfig struct {
 	WorkDir string            // where the per-boot initramfs is written
 	// Console, when set, receives every console line as it arrives.
 	Console io.Writer
+	// Programs are extra executables for the scenario cpio (mode 0755),
+	// e.g. "bin/guestio".
+	Programs map[string][]byte
 }
 
 // Mark is one marker line: THARSIS-MARK <Key> <Value>.
@@ -102,6 +105,9 @@ func Boot(ctx context.Context, cfg BootConfig) (*Result, error) {
 	files := []Entry{{Path: "scenario.sh", Mode: 0o755, Data: []byte(cfg.Script)}}
 	for p, d := range cfg.Files {
 		files = append(files, Entry{Path: p, Mode: 0o644, Data: d})
+	}
+	for p, d := range cfg.Programs {
+		files = append(files, Entry{Path: p, Mode: 0o755, Data: d})
 	}
 	var extra bytes.Buffer
 	if err := WriteCpio(&extra, files); err != nil {
