@@ -72,4 +72,19 @@
 // Responses leave in any order (initiators match them by tag). When the
 // pool is empty a worker handles the frame itself, flushing once per
 // batch, so memory stays bounded under any request mix.
+//
+// # Targets at run time
+//
+// AddTarget and RemoveTarget change a serving Server's targets without
+// touching the others: the set of targets is an immutable value swapped
+// atomically, and each frame routed to a target passes its gate (an atomic
+// counter) until its response is sent. RemoveTarget swaps the target out,
+// closes its gate and waits until the frames inside have been executed and
+// answered; frames arriving later are dropped unanswered, which an
+// initiator treats like a lost frame and retransmits (the Linux driver
+// sends it to another MAC of the shelf.slot once it knows one, see
+// DefaultAnnounceAt). The write stage and the receiving workers grow with
+// the targets' buffer counts; they never shrink while the Server runs.
+// A target starting to be served is announced on the schedule of
+// Server.AnnounceAt.
 package aoe

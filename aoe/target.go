@@ -3,13 +3,10 @@ package aoe
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -62,15 +59,9 @@ func (c *TargetConfig) Name() string { return fmt.Sprintf("e%d.%d", c.Shelf, c.S
 // targetState is the mutable, persisted state of a target. A value is never
 // modified once published; changes publish a new one.
 type targetState struct {
-	Config  []byte `json:"config_string"`
-	Masks   []MAC  `json:"mac_mask"`
-	Reserve []MAC  `json:"reserve"`
-}
-
-type persistedState struct {
-	Config  []byte   `json:"config_string"`
-	Masks   []string `json:"mac_mask"`
-	Reserve []string `json:"reserve"`
+	Config  []byte
+	Masks   []MAC
+	Reserve []MAC
 }
 
 func member(list []MAC, m MAC) bool {
@@ -103,8 +94,18 @@ type target struct {
 	// badVersion counts requests of another AoE version, answered with
 	// error 5 (see handle).
 	badVersion atomic.Uint64
-	// idx is the target's index in its core's targets.
-	idx int
+	// gate admits the frames routed to the target; RemoveTarget closes
+	// it and waits until they are answered.
+	gate *gate
+	// com group-commits the target's write responses while the Server's
+	// write stage runs (under Server.tmu).
+	com *committer
+	// stopAnnounce ends the target's scheduled announcements (nil when
+	// none run; under Server.tmu).
+	stopAnnounce chan struct{}
+	// withdrawn: RemoveTarget took the target away; no announcement
+	// leaves any more (under mu).
+	withdrawn bool
 	// inlineWrites: the device's WriteAt only copies into the page cache
 	// or memory (blockdev.File, blockdev.Memory), so a receiving worker may
 	// call it itself. Any other device (e.g. replicate.Primary, whose
@@ -123,7 +124,7 @@ func newTarget(cfg TargetConfig, node string, logger *slog.Logger) (*target, err
 	if cfg.BufCnt < 0 || cfg.BufCnt > 0xffff {
 		return nil, fmt.Errorf("AoE target %s: bufcnt %d is outside 0..65535", cfg.Name(), cfg.BufCnt)
 	}
-	t := &target{cfg: cfg, name: cfg.Name(), bufcnt: uint16(cfg.BufCnt), log: logger.With("target", cfg.Name())}
+	t := &target{cfg: cfg, name: cfg.Name(), bufcnt: uint16(cfg.BufCnt), log: logger.With("target", cfg.Name()), gate: newGate()}
 	if t.bufcnt == 0 {
 		t.bufcnt = DefaultBufCnt
 	}
@@ -155,7 +156,7 @@ func newTarget(cfg TargetConfig, node string, logger *slog.Logger) (*target, err
 		return nil, fmt.Errorf("AoE target %s: allow_macs lists %d addresses, at most %d fit the Mac Mask list", cfg.Name(), len(st.Masks), maxMasks)
 	}
 	if cfg.StateDir != "" {
-		t.path = filepath.Join(cfg.StateDir, "aoe-"+cfg.Name()+".json")
+		t.path = statePath(cfg.StateDir, cfg.Shelf, cfg.Slot)
 		loaded, err := loadState(t.path)
 		if err != nil {
 			return nil, err
@@ -168,87 +169,16 @@ func newTarget(cfg TargetConfig, node string, logger *slog.Logger) (*target, err
 	return t, nil
 }
 
-func loadState(path string) (*targetState, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read AoE state %s: %w", path, err)
-	}
-	var p persistedState
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("AoE state %s is corrupt (%v); fix or remove it to start from the configured allow_macs", path, err)
-	}
-	if len(p.Config) > MaxConfigLen || len(p.Masks) > maxMasks || len(p.Reserve) > 255 {
-		return nil, fmt.Errorf("AoE state %s holds more than AoE allows (config string <= 1024 bytes, <= %d masks, <= 255 reservations); fix or remove it", path, maxMasks)
-	}
-	st := &targetState{Config: p.Config}
-	for _, list := range []struct {
-		in  []string
-		out *[]MAC
-	}{{p.Masks, &st.Masks}, {p.Reserve, &st.Reserve}} {
-		for _, s := range list.in {
-			a, err := net.ParseMAC(s)
-			if err == nil {
-				var m MAC
-				m, err = MACFrom(a)
-				*list.out = append(*list.out, m)
-			}
-			if err != nil {
-				return nil, fmt.Errorf("AoE state %s: bad MAC %q: %v; fix or remove the file", path, s, err)
-			}
-		}
-	}
-	return st, nil
-}
-
 // setState publishes st and persists it. Callers hold t.mu.
 func (t *target) setState(st *targetState) {
 	t.state.Store(st)
 	if t.path == "" {
 		return
 	}
-	p := persistedState{Config: st.Config, Masks: []string{}, Reserve: []string{}}
-	for _, m := range st.Masks {
-		p.Masks = append(p.Masks, m.String())
-	}
-	for _, m := range st.Reserve {
-		p.Reserve = append(p.Reserve, m.String())
-	}
-	b, _ := json.MarshalIndent(p, "", "  ")
-	if err := writeFileSync(t.path, append(b, '\n')); err != nil {
+	if err := writeState(t.path, st); err != nil {
 		// The change is in effect but would be lost on restart: say so.
 		t.log.Error("cannot persist AoE state; the change holds until restart", "path", t.path, "err", err)
 	}
-}
-
-func writeFileSync(path string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		if d, derr := os.Open(filepath.Dir(path)); derr == nil {
-			err = d.Sync()
-			d.Close()
-		}
-	}
-	return err
 }
 
 // setIdentString stores s in ATA string format: two characters per word,

@@ -60,29 +60,47 @@ func sendmmsg(fd uintptr, hdrs []mmsghdr) (int, syscall.Errno) {
 	}
 }
 
-// Server serves every target of one network interface with one raw socket.
+// Server serves the targets of one network interface with one raw socket.
+// Targets can be added and removed while it serves (AddTarget,
+// RemoveTarget) without disturbing the others.
 type Server struct {
 	*core
-	ifi     *net.Interface
-	conn    *packet.Conn
-	raw     syscall.RawConn
-	workers int
-	frames  int // frame buffers of the write stage (and its writers)
+	// AnnounceAt is when a target is announced after it starts being
+	// served (at Serve, or by AddTarget while serving), counted from then;
+	// nil means DefaultAnnounceAt, an empty slice no announcements. Serve
+	// and AddTarget read it: change it only while neither runs.
+	AnnounceAt []time.Duration
 
-	// The write stage, created by Serve.
-	pool    chan *frame  // free frames
-	slowq   chan *frame  // frames for the writers
-	commits []*committer // by target.idx
+	ifi  *net.Interface
+	conn *packet.Conn
+	raw  syscall.RawConn
+
+	// tmu serialises AddTarget, RemoveTarget and the write stage's start
+	// and stop, and guards the fields up to mu. Receiving workers,
+	// writers and committers never take it.
+	tmu     sync.Mutex
+	workers int         // receiving workers (started while serving)
+	frames  int         // frame buffers of the write stage, one writer each
+	rcvbuf  int         // socket buffer size set
+	stages  bool        // the write stage runs (Serve is serving)
+	pool    chan *frame // free frames
+	slowq   chan *frame // frames for the writers
+	writers sync.WaitGroup
+	// announcers are the goroutines of scheduled announcements.
+	announcers sync.WaitGroup
 
 	mu      sync.Mutex
 	closed  bool
 	serving bool
 	done    chan struct{}
+	wg      sync.WaitGroup // receiving workers and the MTU ticker
+	errc    chan error     // the first receiving error
 }
 
 // NewServer opens a raw AoE socket on iface (which needs CAP_NET_RAW) for
-// the given targets. Call Serve to answer requests and Close to release the
-// socket. A nil logger logs to slog.Default().
+// the given targets (none is fine: AddTarget adds them). Call Serve to
+// answer requests and Close to release the socket. A nil logger logs to
+// slog.Default().
 func NewServer(iface string, targets []TargetConfig, logger *slog.Logger) (*Server, error) {
 	c, err := newCore(iface, targets, "", logger)
 	if err != nil {
@@ -103,7 +121,7 @@ func NewServer(iface string, targets []TargetConfig, logger *slog.Logger) (*Serv
 		}
 		return nil, fmt.Errorf("AoE: open raw socket on %s: %w", iface, err)
 	}
-	s := &Server{core: c, ifi: ifi, conn: conn, done: make(chan struct{})}
+	s := &Server{core: c, ifi: ifi, conn: conn, done: make(chan struct{}), errc: make(chan error, 1)}
 	fail := func(err error) (*Server, error) {
 		conn.Close()
 		return nil, err
@@ -120,36 +138,149 @@ func NewServer(iface string, targets []TargetConfig, logger *slog.Logger) (*Serv
 	}
 	c.frameLen = EthernetLen + min(max(mtu, 9000), 65535)
 	c.setEnv(mac, mtu)
-	bufs := 0
-	for _, t := range c.targets {
-		bufs += int(t.bufcnt)
-	}
-	// Receiving workers: enough buffers for every advertised frame, twice
-	// over. Workers hand frames that wait for a sync to the write stage,
-	// whose frames (and writer goroutines) also cover every advertised
-	// frame twice over (retransmits, several initiators), within a fixed
-	// bound so memory stays bounded whatever the bufcnt.
-	s.workers = min(max(4, 2*bufs/batchLen), 64)
-	s.frames = min(max(2*bufs, 64), maxFrames)
-	rcvbuf := min(bufs*c.frameLen*2, 64<<20)
-	_ = s.raw.Control(func(fd uintptr) {
-		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf) != nil {
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
-		}
-		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, rcvbuf)
-	})
-	for _, t := range c.targets {
-		mode := "durable writes (acknowledged after flush)"
-		if t.cfg.WriteCache {
-			mode = "write cache (writes acknowledged before flush)"
-		}
-		if t.cfg.ReadOnly {
-			mode = "read-only"
-		}
-		t.log.Info("AoE target ready", "mac", mac.String(), "mtu", mtu,
-			"sectors_per_frame", c.env.Load().maxSector, "bufcnt", t.bufcnt, "mode", mode)
+	s.size(c.list())
+	for _, t := range c.list() {
+		s.logReady(t)
 	}
 	return s, nil
+}
+
+// sizes returns how many receiving workers and write-stage frames serve
+// targets that advertise bufs buffers in all. Receiving workers: enough
+// buffers for every advertised frame, twice over. Workers hand frames that
+// wait for a sync to the write stage, whose frames (and writer goroutines)
+// also cover every advertised frame twice over (retransmits, several
+// initiators), within a fixed bound so memory stays bounded whatever the
+// bufcnt.
+func sizes(bufs int) (workers, frames int) {
+	return min(max(4, 2*bufs/batchLen), 64), min(max(2*bufs, 64), maxFrames)
+}
+
+// size grows the receiving workers, the write stage and the socket buffers
+// to what targets need (they never shrink). While serving it starts the
+// workers and writers added. Call with s.tmu held.
+func (s *Server) size(targets []*target) {
+	bufs := 0
+	for _, t := range targets {
+		bufs += int(t.bufcnt)
+	}
+	workers, frames := sizes(bufs)
+	if frames > s.frames {
+		if s.stages {
+			for range frames - s.frames {
+				s.addFrame()
+			}
+		}
+		s.frames = frames
+	}
+	if workers > s.workers {
+		if s.stages {
+			for range workers - s.workers {
+				s.startWorker()
+			}
+		}
+		s.workers = workers
+	}
+	if rcvbuf := min(bufs*s.frameLen*2, 64<<20); rcvbuf > s.rcvbuf {
+		s.rcvbuf = rcvbuf
+		_ = s.raw.Control(func(fd uintptr) {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
+			}
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, rcvbuf)
+		})
+	}
+}
+
+func (s *Server) logReady(t *target) {
+	mode := "durable writes (acknowledged after flush)"
+	if t.cfg.WriteCache {
+		mode = "write cache (writes acknowledged before flush)"
+	}
+	if t.cfg.ReadOnly {
+		mode = "read-only"
+	}
+	e := s.env.Load()
+	t.log.Info("AoE target ready", "mac", e.mac.String(), "mtu", e.mtu,
+		"sectors_per_frame", e.maxSector, "bufcnt", t.bufcnt, "mode", mode)
+}
+
+// AddTarget starts serving the target tc; the other targets are not
+// disturbed. While the Server serves, the target is announced at once and
+// then as AnnounceAt says. It fails when the shelf.slot is served already,
+// when tc is invalid, or after Close.
+func (s *Server) AddTarget(tc TargetConfig) error {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	if s.isClosed() {
+		return errClosed
+	}
+	ts := s.set.Load()
+	t, err := s.newTarget(ts, tc)
+	if err != nil {
+		return err
+	}
+	ts = ts.with(t)
+	s.size(ts.list)
+	if s.stages {
+		s.startCommitter(t)
+	}
+	s.set.Store(ts)
+	s.logReady(t)
+	if s.stages {
+		s.scheduleAnnounce(t)
+	}
+	return nil
+}
+
+// RemoveTarget stops serving eSHELF.SLOT at once and returns its final
+// state (config string, Mac Mask list, reserve list). From the moment it is
+// called the target answers nothing new: frames that arrive for it are
+// dropped unanswered, like frames for any shelf.slot not served here (an
+// initiator retransmits them, to whichever MAC serves the shelf.slot by
+// then), and no more announcements leave. Requests it had already received
+// are executed and answered before RemoveTarget returns, so the caller
+// knows that the device sees no more I/O from this target (a handover
+// seals the log next). If ctx ends first, RemoveTarget returns ctx's error
+// and those requests finish in the background. The other targets are not
+// disturbed.
+func (s *Server) RemoveTarget(ctx context.Context, shelf uint16, slot uint8) (State, error) {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	ts := s.set.Load()
+	t := ts.byAddr[addrKey(shelf, slot)]
+	if t == nil {
+		return State{}, fmt.Errorf("AoE target e%d.%d is not served on %s", shelf, slot, s.iface)
+	}
+	s.set.Store(ts.without(t))
+	t.mu.Lock()
+	t.withdrawn = true
+	t.mu.Unlock()
+	if t.stopAnnounce != nil {
+		close(t.stopAnnounce)
+		t.stopAnnounce = nil
+	}
+	idle := t.gate.close()
+	// The committer may still send responses of frames inside the gate;
+	// it stops once they are out.
+	com := t.com
+	finish := func() {
+		if com != nil {
+			com.stop()
+		}
+	}
+	select {
+	case <-idle:
+		finish()
+	case <-ctx.Done():
+		go func() {
+			<-idle
+			finish()
+		}()
+		return t.state.Load().export(), fmt.Errorf("AoE target e%d.%d on %s: requests in flight not answered yet: %w", shelf, slot, s.iface, ctx.Err())
+	}
+	t.log.Info("AoE target withdrawn")
+	return t.state.Load().export(), nil
 }
 
 // requestFilter accepts AoE requests sent to this host: it drops frames for
@@ -207,8 +338,9 @@ func (s *Server) refreshMTU() {
 }
 
 // Serve answers requests until ctx is done or Close is called, then closes
-// the socket and returns nil. It announces every target first. It returns
-// an error if the socket fails or Serve was already called.
+// the socket and returns nil. Each target is announced at once and then as
+// AnnounceAt says. It returns an error if the socket fails or Serve was
+// already called.
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed || s.serving {
@@ -217,30 +349,27 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.serving = true
 	s.mu.Unlock()
-	if err := s.Announce(); err != nil {
-		s.log.Warn("AoE announce failed", "err", err)
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stopStages := s.startStages()
-	errc := make(chan error, s.workers)
-	var wg sync.WaitGroup
+	s.tmu.Lock()
+	s.startStages()
 	for range s.workers {
-		w := newWorker(s)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errc <- w.run()
-		}()
+		s.startWorker()
 	}
-	wg.Add(1)
+	for _, t := range s.list() {
+		s.scheduleAnnounce(t)
+	}
+	s.tmu.Unlock()
+	s.wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer s.wg.Done()
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
 			select {
 			case <-ctx.Done():
+				return
+			case <-s.done:
 				return
 			case <-tick.C:
 				s.refreshMTU()
@@ -251,34 +380,104 @@ func (s *Server) Serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case <-s.done:
-	case err = <-errc:
+	case err = <-s.errc:
 	}
 	cancel()
 	s.Close()
-	wg.Wait()
-	stopStages() // frames in flight are finished (their responses are not sent)
+	s.wg.Wait()
+	s.tmu.Lock()
+	s.stopStages() // frames in flight are finished (their responses are not sent)
+	s.tmu.Unlock()
+	s.announcers.Wait()
 	return err
+}
+
+// startWorker starts one receiving worker unless the Server is closed.
+func (s *Server) startWorker() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	w := newWorker(s)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := w.run(); err != nil {
+			select {
+			case s.errc <- err:
+			default:
+			}
+		}
+	}()
+}
+
+// scheduleAnnounce announces t as s.AnnounceAt says, until t is removed or
+// the Server closed. Call with s.tmu held.
+func (s *Server) scheduleAnnounce(t *target) {
+	at := s.AnnounceAt
+	if at == nil {
+		at = DefaultAnnounceAt
+	}
+	if len(at) == 0 {
+		return
+	}
+	stop := make(chan struct{})
+	t.stopAnnounce = stop
+	s.announcers.Add(1)
+	go func() {
+		defer s.announcers.Done()
+		start := time.Now()
+		timer := time.NewTimer(time.Until(start.Add(at[0])))
+		defer timer.Stop()
+		b := make([]byte, HeaderLen+ConfigArgLen+MaxConfigLen)
+		for i := range at {
+			if i > 0 {
+				timer.Reset(time.Until(start.Add(at[i])))
+			}
+			select {
+			case <-stop:
+				return
+			case <-s.done:
+				return
+			case <-timer.C:
+			}
+			if err := s.announceTarget(t, b); err != nil {
+				s.log.Warn("AoE announce failed", "target", t.name, "err", err)
+			}
+		}
+	}()
 }
 
 // Announce broadcasts an unsolicited Query Config response for every target
 // (to each MAC of a non-empty Mac Mask list instead, like vblade), so
 // initiators learn the target's MAC at once, e.g. after a failover.
 func (s *Server) Announce() error {
-	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	if s.isClosed() {
 		return errClosed
 	}
-	e := s.env.Load()
 	b := make([]byte, HeaderLen+ConfigArgLen+MaxConfigLen)
 	var errs []error
-	for _, t := range s.targets {
-		for _, dst := range t.announceDsts() {
-			n := t.announce(b, e, dst)
-			if _, err := s.conn.WriteTo(b[:n], &packet.Addr{HardwareAddr: dst[:]}); err != nil {
-				errs = append(errs, fmt.Errorf("announce %s on %s: %w", t.name, s.iface, err))
-			}
+	for _, t := range s.list() {
+		errs = append(errs, s.announceTarget(t, b))
+	}
+	return errors.Join(errs...)
+}
+
+// announceTarget sends t's announcements, using b as the frame buffer;
+// nothing once t was removed.
+func (s *Server) announceTarget(t *target, b []byte) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.withdrawn {
+		return nil
+	}
+	e := s.env.Load()
+	var errs []error
+	for _, dst := range t.announceDsts() {
+		n := t.announce(b, e, dst)
+		if _, err := s.conn.WriteTo(b[:n], &packet.Addr{HardwareAddr: dst[:]}); err != nil {
+			errs = append(errs, fmt.Errorf("announce %s on %s: %w", t.name, s.iface, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -319,44 +518,70 @@ type frame struct {
 type committer struct {
 	s     *Server
 	t     *target
-	q     chan *frame
+	q     chan *frame // holds every frame there can be (maxFrames)
 	batch []*frame
 	snd   *sender
+	once  sync.Once
+	done  chan struct{}
 }
 
-// startStages creates the frame pool, the writers and one committer per
-// target. The returned function stops them once no worker runs any more.
-func (s *Server) startStages() (stop func()) {
-	s.pool = make(chan *frame, s.frames)
-	s.slowq = make(chan *frame, s.frames)
+// startStages creates the frame pool, the writers and a committer per
+// target. Call with s.tmu held.
+func (s *Server) startStages() {
+	s.pool = make(chan *frame, maxFrames)
+	s.slowq = make(chan *frame, maxFrames)
+	s.stages = true
 	for range s.frames {
-		s.pool <- &frame{buf: make([]byte, s.frameLen)}
+		s.addFrame()
 	}
-	var writers, committers sync.WaitGroup
-	for range s.frames {
-		writers.Add(1)
-		go func() {
-			defer writers.Done()
-			s.write()
-		}()
+	for _, t := range s.list() {
+		s.startCommitter(t)
 	}
-	for _, t := range s.targets {
-		c := &committer{s: s, t: t, q: make(chan *frame, s.frames),
-			batch: make([]*frame, 0, s.frames), snd: newSender(s, s.frames)}
-		s.commits = append(s.commits, c)
-		committers.Add(1)
-		go func() {
-			defer committers.Done()
-			c.run()
-		}()
+}
+
+// addFrame adds a frame to the pool and a writer. Call with s.tmu held
+// while the stages run.
+func (s *Server) addFrame() {
+	s.pool <- &frame{buf: make([]byte, s.frameLen)}
+	s.writers.Add(1)
+	go func() {
+		defer s.writers.Done()
+		s.write()
+	}()
+}
+
+// startCommitter starts t's committer. Call with s.tmu held while the
+// stages run.
+func (s *Server) startCommitter(t *target) {
+	c := &committer{s: s, t: t, q: make(chan *frame, maxFrames),
+		batch: make([]*frame, 0, maxFrames), snd: newSender(s, maxFrames), done: make(chan struct{})}
+	t.com = c
+	go func() {
+		defer close(c.done)
+		c.run()
+	}()
+}
+
+// stop ends the committer once it has sent what is queued; no frame may be
+// queued afterwards.
+func (c *committer) stop() {
+	c.once.Do(func() { close(c.q) })
+	<-c.done
+}
+
+// stopStages stops the writers and the committers once no worker runs any
+// more. Call with s.tmu held.
+func (s *Server) stopStages() {
+	if !s.stages {
+		return
 	}
-	return func() {
-		close(s.slowq)
-		writers.Wait()
-		for _, c := range s.commits {
-			close(c.q)
+	s.stages = false
+	close(s.slowq)
+	s.writers.Wait()
+	for _, t := range s.list() {
+		if t.com != nil {
+			t.com.stop()
 		}
-		committers.Wait()
 	}
 }
 
@@ -371,11 +596,16 @@ func (s *Server) write() {
 			continue
 		}
 		f.n, f.flush = o.n, o.flush
-		s.commits[f.t.idx].q <- f // never blocks: the queue holds every frame
+		f.t.com.q <- f // never blocks: the queue holds every frame
 	}
 }
 
+// release lets f's frame out of its target's gate and returns f to the
+// pool.
 func (s *Server) release(f *frame) {
+	if f.t != nil {
+		f.t.gate.leave()
+	}
 	f.t, f.e, f.flush = nil, nil, false
 	s.pool <- f // never blocks: the pool holds every frame
 }
@@ -459,10 +689,18 @@ func newSender(s *Server, n int) *sender {
 	return q
 }
 
-// add queues b and returns its index; the caller sends before the queue
-// is full.
+// add queues b and returns its index. The queue grows when full (only a
+// broadcast reaching more targets than a batch holds fills it).
 func (q *sender) add(b []byte) int {
 	i := q.n
+	if i == len(q.out) {
+		q.out = append(q.out, make([]mmsghdr, len(q.out)+1)...)
+		q.iov = append(q.iov, make([]unix.Iovec, len(q.iov)+1)...)
+		for j := range q.out {
+			q.out[j].hdr.Iov = &q.iov[j]
+			q.out[j].hdr.SetIovlen(1)
+		}
+	}
 	q.iov[i].Base = &b[0]
 	q.iov[i].SetLen(len(b))
 	q.n++
@@ -517,6 +755,7 @@ type worker struct {
 	hdrs  []mmsghdr
 	snd   *sender   // responses of this batch
 	flush []*target // targets written by this batch, not yet flushed
+	held  []*target // targets whose frames wait in snd (their gates to leave)
 	fixup []int     // indexes into snd of responses that wait on a flush
 	fixT  []*target
 	extra [][]byte // buffers for broadcast fan-out
@@ -533,7 +772,7 @@ func newWorker(s *Server) *worker {
 		iovs:  make([]unix.Iovec, batchLen),
 		names: make([]unix.RawSockaddrLinklayer, batchLen),
 		hdrs:  make([]mmsghdr, batchLen),
-		snd:   newSender(s, batchLen+len(s.targets)),
+		snd:   newSender(s, batchLen),
 	}
 	for i := range w.bufs {
 		w.bufs[i] = make([]byte, s.frameLen)
@@ -576,8 +815,10 @@ func (w *worker) handoff(i int) *frame {
 	return f
 }
 
+// queue queues the response b of t's frame; its gate is left once sent.
 func (w *worker) queue(b []byte, t *target, flush bool) {
 	i := w.snd.add(b)
+	w.held = append(w.held, t)
 	if flush {
 		if !containsTarget(w.flush, t) {
 			w.flush = append(w.flush, t)
@@ -613,9 +854,16 @@ func (w *worker) commit() {
 	}
 	w.flush, w.fixup, w.fixT = w.flush[:0], w.fixup[:0], w.fixT[:0]
 	w.snd.send()
+	for i, t := range w.held {
+		t.gate.leave()
+		w.held[i] = nil
+	}
+	w.held = w.held[:0]
 }
 
-// handle answers the frame w.bufs[i] (n bytes) addressed to t alone.
+// handle answers the frame w.bufs[i] (n bytes) addressed to t alone, which
+// admitted it through its gate: the frame leaves the gate with its response
+// (or at once when it gets none).
 func (w *worker) handle(i, n int, t *target, e *env) {
 	s := w.s
 	b := w.bufs[i]
@@ -628,6 +876,7 @@ func (w *worker) handle(i, n int, t *target, e *env) {
 	}
 	o := t.handle(b, n, e)
 	if o.n == 0 {
+		t.gate.leave()
 		return
 	}
 	if o.flush {
@@ -635,7 +884,7 @@ func (w *worker) handle(i, n int, t *target, e *env) {
 		// with every other write that arrives meanwhile.
 		if f := w.handoff(i); f != nil {
 			f.t, f.n, f.flush = t, o.n, true
-			s.commits[t.idx].q <- f
+			t.com.q <- f // never blocks: the queue holds every frame
 			return
 		}
 	}
@@ -687,6 +936,8 @@ func (w *worker) run() error {
 				copy(x, b[:n])
 				if o := t.handle(x, n, e); o.n > 0 {
 					w.queue(x[:o.n], t, o.flush)
+				} else {
+					t.gate.leave()
 				}
 			}
 			w.commit()

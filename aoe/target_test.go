@@ -37,6 +37,7 @@ func exchange(c *core, req []byte) [][]byte {
 		if o := t.handle(b, len(req), c.env.Load()); o.n > 0 {
 			out = append(out, b[:o.n])
 		}
+		t.gate.leave()
 	}
 	return out
 }
@@ -232,7 +233,7 @@ func TestTargetMaskAndReserve(t *testing.T) {
 	}
 	// A restart keeps the state.
 	c2 := newTestCore(t, cfg)
-	st := c2.targets[0].state.Load()
+	st := c2.list()[0].state.Load()
 	if len(st.Masks) != 1 || st.Masks[0] != hostMAC || len(st.Reserve) != 1 {
 		t.Fatalf("state after restart: %+v", st)
 	}
@@ -247,7 +248,7 @@ func TestTargetMaskAndReserve(t *testing.T) {
 // state (config string, Mac Mask list, reserve list) was set.
 func unchanged(t *testing.T, c *core) {
 	t.Helper()
-	for _, tg := range c.targets {
+	for _, tg := range c.list() {
 		if slices.ContainsFunc(tg.cfg.Device.(*blockdev.Memory).Bytes(), func(b byte) bool { return b != 0 }) {
 			t.Fatalf("%s: device written", tg.name)
 		}
@@ -285,8 +286,8 @@ func TestTargetBroadcastRefused(t *testing.T) {
 	unchanged(t, c)
 	// e1.1 is addressed by all three addresses, e1.2 and e2.1 by two.
 	for i, want := range []uint64{18, 12, 12} {
-		if got := c.targets[i].refusedBcast.Load(); got != want {
-			t.Fatalf("%s refused %d broadcasts, want %d", c.targets[i].name, got, want)
+		if got := c.list()[i].refusedBcast.Load(); got != want {
+			t.Fatalf("%s refused %d broadcasts, want %d", c.list()[i].name, got, want)
 		}
 	}
 	// Discovery still reaches every target, each answering as itself.
@@ -296,7 +297,7 @@ func TestTargetBroadcastRefused(t *testing.T) {
 	}
 	for i, r := range out {
 		var h Header
-		if h.Decode(r); h.Flags != FlagResponse || h.Shelf != c.targets[i].cfg.Shelf || h.Slot != c.targets[i].cfg.Slot {
+		if h.Decode(r); h.Flags != FlagResponse || h.Shelf != c.list()[i].cfg.Shelf || h.Slot != c.list()[i].cfg.Slot {
 			t.Fatalf("broadcast Query Config response %d: %+v", i, h)
 		}
 	}
@@ -306,10 +307,10 @@ func TestTargetBroadcastRefused(t *testing.T) {
 	// A broadcast of another version is dropped like any other.
 	req := request(hostMAC, BroadcastShelf, BroadcastSlot, CmdConfig, cfgReq(ConfigRead, ""))
 	req[14] = 2 << 4
-	if out := exchange(c, req); len(out) != 0 || c.targets[2].refusedBcast.Load() != 13 {
-		t.Fatalf("version 2 broadcast: %d responses, %d refused", len(out), c.targets[2].refusedBcast.Load())
+	if out := exchange(c, req); len(out) != 0 || c.list()[2].refusedBcast.Load() != 13 {
+		t.Fatalf("version 2 broadcast: %d responses, %d refused", len(out), c.list()[2].refusedBcast.Load())
 	}
-	if c.targets[0].badVersion.Load() != 0 {
+	if c.list()[0].badVersion.Load() != 0 {
 		t.Fatal("a broadcast counted as an error 5 response")
 	}
 }
@@ -318,7 +319,7 @@ func TestTargetBroadcastRefused(t *testing.T) {
 // to the target is not executed and gets a header-only error 5 response.
 func TestTargetUnsupportedVersion(t *testing.T) {
 	c := newTestCore(t, TargetConfig{Shelf: 1, Slot: 1, Device: blockdev.NewMemory(1 << 20)})
-	tg := c.targets[0]
+	tg := c.list()[0]
 	data := bytes.Repeat([]byte{0xa5}, 1024)
 	count := uint64(0)
 	for _, ver := range []uint8{0, 2, 15} {
