@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -133,6 +134,10 @@ type RoleMessage struct {
 	Designation Designation `json:"designation"`
 	End         Position    `json:"end,omitzero"`
 	Reason      string      `json:"reason,omitempty"`
+	// Exports is the old primary's export state of the resource as it
+	// was when its exports stopped (handover-sealed only): opaque to
+	// replicate, see EvSwitched.Exports and Ready.Exports.
+	Exports json.RawMessage `json:"exports,omitempty"`
 }
 
 // Events fed to Step.
@@ -172,10 +177,16 @@ type (
 	// asked for by Ready.Role); End is where the log was sealed when Seal
 	// was asked; Err is set when the switch failed (the data path then
 	// runs what it ran before).
+	//
+	// Exports, when the switch left the primary role, is the state the
+	// resource's exports had when they stopped (e.g. AoE reservations and
+	// Mac Mask lists): the core hands it to the node taking over with
+	// where the log was sealed, and that node gets it in Ready.Exports.
 	EvSwitched struct {
-		Role Role
-		End  Position
-		Err  string
+		Role    Role
+		End     Position
+		Err     string
+		Exports json.RawMessage
 	}
 )
 
@@ -228,20 +239,25 @@ type Ready struct {
 	// Invalidate: discard the local log and run a full sync (join after a
 	// leave).
 	Invalidate bool
-	Messages   []RoleMessage
-	Results    []Result
-	Notes      []Note
+	// Exports, set while the node takes over from a primary that handed
+	// the resource over, is the export state that primary had when its
+	// exports stopped: apply it before serving.
+	Exports  json.RawMessage
+	Messages []RoleMessage
+	Results  []Result
+	Notes    []Note
 }
 
 // handover is a planned handover (or resignation) under way.
 type handover struct {
 	peer     string // the other node ("" when resigning, or promoting without a primary)
 	id       string
-	end      Position // where the old primary sealed its log
-	sealed   bool     // end is known
-	deadline uint64   // tick (promoting only)
-	lastSent uint64   // tick the sealed message was last sent (handing over)
-	lastProg uint64   // tick of the last progress report
+	end      Position        // where the old primary sealed its log
+	sealed   bool            // end is known
+	exports  json.RawMessage // the old primary's export state at the seal
+	deadline uint64          // tick (promoting only)
+	lastSent uint64          // tick the sealed message was last sent (handing over)
+	lastProg uint64          // tick of the last progress report
 }
 
 // pendingCmd is the operator command being carried out.
@@ -346,6 +362,9 @@ func (c *RoleCore) Ready() Ready {
 	rd.Diverged = c.diverged
 	if rd.Role != RolePrimary && c.local.Role == RolePrimary {
 		rd.Seal = true
+	}
+	if c.phase == PhasePrimary && c.ho != nil && c.ho.sealed {
+		rd.Exports = c.ho.exports
 	}
 	return rd
 }
@@ -930,7 +949,7 @@ func (c *RoleCore) stepMessage(m RoleMessage) {
 			return
 		}
 		if !c.ho.sealed {
-			c.ho.end, c.ho.sealed = m.End, true
+			c.ho.end, c.ho.sealed, c.ho.exports = m.End, true, m.Exports
 			c.progress(fmt.Sprintf("%s stopped its exports and sealed its log at record %d (segment %d); fetching and replaying exactly to it", m.From, m.End.Seq, m.End.Segment))
 		}
 		c.checkPromotion()
@@ -976,7 +995,7 @@ func (c *RoleCore) resendSealed() {
 		return
 	}
 	ho.lastSent = c.tick
-	c.send(RoleMessage{Kind: MsgHandoverSealed, To: ho.peer, ID: ho.id, End: ho.end})
+	c.send(RoleMessage{Kind: MsgHandoverSealed, To: ho.peer, ID: ho.id, End: ho.end, Exports: ho.exports})
 }
 
 func (c *RoleCore) stepSwitched(ev EvSwitched) {
@@ -1003,10 +1022,10 @@ func (c *RoleCore) stepSwitched(ev EvSwitched) {
 	c.local.Role = ev.Role
 	switch {
 	case c.phase == PhaseHandingOver && ev.Role == RoleSecondary && c.ho != nil:
-		c.ho.end, c.ho.sealed = ev.End, true
+		c.ho.end, c.ho.sealed, c.ho.exports = ev.End, true, ev.Exports
 		if c.ho.peer != "" {
 			c.ho.lastSent = c.tick
-			c.send(RoleMessage{Kind: MsgHandoverSealed, To: c.ho.peer, ID: c.ho.id, End: ev.End})
+			c.send(RoleMessage{Kind: MsgHandoverSealed, To: c.ho.peer, ID: c.ho.id, End: ev.End, Exports: ev.Exports})
 			return
 		}
 		// Resigned: nobody is primary until someone runs primary.

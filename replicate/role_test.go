@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -161,6 +162,9 @@ func (h *roleHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		if v, ok := args["des"]; ok {
 			m.Designation = parseDes(t, d, v)
 		}
+		if v, ok := args["exports"]; ok {
+			m.Exports = json.RawMessage(v)
+		}
 		if d.Cmd == "msg" {
 			h.c.Step(EvMessage{Msg: m})
 		} else {
@@ -174,6 +178,9 @@ func (h *roleHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		ev := EvSwitched{Role: r, Err: args["err"]}
 		if v, ok := args["end"]; ok {
 			ev.End = parsePos(t, d, v)
+		}
+		if v, ok := args["exports"]; ok {
+			ev.Exports = json.RawMessage(v)
 		}
 		if ev.Err == "" {
 			h.local.Role = r
@@ -296,6 +303,9 @@ func describeReady(rd Ready) string {
 	if rd.Invalidate {
 		b.WriteString(" invalidate")
 	}
+	if rd.Exports != nil {
+		fmt.Fprintf(&b, " exports=%s", rd.Exports)
+	}
 	b.WriteString("\n")
 	if p := rd.Persist; p != nil {
 		fmt.Fprintf(&b, "persist: des=%s", fmtDes(p.Designation))
@@ -311,6 +321,9 @@ func describeReady(rd Ready) string {
 		}
 		if m.Reason != "" {
 			fmt.Fprintf(&b, " reason=%q", m.Reason)
+		}
+		if m.Exports != nil {
+			fmt.Fprintf(&b, " exports=%s", m.Exports)
 		}
 		b.WriteString("\n")
 	}
