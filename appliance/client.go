@@ -127,6 +127,13 @@ func (c *Client) Role(ctx context.Context, res, cmd string, force, ignoreSync bo
 
 // Verb runs an admin verb on a resource ("all" for every resource) and
 // returns what the daemon said.
+// Resize grows resource res to size bytes (0: the smallest disk of all
+// nodes) on the primary.
+func (c *Client) Resize(ctx context.Context, res string, size int64) (string, error) {
+	body, err := c.do(ctx, http.MethodPost, fmt.Sprintf("/v0/resize/%s?size=%d", res, size))
+	return strings.TrimSpace(string(body)), err
+}
+
 func (c *Client) Verb(ctx context.Context, res, verb string) (string, error) {
 	body, err := c.do(ctx, http.MethodPost, "/v0/resource/"+res+"/"+verb)
 	return strings.TrimSpace(string(body)), err

@@ -68,6 +68,7 @@ func (d *Daemon) startControl() error {
 	})
 	mux.HandleFunc("POST /v0/resource/{res}/{verb}", d.handleVerb)
 	mux.HandleFunc("POST /v0/role/{res}/{cmd}", d.handleRole)
+	mux.HandleFunc("POST /v0/resize/{res}", d.handleResize)
 	c := &controlServer{path: path, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: lim.ControlIdleTimeout}}
 	go c.srv.Serve(ln)
 	d.control = c

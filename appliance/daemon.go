@@ -70,8 +70,9 @@ type resource struct {
 	secDone chan struct{}        // closed when sec.Run returned
 	role    *roleState           // nil for an unreplicated resource
 
-	serving   bool   // exports on (under Daemon.expMu)
-	exportErr string // why an export failed to start
+	serving   bool        // exports on (under Daemon.expMu)
+	svc       serviceAddr // the service address (service.go), under Daemon.expMu
+	exportErr string      // why an export failed to start
 	// released names the nodes the retention limits released, and why.
 	released map[string]string
 	// spaceWarned: the log filesystem was reported as filling up.
@@ -153,6 +154,7 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 			return err
 		}
 	}
+	d.dropLeftoverServiceAddrs() // before anything serves: see service.go
 	if err := d.startShip(); err != nil {
 		return err
 	}
@@ -213,8 +215,18 @@ func (d *Daemon) openResource(rc *config.Resource) error {
 	if err != nil {
 		return fmt.Errorf("resource %s: %w", rc.Name, err)
 	}
-	if rc.Size > 0 {
-		if err := disk.Limit(rc.Size); err != nil {
+	size := rc.Size
+	if rc.Replicated {
+		// A resize grew it past the config's size (resize.go).
+		grown, err := readResourceSize(d.cfg.LogDir(rc.Name, d.node.Name))
+		if err != nil {
+			disk.Close()
+			return fmt.Errorf("resource %s: %w", rc.Name, err)
+		}
+		size = max(size, grown)
+	}
+	if size > 0 {
+		if err := disk.Limit(size); err != nil {
 			disk.Close()
 			return fmt.Errorf("resource %s: %w", rc.Name, err)
 		}
@@ -235,6 +247,7 @@ func (d *Daemon) openResource(rc *config.Resource) error {
 
 // shutdown drains the exports, then flushes and closes every resource.
 func (d *Daemon) shutdown() error {
+	d.dropServiceAddrs() // before the exports drain: see service.go
 	var errs []error
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

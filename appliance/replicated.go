@@ -83,9 +83,22 @@ func (d *Daemon) peer(name string) replicate.Peer {
 
 // keepOpen is the disk as the log sees it: closing the log flushes the
 // disk but leaves it open, so the role can change without reopening it.
-type keepOpen struct{ blockdev.Device }
+// A resize from the log grows the disk's used part and is persisted in
+// the log directory before the record counts as applied (see resize.go).
+type keepOpen struct {
+	*blockdev.File
+	dir string
+}
 
 func (k keepOpen) Close() error { return k.Flush() }
+
+// Resize implements blockdev.Resizer.
+func (k keepOpen) Resize(size int64) error {
+	if err := k.File.Resize(size); err != nil {
+		return err
+	}
+	return writeResourceSize(k.dir, size)
+}
 
 // openPrimary opens r's log as primary (log → ack → apply): it replays what
 // the local log holds past the applied position, seals its newest segment
@@ -101,7 +114,7 @@ func (d *Daemon) openPrimary(r *resource) error {
 		// has not fetched and replayed yet.
 		opts.MinAppliedByPeers = d.minApplied(r, func() []string { return d.others(rc) })
 	}
-	p, err := replicate.OpenPrimary(keepOpen{r.disk}, opts)
+	p, err := replicate.OpenPrimary(keepOpen{r.disk, r.dir}, opts)
 	if err != nil {
 		return err
 	}
@@ -141,7 +154,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 		WasPrimary:        wasPrimary,
 		VerifyInterval:    rc.VerifyInterval,
 	}
-	s, err := replicate.OpenSecondary(keepOpen{r.disk}, opts)
+	s, err := replicate.OpenSecondary(keepOpen{r.disk, r.dir}, opts)
 	if err != nil {
 		return err
 	}

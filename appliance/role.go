@@ -1,11 +1,14 @@
 package appliance
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tharsis/tharsis/replicate"
@@ -48,6 +51,47 @@ type roleState struct {
 	fatal chan error
 	// retryAt: after a failed switch the next try waits until then.
 	retryAt time.Time
+
+	// aoe lists the resource's AoE targets while they are served (the
+	// status publishes their state from it, without Daemon.expMu).
+	aoe atomic.Pointer[[]aoeBinding]
+	// final is the export state when the exports last stopped (under mu):
+	// what a handover hands to the next primary.
+	final json.RawMessage
+	// peerExports is the export state last taken from the primary's
+	// status (role loop only).
+	peerExports json.RawMessage
+}
+
+// setAoE records the AoE targets being served (nil: none).
+func (rs *roleState) setAoE(b []aoeBinding) {
+	if b == nil {
+		rs.aoe.Store(nil)
+		return
+	}
+	rs.aoe.Store(&b)
+}
+
+// exportsNow is the live export state published in the status while the
+// exports are served, else nil.
+func (rs *roleState) exportsNow() json.RawMessage {
+	if b := rs.aoe.Load(); b != nil {
+		return liveAoEState(*b)
+	}
+	return nil
+}
+
+// setFinal records the export state at the moment the exports stopped.
+func (rs *roleState) setFinal(st json.RawMessage) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.final = st
+}
+
+func (rs *roleState) finalExports() json.RawMessage {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.final
 }
 
 func (rs *roleState) fetchList() []string {
@@ -110,6 +154,8 @@ func (s roleSource) Status() replicate.ResourceStatus {
 	st := s.r.role.snapshot()
 	rs.Phase, rs.Designation, rs.Diverged, rs.Forks, rs.Handover = st.Phase, st.Designation, st.Diverged, st.Forks, st.Handover
 	rs.Released = s.r.releases()
+	rs.DiskCapacity = s.r.disk.Capacity()
+	rs.Exports = s.r.role.exportsNow()
 	rs.Consistent = rs.Consistent && st.Consistent
 	if st.Phase == replicate.PhasePrimary {
 		rs.Consistent = st.Consistent
@@ -197,6 +243,9 @@ func (d *Daemon) roleLoop(ctx context.Context, r *resource) {
 				rs.core.Step(replicate.EvLocal{Local: d.localFacts(r)})
 			}
 		case ev := <-rs.events:
+			if p, ok := ev.(replicate.EvPeer); ok {
+				d.notePeerExports(r, p)
+			}
 			if _, ok := ev.(replicate.EvCommand); ok {
 				// A command decides on the local log (what --force may
 				// lose, whether a handover is caught up): read it now,
@@ -295,8 +344,17 @@ func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
 	if r.serving {
 		d.stopExports(r)
 	}
+	if rd.Role == replicate.RolePrimary && rd.Exports != nil {
+		// Taking over from a primary that handed over its export state
+		// (taken after its exports stopped): serve with it.
+		d.applyExportState(r, rd.Exports, "the handover")
+	}
 	end, err := d.switchRole(r, cur, rd.Role, rd.Seal)
 	ev := replicate.EvSwitched{Role: rd.Role, End: end}
+	if cur == replicate.RolePrimary {
+		ev.Exports = r.role.finalExports()
+	}
+	r.role.peerExports = nil // this node's own state may differ now
 	if err != nil {
 		ev.Err = err.Error()
 		r.role.retryAt = time.Now().Add(5 * time.Second)
@@ -438,4 +496,28 @@ func (d *Daemon) roleCommand(ctx context.Context, r *resource, cmd replicate.Com
 			return "", fmt.Errorf("stopped waiting: %w; the command goes on, see `tharsis view`", ctx.Err())
 		}
 	}
+}
+
+// notePeerExports keeps the export state the designated primary publishes
+// (a secondary persists the latest, so that it enforces the same AoE Mac
+// Mask lists and reservations should it take over, even by force). Only
+// the designated primary of this node's designation, serving or handing
+// over, is heard; a node taking over gets the final state with the
+// handover instead, and a primary keeps its own.
+func (d *Daemon) notePeerExports(r *resource, ev replicate.EvPeer) {
+	st := ev.Facts.Status
+	if st == nil || len(st.Exports) == 0 {
+		return
+	}
+	core, rs := r.role.core, r.role
+	des := core.Designation()
+	if core.Phase() != replicate.PhaseSecondary || ev.Node != des.Primary || st.Designation != des ||
+		(st.Phase != replicate.PhasePrimary && st.Phase != replicate.PhaseHandingOver) {
+		return
+	}
+	if bytes.Equal(st.Exports, rs.peerExports) {
+		return
+	}
+	rs.peerExports = bytes.Clone(st.Exports)
+	d.applyExportState(r, st.Exports, ev.Node)
 }

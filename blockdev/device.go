@@ -5,6 +5,13 @@ import (
 	"fmt"
 )
 
+// Resizer is implemented by devices that can grow while in use (a
+// resource's resize).
+type Resizer interface {
+	// Resize grows the device to size bytes; it never shrinks it.
+	Resize(size int64) error
+}
+
 // Device is a block device addressed in bytes.
 //
 // Implementations must be safe for concurrent use: the exports issue reads

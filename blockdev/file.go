@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -13,8 +14,9 @@ import (
 // File is a Device backed by a regular file or a block device.
 type File struct {
 	f        *os.File
-	size     int64
-	block    bool // f is a block device
+	size     atomic.Int64 // what is used of it (Limit, Resize)
+	capacity int64        // its real size
+	block    bool         // f is a block device
 	readOnly bool
 	syncer   *Syncer
 }
@@ -73,17 +75,18 @@ func newFile(f *os.File, readOnly bool) (*File, error) {
 	d := &File{f: f, readOnly: readOnly}
 	switch {
 	case st.Mode().IsRegular():
-		d.size = st.Size()
+		d.capacity = st.Size()
 	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
 		d.block = true
 		var sz uint64
 		if err := ioctlPtr(int(f.Fd()), unix.BLKGETSIZE64, unsafe.Pointer(&sz)); err != nil {
 			return nil, fmt.Errorf("read size of block device %s: %w", f.Name(), err)
 		}
-		d.size = int64(sz)
+		d.capacity = int64(sz)
 	default:
 		return nil, fmt.Errorf("disk %s is neither a regular file nor a block device", f.Name())
 	}
+	d.size.Store(d.capacity)
 	d.syncer = NewSyncer(func() error { return unix.Fdatasync(int(f.Fd())) })
 	return d, nil
 }
@@ -94,19 +97,31 @@ func (d *File) Limit(size int64) error {
 	if size <= 0 || size%512 != 0 {
 		return fmt.Errorf("size %d for disk %s must be a positive multiple of 512", size, d.f.Name())
 	}
-	if size > d.size {
-		return fmt.Errorf("disk %s holds %d bytes, fewer than the %d the resource needs: grow the disk or lower the resource's size", d.f.Name(), d.size, size)
+	if size > d.capacity {
+		return fmt.Errorf("disk %s holds %d bytes, fewer than the %d the resource needs: grow the disk or lower the resource's size", d.f.Name(), d.capacity, size)
 	}
-	d.size = size
+	d.size.Store(size)
 	return nil
 }
+
+// Resize implements Resizer: it grows the part of the disk in use (up to
+// its capacity).
+func (d *File) Resize(size int64) error {
+	if size < d.size.Load() {
+		return fmt.Errorf("disk %s: shrinking from %d to %d bytes is not supported", d.f.Name(), d.size.Load(), size)
+	}
+	return d.Limit(size)
+}
+
+// Capacity is the disk's real size: how far Resize may grow it.
+func (d *File) Capacity() int64 { return d.capacity }
 
 // Name returns the path the device was opened with.
 func (d *File) Name() string { return d.f.Name() }
 
 // ReadAt implements Device.
 func (d *File) ReadAt(p []byte, off int64) (int, error) {
-	if err := CheckRange(off, int64(len(p)), d.size); err != nil {
+	if err := CheckRange(off, int64(len(p)), d.size.Load()); err != nil {
 		return 0, err
 	}
 	n, err := d.f.ReadAt(p, off)
@@ -121,7 +136,7 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	if d.readOnly {
 		return 0, ErrReadOnly
 	}
-	if err := CheckRange(off, int64(len(p)), d.size); err != nil {
+	if err := CheckRange(off, int64(len(p)), d.size.Load()); err != nil {
 		return 0, err
 	}
 	n, err := d.f.WriteAt(p, off)
@@ -155,7 +170,7 @@ func (d *File) zero(off, length int64, punch bool) error {
 	if d.readOnly {
 		return ErrReadOnly
 	}
-	if err := CheckRange(off, length, d.size); err != nil {
+	if err := CheckRange(off, length, d.size.Load()); err != nil {
 		return err
 	}
 	if length == 0 {
@@ -197,7 +212,7 @@ func (d *File) writeZeroes(off, length int64) error {
 }
 
 // Size implements Device.
-func (d *File) Size() int64 { return d.size }
+func (d *File) Size() int64 { return d.size.Load() }
 
 // Close implements Device.
 func (d *File) Close() error { return d.f.Close() }

@@ -1,6 +1,9 @@
 package blockdev
 
-import "sync"
+import (
+	"fmt"
+	"sync"
+)
 
 // Memory is a Device held in memory, for tests and benchmarks. Its zero value
 // is not usable; create it with NewMemory.
@@ -54,7 +57,22 @@ func (m *Memory) WriteZeroes(off, length int64) error {
 }
 
 // Size implements Device.
-func (m *Memory) Size() int64 { return int64(len(m.data)) }
+func (m *Memory) Size() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return int64(len(m.data))
+}
+
+// Resize implements Resizer: the device grows by zeros.
+func (m *Memory) Resize(size int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if size < int64(len(m.data)) {
+		return fmt.Errorf("shrinking memory device from %d to %d bytes is not supported", len(m.data), size)
+	}
+	m.data = append(m.data, make([]byte, size-int64(len(m.data)))...)
+	return nil
+}
 
 // Close implements Device.
 func (m *Memory) Close() error { return nil }

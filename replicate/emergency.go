@@ -113,6 +113,26 @@ func (em *emergency) save(fsys FS, dir string) error {
 	return nil
 }
 
+// grow makes the bitmap cover a device of size bytes (before a resize,
+// while there is space to allocate it).
+func (em *emergency) grow(size int64) error {
+	em.mu.Lock()
+	defer em.mu.Unlock()
+	n := int((size/EmergencyChunk + 1 + 7) / 8)
+	if n <= len(em.bitmap) {
+		return nil
+	}
+	old := len(em.bitmap)
+	em.bitmap = append(em.bitmap, make([]byte, n-old)...)
+	if _, err := em.f.WriteAt(em.bitmap[old:], int64(old)); err != nil {
+		return fmt.Errorf("grow the emergency bitmap: %w", err)
+	}
+	if err := em.f.Sync(); err != nil {
+		return fmt.Errorf("grow the emergency bitmap: %w", err)
+	}
+	return nil
+}
+
 // mark sets the bits of the chunks [off, off+n) and makes the bitmap
 // durable when one was new.
 func (em *emergency) mark(off, n int64) error {
@@ -122,6 +142,9 @@ func (em *emergency) mark(off, n int64) error {
 	em.mu.Lock()
 	defer em.mu.Unlock()
 	lo, hi := -1, -1
+	if last := (off + n - 1) / EmergencyChunk; last/8 >= int64(len(em.bitmap)) {
+		return fmt.Errorf("chunk %d is past the emergency bitmap", last)
+	}
 	for c := off / EmergencyChunk; c <= (off+n-1)/EmergencyChunk; c++ {
 		i, bit := c/8, byte(1)<<(c%8)
 		if em.bitmap[i]&bit == 0 {

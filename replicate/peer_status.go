@@ -3,6 +3,7 @@ package replicate
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -89,12 +90,21 @@ type ResourceStatus struct {
 	// replay stopped before such a mark (consistent, outdated: `tharsis
 	// invalidate` copies the chunks written without the log).
 	Emergency     *EmergencyState `json:"emergency,omitempty"`
+	// DiskCapacity is the real size of this node's disk (what a resize
+	// may grow the resource to); set by the daemon.
+	DiskCapacity int64 `json:"disk_capacity,omitempty"`
 	StoppedAtMark *Position       `json:"stopped_at_mark,omitempty"`
 	// Damage lists damaged places found in this node's log.
 	Damage []Damage `json:"damage,omitempty"`
 	// Released lists the nodes this node no longer keeps log segments for
 	// (retain_max, retain_max_age): they may need a full sync.
 	Released []Release `json:"released,omitempty"`
+	// Exports is the state of the resource's exports that travels with
+	// the resource (AoE config strings, Mac Mask lists, reservations set
+	// by initiators), published by the primary that serves them so that
+	// its peers keep the latest copy. Opaque to replicate: the appliance
+	// writes and reads it.
+	Exports json.RawMessage `json:"exports,omitempty"`
 }
 
 // SegmentSummary is one segment of a node's log in its status.

@@ -312,6 +312,29 @@ func (p *Primary) WriteAt(b []byte, off int64) (int, error) {
 	return len(b), nil
 }
 
+// Resize grows the device to size bytes (`tharsis resize`): the resize is
+// logged, so every secondary grows at the same point of the history, and
+// applied like a write (the data device must be a blockdev.Resizer with
+// room for it). It never shrinks.
+func (p *Primary) Resize(size int64) error {
+	cur := p.data.Size()
+	switch {
+	case size%512 != 0:
+		return fmt.Errorf("size %d is not a multiple of 512", size)
+	case size < cur:
+		return fmt.Errorf("the resource has %d bytes; shrinking to %d is not supported", cur, size)
+	case size == cur:
+		return nil
+	}
+	if _, ok := p.data.(blockdev.Resizer); !ok {
+		return fmt.Errorf("the data device cannot grow")
+	}
+	if err := p.em.grow(size); err != nil {
+		return err
+	}
+	return p.do([]*entry{{rec: Record{Kind: KindResize, Length: size}}})
+}
+
 // Trim implements blockdev.Device.
 func (p *Primary) Trim(off, length int64) error { return p.zero(KindTrim, off, length) }
 

@@ -224,8 +224,15 @@ func apply(data blockdev.Device, rec Record) error {
 	case KindWriteZeroes:
 		return data.WriteZeroes(rec.Offset, rec.Length)
 	case KindResize:
-		if rec.Length > data.Size() {
-			return fmt.Errorf("the log resizes the device to %d bytes but the data device has only %d; grow the disk first", rec.Length, data.Size())
+		if rec.Length <= data.Size() {
+			return nil // applied already (replay is idempotent)
+		}
+		rz, ok := data.(blockdev.Resizer)
+		if !ok {
+			return fmt.Errorf("the log resizes the device to %d bytes but the data device (%d bytes) cannot grow", rec.Length, data.Size())
+		}
+		if err := rz.Resize(rec.Length); err != nil {
+			return fmt.Errorf("the log resizes the device to %d bytes: %w; grow the disk, then restart", rec.Length, err)
 		}
 		return nil
 	case KindSegmentEnd, KindEmergency:

@@ -186,6 +186,9 @@ type noClose struct{ blockdev.Device }
 
 func (noClose) Close() error { return nil }
 
+// Resize passes a resize on to the device.
+func (n noClose) Resize(size int64) error { return n.Device.(blockdev.Resizer).Resize(size) }
+
 // caughtUp reports whether sec has fetched and replayed the primary's
 // whole log and is consistent.
 func caughtUp(prim *Primary, sec *Secondary) bool {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/tharsis/tharsis/config"
 )
 
 // daemonVerbs are admin verbs carried out by the running daemon.
@@ -65,6 +67,40 @@ func init() {
 	}
 	roleVerb("primary", "[--force] [--ignore-sync] [--timeout D] RES", "make this node the resource's primary: a planned handover (the old primary seals its log, this node replays exactly to it), or with --force a takeover without the old primary", true)
 	roleVerb("secondary", "RES", "give up the primary role: exports stop, the log is sealed; the resource has no primary until `primary` runs on a node", false)
+
+	resize := &command{name: "resize", args: "RES [SIZE]", summary: "grow a replicated resource online (on its primary): to SIZE, or to the smallest disk of all nodes; every node's disk must have room"}
+	resize.run = func(argv []string) error {
+		fs := newFlagSet(resize)
+		var nf nodeFlags
+		nf.register(fs)
+		if err := parse(fs, argv); err != nil {
+			return err
+		}
+		if fs.NArg() < 1 || fs.NArg() > 2 {
+			return usageError{"resize needs a resource name and optionally a size (e.g. 20GiB)"}
+		}
+		var size int64
+		if fs.NArg() == 2 {
+			n, err := config.ParseSize(fs.Arg(1))
+			if err != nil {
+				return usageError{fmt.Sprintf("resize: %v", err)}
+			}
+			size = n
+		}
+		cl, err := nf.client()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		out, err := cl.Resize(ctx, fs.Arg(0), size)
+		if err != nil {
+			return err
+		}
+		fmt.Println(out)
+		return nil
+	}
+	register(resize)
 
 	for _, v := range daemonVerbs {
 		c := &command{name: v.name, args: "RES|all", summary: v.summary}

@@ -122,6 +122,24 @@ func renderStatus(w io.Writer, st *appliance.Status) {
 			renderNodeRow(w, row)
 		}
 		renderSplits(w, r.Name, rows)
+		renderResizeHint(w, r.Name, r.Size, rows)
+	}
+}
+
+// renderResizeHint says when every node's disk has room to grow the
+// resource.
+func renderResizeHint(w io.Writer, res string, size int64, rows []nodeRow) {
+	smallest := int64(-1)
+	for _, row := range rows {
+		if row.rs == nil || row.rs.DiskCapacity == 0 {
+			return
+		}
+		if smallest < 0 || row.rs.DiskCapacity < smallest {
+			smallest = row.rs.DiskCapacity
+		}
+	}
+	if smallest-smallest%512 > size {
+		fmt.Fprintf(w, "  HINT    every disk is larger than the resource (the smallest has %s): `tharsis resize %s` on the primary grows it online\n", humanBytes(smallest), res)
 	}
 }
 
