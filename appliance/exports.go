@@ -29,6 +29,7 @@ func (d *Daemon) serveExports(r *resource) {
 	d.expMu.Lock()
 	defer d.expMu.Unlock()
 	var errs []error
+	errs = append(errs, d.addServiceAddr(r)) // before any export: see service.go
 	for _, e := range d.cfg.NBD {
 		if e.Resource != r.name {
 			continue
@@ -68,7 +69,7 @@ func (d *Daemon) nbdListen(addr string) (*nbdListener, error) {
 	if l := d.nbd[addr]; l != nil {
 		return l, nil
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := d.listenNBD(addr)
 	if err != nil {
 		return nil, fmt.Errorf("nbd export: listen on %s: %w (is another server using the port, or is the address not on this node? change `listen` in the config)", addr, err)
 	}
@@ -124,6 +125,7 @@ func (d *Daemon) stopExports(r *resource) {
 	if !r.serving {
 		return
 	}
+	svcErr := d.dropServiceAddr(r) // first of all: see service.go
 	ctx, cancel := context.WithTimeout(context.Background(), exportDrain)
 	defer cancel()
 	for _, e := range d.cfg.NBD {
@@ -149,6 +151,6 @@ func (d *Daemon) stopExports(r *resource) {
 	r.mu.Lock()
 	r.serving = false
 	r.mu.Unlock()
-	r.setExportErr(nil)
+	r.setExportErr(svcErr)
 	d.log.Info("exports stopped", "resource", r.name)
 }

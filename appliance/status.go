@@ -39,8 +39,8 @@ type ResourceStatus struct {
 
 // ExportStatus is one export being served.
 type ExportStatus struct {
-	Kind       string `json:"kind"` // "nbd" or "aoe"
-	Name       string `json:"name"` // NBD export name or AoE eX.Y
+	Kind       string `json:"kind"` // "nbd", "aoe" or "ip" (the service address)
+	Name       string `json:"name"` // NBD export name, AoE eX.Y or ADDRESS/LEN
 	Where      string `json:"where"`
 	ReadOnly   bool   `json:"read_only,omitempty"`
 	WriteCache bool   `json:"write_cache,omitempty"`
@@ -75,6 +75,7 @@ func (d *Daemon) Status() Status {
 					rs.Exports = append(rs.Exports, ExportStatus{Kind: "aoe", Name: aoeName(e.Shelf, e.Slot), Where: joinComma(e.Interfaces), ReadOnly: e.ReadOnly, WriteCache: e.WriteCache})
 				}
 			}
+			rs.Exports = append(rs.Exports, d.serviceStatus(r)...)
 		}
 		if prim != nil {
 			ls := prim.Status()

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -65,6 +66,14 @@ type Resource struct {
 	// may be deleted, and then it needs a full sync. 0: no limit.
 	RetainMax    int64
 	RetainMaxAge time.Duration
+	// ServiceAddress is the address (with the prefix length of its
+	// network) that the primary holds for clients and announces, and a
+	// node removes when it stops being primary; not IsValid when the
+	// resource has none.
+	ServiceAddress netip.Prefix
+	// ServiceInterface names, for every disk node, the interface that
+	// gets ServiceAddress there; nil when there is no ServiceAddress.
+	ServiceInterface map[string]string
 }
 
 // AoEExport is one [[exports.aoe]] table.
@@ -196,6 +205,7 @@ func (c *Config) Summary() string {
 		}
 		fmt.Fprintf(&b, "resource %s: %s on %s; primary %s; %s\n", name, size,
 			strings.Join(c.DiskNodes(name), ", "), r.Primary, mode)
+		b.WriteString(serviceSummary(r))
 		aoe, nbd := c.ExportsOf(name)
 		for _, e := range aoe {
 			who := "anyone"

@@ -139,7 +139,8 @@ func resourceFields(a, b *Resource) []string {
 		"primary", a.Primary, b.Primary, "connect", a.Connect, b.Connect, "replicated", a.Replicated, b.Replicated,
 		"segment_size", a.SegmentSize, b.SegmentSize, "sync", a.Sync, b.Sync,
 		"verify_interval", a.VerifyInterval, b.VerifyInterval,
-		"retain_max", a.RetainMax, b.RetainMax, "retain_max_age", a.RetainMaxAge, b.RetainMaxAge)
+		"retain_max", a.RetainMax, b.RetainMax, "retain_max_age", a.RetainMaxAge, b.RetainMaxAge,
+		"service_address", a.ServiceAddress, b.ServiceAddress, "service_interface", a.ServiceInterface, b.ServiceInterface)
 }
 
 func aoeFields(a, b *AoEExport) []string {

@@ -24,6 +24,10 @@
 //	  retain_max = SIZE            log kept for a node that is behind, default 0: no limit; beyond it
 //	                               the node is released (may need a full sync on return)
 //	  retain_max_age = DURATION    same for a node unreachable this long ("72h"), default 0: no limit
+//	  service_address = "ADDR/LEN" an IPv4 or IPv6 host address with the prefix length of its network
+//	                               ("10.0.0.10/24"): the primary holds and announces it, others never do
+//	  service_interface = IFACE    required with service_address: the interface that gets it on every
+//	                               disk node, or { NODE = IFACE, ... } naming each disk node's interface
 //	[[exports.aoe]]                ATA over Ethernet target, served by the primary
 //	  resource* = NAME
 //	  shelf* = 0..65534            0xffff is the broadcast shelf
@@ -63,7 +67,9 @@
 // defined nodes and resources), unknown keys (with a "did you mean"), unique
 // AoE shelf.slot addresses, unique NBD export names per listen address, and
 // listen addresses that would clash on one machine (a wildcard host and a
-// specific host on the same port, or an NBD listen on a replication address).
+// specific host on the same port, or an NBD listen on a replication address),
+// and service addresses (one per resource, no node's replication address, no
+// NBD listen of another resource on it).
 //
 // Diff compares two configurations for live reload.
 package config

@@ -59,6 +59,7 @@ func (c *Config) Marshal() []byte {
 		if r.RetainMaxAge > 0 {
 			kv("retain_max_age", q(r.RetainMaxAge.String()))
 		}
+		b.WriteString(marshalService(r))
 	}
 	for _, e := range c.AoE {
 		b.WriteString("\n[[exports.aoe]]\n")

@@ -18,7 +18,7 @@ import (
 var (
 	topKeys      = []string{"secret_file", "nodes", "resources", "exports", "limits"}
 	nodeKeys     = []string{"replication", "state_dir", "control"}
-	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "verify_interval", "retain_max", "retain_max_age"}
+	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
 	exportKeys   = []string{"aoe", "nbd"}
 	aoeKeys      = []string{"resource", "shelf", "slot", "interfaces", "allow_macs", "read_only", "bufcnt", "write_cache"}
 	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only"}
@@ -50,38 +50,40 @@ var keyHome = func() map[string]string {
 
 // examples shows a correct line for each key, used in error messages.
 var examples = map[string]string{
-	"secret_file":     `secret_file = "/etc/tharsis/secret"`,
-	"nodes":           `[nodes.alpha]`,
-	"resources":       `[resources.data]`,
-	"exports":         `[[exports.nbd]]`,
-	"replication":     `replication = "10.0.0.1:7777"`,
-	"state_dir":       `state_dir = "/var/lib/tharsis/alpha"`,
-	"control":         `control = "/run/tharsis/alpha.sock"`,
-	"disk":            `disk = { alpha = "/dev/vg0/data", beta = "/dev/vg0/data" }`,
-	"size":            `size = "100GiB"`,
-	"log_dir":         `log_dir = "/srv/tharsis/data/log"`,
-	"primary":         `primary = "alpha"`,
-	"connect":         `connect = { beta = ["alpha"] }`,
-	"replicated":      `replicated = true`,
-	"segment_size":    `segment_size = "256MiB"`,
-	"sync":            `sync = false`,
-	"verify_interval": `verify_interval = "24h"`,
-	"retain_max":      `retain_max = "64GiB"`,
-	"retain_max_age":  `retain_max_age = "72h"`,
-	"aoe":             `[[exports.aoe]]`,
-	"nbd":             `[[exports.nbd]]`,
-	"resource":        `resource = "data"`,
-	"shelf":           `shelf = 1`,
-	"slot":            `slot = 1`,
-	"interfaces":      `interfaces = ["eth1"]`,
-	"allow_macs":      `allow_macs = ["00:11:22:33:44:55"]`,
-	"read_only":       `read_only = false`,
-	"bufcnt":          `bufcnt = 64`,
-	"write_cache":     `write_cache = false`,
-	"listen":          `listen = "0.0.0.0:10809"`,
-	"name":            `name = "data"`,
-	"description":     `description = "database volume"`,
-	"limits":          `[limits]`,
+	"secret_file":       `secret_file = "/etc/tharsis/secret"`,
+	"nodes":             `[nodes.alpha]`,
+	"resources":         `[resources.data]`,
+	"exports":           `[[exports.nbd]]`,
+	"replication":       `replication = "10.0.0.1:7777"`,
+	"state_dir":         `state_dir = "/var/lib/tharsis/alpha"`,
+	"control":           `control = "/run/tharsis/alpha.sock"`,
+	"disk":              `disk = { alpha = "/dev/vg0/data", beta = "/dev/vg0/data" }`,
+	"size":              `size = "100GiB"`,
+	"log_dir":           `log_dir = "/srv/tharsis/data/log"`,
+	"primary":           `primary = "alpha"`,
+	"connect":           `connect = { beta = ["alpha"] }`,
+	"replicated":        `replicated = true`,
+	"segment_size":      `segment_size = "256MiB"`,
+	"sync":              `sync = false`,
+	"verify_interval":   `verify_interval = "24h"`,
+	"retain_max":        `retain_max = "64GiB"`,
+	"retain_max_age":    `retain_max_age = "72h"`,
+	"service_address":   `service_address = "10.0.0.10/24"`,
+	"service_interface": `service_interface = "eth1"`,
+	"aoe":               `[[exports.aoe]]`,
+	"nbd":               `[[exports.nbd]]`,
+	"resource":          `resource = "data"`,
+	"shelf":             `shelf = 1`,
+	"slot":              `slot = 1`,
+	"interfaces":        `interfaces = ["eth1"]`,
+	"allow_macs":        `allow_macs = ["00:11:22:33:44:55"]`,
+	"read_only":         `read_only = false`,
+	"bufcnt":            `bufcnt = 64`,
+	"write_cache":       `write_cache = false`,
+	"listen":            `listen = "0.0.0.0:10809"`,
+	"name":              `name = "data"`,
+	"description":       `description = "database volume"`,
+	"limits":            `[limits]`,
 
 	"nbd_memory":                  `nbd_memory = "256MiB"`,
 	"nbd_max_connections":         `nbd_max_connections = 128`,
@@ -527,6 +529,7 @@ func (p *parser) build(raw map[string]any) *Config {
 	p.crossResources()
 	p.crossAoE(aoePaths)
 	p.crossNBD(nbdPaths, nbdAddrs, repl)
+	p.crossService(nbdPaths, nbdAddrs, repl)
 	return c
 }
 
@@ -686,6 +689,7 @@ func (p *parser) resource(name string, v any) (*Resource, bool) {
 			r.RetainMaxAge = d
 		}
 	}
+	p.service(r, path, m)
 	return r, true
 }
 

@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -32,7 +33,8 @@ const (
 	nbdPort    = 10809
 	replPort   = 7777
 	subnet     = "10.77.0."
-	nodeDev    = "eth0" // a node's end of its veth pair, inside its namespace
+	ClientIP   = subnet + "250" // the bridge namespace's, with Options.ServiceAddress
+	nodeDev    = "eth0"         // a node's end of its veth pair, inside its namespace
 	readyAfter = 30 * time.Second
 )
 
@@ -88,6 +90,11 @@ type Options struct {
 	Primaries map[string]string
 	// ResourceExtra is appended to the resource's table (more keys).
 	ResourceExtra string
+	// ServiceAddress is r0's service_address (e.g. "10.77.0.100/24") on
+	// every node's ServiceInterface (default its eth0); the bridge
+	// namespace then gets ClientIP, so that a client there reaches it.
+	ServiceAddress   string
+	ServiceInterface string
 }
 
 // Cluster is a tharsis cluster, one node per network namespace, each joined
@@ -171,6 +178,11 @@ func NewCluster(t testing.TB, opt Options) *Cluster {
 	if err := c.buildNetwork(); err != nil {
 		t.Fatal(err)
 	}
+	if opt.ServiceAddress != "" {
+		if err := ipCmd("-n", c.BridNS, "addr", "add", ClientIP+"/24", "dev", "br0"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i, name := range opt.Nodes {
 		n := &Node{
 			c: c, Name: name, NS: "tc" + id + "-" + name, IP: fmt.Sprintf("%s%d", subnet, i+1),
@@ -231,6 +243,10 @@ func (c *Cluster) config(secret, primary string, opt Options) []byte {
 		fmt.Fprintf(&b, "%s = %q", n.Name, n.Name+".img")
 	}
 	fmt.Fprintf(&b, " }\nprimary = %q\nsegment_size = %q\n%s", primary, opt.SegmentSize, opt.ResourceExtra)
+	if opt.ServiceAddress != "" {
+		iface := cmp.Or(opt.ServiceInterface, nodeDev)
+		fmt.Fprintf(&b, "service_address = %q\nservice_interface = %q\n", opt.ServiceAddress, iface)
+	}
 	if len(opt.Connect) > 0 {
 		b.WriteString("connect = { ")
 		i := 0
@@ -293,15 +309,8 @@ func (c *Cluster) secondaries() []*Node {
 // NBDAddr is the primary's NBD export address.
 func (c *Cluster) NBDAddr() string { return fmt.Sprintf("%s:%d", c.Primary().IP, nbdPort) }
 
-func ipCmd(args ...string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
-}
+// ipCmd runs ip(8).
+var ipCmd = testutil.IP
 
 func addNetns(name string) error {
 	if err := ipCmd("netns", "add", name); err != nil {
