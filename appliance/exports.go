@@ -16,8 +16,8 @@ import (
 // AoE exports of one resource (on promotion, or at start for the primary of
 // an unreplicated resource), stopExports withdraws them (before a demotion
 // seals the log), answering what is in flight first. Exports of other
-// resources on the same NBD listener are not disturbed; an AoE interface's
-// server restarts with its new set of targets.
+// resources on the same NBD listener or AoE interface are not disturbed
+// (AoE targets are added to and removed from their interface's server).
 
 // exportDrain bounds the wait for in-flight requests when exports stop.
 const exportDrain = 30 * time.Second
@@ -42,16 +42,8 @@ func (d *Daemon) serveExports(r *resource) {
 		l.srv.AddExport(nbd.Export{Name: e.Name, Description: e.Description, Device: r.dev, ReadOnly: e.ReadOnly})
 		d.log.Info("nbd export serving", "resource", r.name, "listen", l.addr, "export", e.Name)
 	}
-	targets := d.aoeTargets(r)
-	if len(targets) > 0 {
-		d.aoeRes[r.name] = targets
-		changed := map[string]bool{}
-		for iface := range targets {
-			changed[iface] = true
-		}
-		if err := d.setAoE(changed); err != nil {
-			errs = append(errs, err)
-		}
+	if err := d.addAoE(r); err != nil {
+		errs = append(errs, err)
 	}
 	err := errors.Join(errs...)
 	r.setExportErr(err)
@@ -138,15 +130,8 @@ func (d *Daemon) stopExports(r *resource) {
 			}
 		}
 	}
-	if targets := d.aoeRes[r.name]; targets != nil {
-		delete(d.aoeRes, r.name)
-		changed := map[string]bool{}
-		for iface := range targets {
-			changed[iface] = true
-		}
-		if err := d.setAoE(changed); err != nil {
-			d.log.Error("aoe exports of other resources failed to restart", "err", err)
-		}
+	if final := d.removeAoE(r); final != nil && r.role != nil {
+		r.role.setFinal(final) // handed to the next primary
 	}
 	r.mu.Lock()
 	r.serving = false

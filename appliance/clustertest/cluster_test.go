@@ -95,6 +95,9 @@ type Options struct {
 	// namespace then gets ClientIP, so that a client there reaches it.
 	ServiceAddress   string
 	ServiceInterface string
+	// AoE adds an AoE export of r0, target e1.1 on every node's veth
+	// (nodeDev): whichever node is primary serves it (see aoe_test.go).
+	AoE bool
 }
 
 // Cluster is a tharsis cluster, one node per network namespace, each joined
@@ -270,6 +273,9 @@ func (c *Cluster) config(secret, primary string, opt Options) []byte {
 	// Every node listens on its own address (0.0.0.0 in its namespace):
 	// the export follows the primary.
 	fmt.Fprintf(&b, "\n[[exports.nbd]]\nresource = %q\nlisten = \"0.0.0.0:%d\"\nname = %q\n", resource, nbdPort, resource)
+	if opt.AoE {
+		fmt.Fprintf(&b, "\n[[exports.aoe]]\nresource = %q\nshelf = %d\nslot = %d\ninterfaces = [%q]\n", resource, aoeShelf, aoeSlot, nodeDev)
+	}
 	return b.Bytes()
 }
 
