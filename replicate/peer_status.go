@@ -89,11 +89,11 @@ type ResourceStatus struct {
 	// replayed past by every node); StoppedAtMark is where a secondary's
 	// replay stopped before such a mark (consistent, outdated: `tharsis
 	// invalidate` copies the chunks written without the log).
-	Emergency     *EmergencyState `json:"emergency,omitempty"`
+	Emergency *EmergencyState `json:"emergency,omitempty"`
 	// DiskCapacity is the real size of this node's disk (what a resize
 	// may grow the resource to); set by the daemon.
-	DiskCapacity int64 `json:"disk_capacity,omitempty"`
-	StoppedAtMark *Position       `json:"stopped_at_mark,omitempty"`
+	DiskCapacity  int64     `json:"disk_capacity,omitempty"`
+	StoppedAtMark *Position `json:"stopped_at_mark,omitempty"`
 	// Damage lists damaged places found in this node's log.
 	Damage []Damage `json:"damage,omitempty"`
 	// Released lists the nodes this node no longer keeps log segments for
