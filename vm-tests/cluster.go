@@ -160,15 +160,24 @@ func (n *ClusterNode) Start(ctx context.Context) error {
 	n.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return poll(ctx, "node "+n.Name+" to answer on "+n.Socket, func() (bool, string) {
+	var dead bool
+	err = poll(ctx, "node "+n.Name+" to answer on "+n.Socket, func() (bool, string) {
 		select {
 		case <-exited:
-			return false, "tharsis run exited at startup"
+			dead = true
+			return true, ""
 		default:
 		}
 		_, err := n.View(ctx)
 		return err == nil, errText(err)
 	})
+	if dead {
+		n.mu.Lock()
+		n.cmd = nil
+		n.mu.Unlock()
+		return fmt.Errorf("tharsis run for node %s exited at startup (its log: %s)", n.Name, n.LogPath)
+	}
+	return err
 }
 
 // Kill sends SIGKILL to n's daemon and waits until it is gone.

@@ -10,6 +10,7 @@
 //	guestio wait -tag T -after NS -n N -timeout D  until N writes completed after NS
 //	guestio stats -tag T -from NS -to NS         writeload.Stats of the window
 //	guestio verify -dir D -tag T [-skip-after I -skip-upto J]  compare the files with what was written
+//	guestio nbd -addr HOST:PORT -name N [-index I -req-timeout D -dead-timeout D]  attach /dev/nbdI and keep it attached (nbd.go)
 package main
 
 import (
@@ -28,7 +29,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: guestio now|write|last|wait|stats|verify [flags]")
+		fmt.Fprintln(os.Stderr, "usage: guestio now|write|last|wait|stats|verify|nbd [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -42,6 +43,11 @@ func main() {
 	skipAfter := fs.Int("skip-after", -1, "verify: files last written by a write after this number...")
 	skipUpto := fs.Int("skip-upto", -1, "verify: ...and up to this one are not checked (lost or half done in a crash)")
 	begun := fs.Bool("begun", false, "last: the last write begun, not completed")
+	addr := fs.String("addr", "", "nbd: the server's host:port")
+	name := fs.String("name", "", "nbd: the export name")
+	index := fs.Int("index", 0, "nbd: attach /dev/nbdINDEX")
+	reqTimeout := fs.Duration("req-timeout", 5*time.Second, "nbd: a request unanswered this long is sent again (whole seconds)")
+	deadTimeout := fs.Duration("dead-timeout", 120*time.Second, "nbd: how long requests wait for a new connection (whole seconds)")
 	fs.Parse(os.Args[2:])
 	logPath := "/tmp/" + *tag + ".log"
 	var err error
@@ -68,6 +74,8 @@ func main() {
 		}
 	case "verify":
 		err = verify(*dir, logPath, *skipAfter, *skipUpto)
+	case "nbd":
+		err = nbdAttach(nbdOpts{addr: *addr, name: *name, index: *index, timeout: *reqTimeout, dead: *deadTimeout})
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
