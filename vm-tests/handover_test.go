@@ -389,6 +389,8 @@ func TestHandover(t *testing.T) {
 	b.WriteString(guestHelpers)
 	b.WriteString(`
 aoe_wait e1.1 || exit 1
+# the aoe driver's retransmissions (destination MAC = the target it waits for)
+cat /dev/etherd/err > /tmp/aoe-err.log 2>&1 &
 run mkfs.ext4 -F -q -E nodiscard /dev/etherd/e1.1 || exit 1
 mkdir -p /mnt/aoe
 run mount -t ext4 -o noatime /dev/etherd/e1.1 /mnt/aoe || exit 1
@@ -455,6 +457,9 @@ run umount /mnt/nbd
 fsck forced-nbd /dev/nbd0
 `)
 	}
+	b.WriteString(`mark aoe-retransmits "$(grep -c retransmit /tmp/aoe-err.log) $(grep -o 'd=[0-9a-f:]*' /tmp/aoe-err.log | sort | uniq -c | tr -s ' \n' ' ')"
+head -n 5 /tmp/aoe-err.log
+`)
 	if withNBD {
 		b.WriteString("cat /tmp/nbd-client.log\n")
 	}
@@ -524,7 +529,10 @@ func (sc *clusterScenario) reportStalls(r *Result) {
 		sc.t.Logf("STALL %-20s %-5s longest write+fsync %.3f s, longest time without a completed write %.3f s (handover step %.3f s; median before %.3f s; %d writes after)",
 			f[0], f[1], s.MaxOp.Seconds(), s.MaxGap.Seconds(), s.StepLength.Seconds(), s.Baseline.Seconds(), s.Ops)
 	}
-	for _, l := range r.Lines("rc", "step", "forced-window", "verify", "fsck", "ioerrors", "load-rc", "load-err", "wait-failed") {
+	for _, name := range sc.c.Order {
+		sc.t.Logf("node %s: %s, MAC %s", name, sc.c.Nodes[name].IP, sc.c.Nodes[name].MAC)
+	}
+	for _, l := range r.Lines("aoe-retransmits", "rc", "step", "forced-window", "verify", "fsck", "ioerrors", "load-rc", "load-err", "wait-failed") {
 		sc.t.Log(l)
 	}
 }
