@@ -6,10 +6,11 @@
 // The guest is built from packages already installed on the host: the
 // kernel and modules of linux-image-amd64, busybox-static, aoetools (plus
 // bash, which aoe-stat needs), nbd-client and e2fsprogs' mke2fs and
-// e2fsck, each with the shared libraries ldd names. The base initramfs is cached under
-// CacheDir, keyed by a hash of every input, and rebuilt only when an input
-// changes. Each boot appends a tiny second cpio archive holding the
-// scenario script (/scenario.sh), so scenarios never rebuild the base.
+// e2fsck, each with the shared libraries ldd names. The base initramfs is
+// cached under CacheDir, keyed by a hash of every input, and rebuilt only
+// when an input changes. Each boot appends a tiny second cpio archive
+// holding the scenario script (/scenario.sh) and any extra programs, so
+// scenarios never rebuild the base.
 //
 // The guest's /init loads the modules, configures eth0 from the kernel
 // command line, runs /scenario.sh and powers off. Everything the host needs

@@ -465,7 +465,7 @@ head -n 5 /tmp/aoe-err.log
 	}
 	b.WriteString("dmesg | tail -n 60\n")
 
-	r := sc.boot(b.String(), 20*time.Minute)
+	r := sc.boot(b.String(), 6*time.Minute) // within go test's default 10 min
 	sc.reportStalls(r)
 	if v, _ := r.Value("done"); v != "rc=0" {
 		sc.fatalf("guest scenario ended with %s", v)
