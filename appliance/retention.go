@@ -74,18 +74,19 @@ func (d *Daemon) retain(ctx context.Context) {
 }
 
 // warnSpace is the first stage of a filling log filesystem: a WARN when
-// less than a third is free (once, until more than half is free again).
+// less than a quarter (or four segments) is free, once, until more than a
+// third (and six segments) is free again.
 // The next stages: applied segments are deleted (lowOnSpace), a secondary
 // stops fetching (its appends fail), the primary enters emergency mode.
 func (d *Daemon) warnSpace(r *resource, avail, total int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
-	case !r.spaceWarned && avail < total/3:
+	case !r.spaceWarned && (avail < total/4 || avail < 4*r.cfg.SegmentSize):
 		r.spaceWarned = true
 		d.log.Warn("the log filesystem is filling up: applied segments are deleted below a fifth free, and a full log puts the primary into emergency mode; free space or make it larger",
 			"resource", r.name, "free", config.FormatSize(avail), "size", config.FormatSize(total))
-	case r.spaceWarned && avail > total/2:
+	case r.spaceWarned && avail > total/3 && avail > 6*r.cfg.SegmentSize:
 		r.spaceWarned = false
 		d.log.Info("the log filesystem has space again", "resource", r.name, "free", config.FormatSize(avail))
 	}

@@ -332,7 +332,9 @@ func (p *Primary) Resize(size int64) error {
 	if err := p.em.grow(size); err != nil {
 		return err
 	}
-	return p.do([]*entry{{rec: Record{Kind: KindResize, Length: size}}})
+	// The new space reads as zeros on every node (not as whatever each
+	// disk held there): the zeroing is logged right after the resize.
+	return p.do([]*entry{{rec: Record{Kind: KindResize, Length: size}}, {rec: Record{Kind: KindWriteZeroes, Offset: cur, Length: size - cur}}})
 }
 
 // Trim implements blockdev.Device.
@@ -464,6 +466,11 @@ func (p *Primary) write(es []*entry, mark bool) error {
 // held.
 func (p *Primary) addPending(e *entry) {
 	off, end := e.rec.Offset, e.rec.Offset+e.rec.Length
+	if e.rec.Kind == KindResize {
+		// Length is the new size, not a range: no write can reach the new
+		// space before the resize is applied, nor does one conflict with it.
+		end = off
+	}
 	for i := range p.ranges {
 		r := &p.ranges[i]
 		if !r.done && r.off < end && off < r.end {

@@ -109,6 +109,7 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 			continue
 		}
 		peers := s.opts.Peers()
+		before, _ := s.Positions()
 		gone := 0
 		var lastErr error
 		for i, p := range peers {
@@ -175,9 +176,20 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 			}
 		}
 		s.setFetchErr(lastErr)
-		s.wait(ctx, s.kickFetch, s.opts.RetryInterval)
+		retry := s.opts.RetryInterval
+		if after, _ := s.Positions(); after.Seq > before.Seq {
+			// The stream moved the log on before it ended (a source that
+			// sealed its log and switched role, a preferred peer back):
+			// its continuation is likely there already.
+			retry = min(retry, quickRetry)
+		}
+		s.wait(ctx, s.kickFetch, retry)
 	}
 }
+
+// quickRetry is the pause before fetching again after a stream that made
+// progress ended.
+const quickRetry = 100 * time.Millisecond
 
 // discardLogForSync drops the local log when no peer holds its
 // continuation but a full sync is under way (the device is rewritten and the

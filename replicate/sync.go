@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tharsis/tharsis/blockdev"
 	"github.com/tharsis/tharsis/replicate/wire"
 )
 
@@ -239,9 +240,23 @@ func (s *Secondary) dialSource(ctx context.Context, p Peer) (*peerConn, Resource
 	}
 	m, err := pc.request(ctx, &wire.ChecksumRequest{Resource: s.opts.Resource, ChunkSize: uint32(s.opts.ChunkSize)}, syncTimeout)
 	if err == nil {
-		if sums, ok := m.(*wire.Checksums); !ok {
+		sums, ok := m.(*wire.Checksums)
+		if !ok {
 			err = fmt.Errorf("peer %s answered a checksum request with %s", p, m.Type())
-		} else if size := s.data.Size(); sums.Size != size {
+		} else if size := s.data.Size(); sums.Size > size {
+			// The resource was resized and this node, being synced, has
+			// not replayed the resize yet: the sync copies it all anyway
+			// (and the resize record replays as a no-op).
+			if rz, ok := s.data.(blockdev.Resizer); ok {
+				if rerr := rz.Resize(sums.Size); rerr == nil {
+					s.logger.Info("the resource grew on the sync source: grew this node's disk too", "from", size, "to", sums.Size)
+					size = sums.Size
+				}
+			}
+			if sums.Size != size {
+				err = fmt.Errorf("the data device of %s on peer %s has %d bytes, this node's %d: make them the same size", s.opts.Resource, p, sums.Size, size)
+			}
+		} else if sums.Size != size {
 			err = fmt.Errorf("the data device of %s on peer %s has %d bytes, this node's %d: make them the same size", s.opts.Resource, p, sums.Size, size)
 		}
 	}

@@ -1,6 +1,8 @@
 package clustertest
 
 import (
+	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,8 +13,18 @@ import (
 // load grows every node to the smallest disk; a new NBD connection sees the
 // new size and writes there replicate; a restart keeps the size.
 func TestResizeOnline(t *testing.T) {
-	c := started(t, Options{DiskSize: 48 << 20, ResourceExtra: "size = \"32MiB\"\n"})
+	c := NewCluster(t, Options{DiskSize: 48 << 20, ResourceExtra: "size = \"32MiB\"\n"})
 	alpha, beta := c.Nodes["alpha"], c.Nodes["beta"]
+	// beta's disk holds old bytes where the resource will grow: after the
+	// resize that space must read as zeros everywhere.
+	f, err := os.OpenFile(beta.Disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(bytes.Repeat([]byte("old data "), 100000), 40<<20)
+	f.Close()
+	c.StartAll()
+	c.WaitConsistent(catchUp)
 	var h History
 	c.writeSome(&h, 91, 100, 16<<20, 8)
 	c.WaitCaughtUp(catchUp)
