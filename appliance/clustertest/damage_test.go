@@ -128,13 +128,7 @@ func viewRow(view, node string) string {
 func TestRetentionLimitReleasesDownNode(t *testing.T) {
 	c := NewCluster(t, Options{Nodes: []string{"alpha", "beta"}, SegmentSize: "1MiB", ResourceExtra: "retain_max = \"2MiB\"\n"})
 	alpha, beta := c.Nodes["alpha"], c.Nodes["beta"]
-	if err := os.MkdirAll(alpha.logDir(), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tharsis-clustertest", alpha.logDir()).CombinedOutput(); err != nil {
-		t.Skipf("mount -t tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", alpha.logDir()).Run() })
+	alpha.smallLogFS(t)
 	c.StartAll()
 	c.WaitConsistent(catchUp)
 	var h History
@@ -177,13 +171,7 @@ func TestRetentionLimitReleasesDownNode(t *testing.T) {
 func TestEmergencyMode(t *testing.T) {
 	c := NewCluster(t, Options{Nodes: []string{"alpha", "beta"}, SegmentSize: "1MiB"})
 	alpha, beta := c.Nodes["alpha"], c.Nodes["beta"]
-	if err := os.MkdirAll(alpha.logDir(), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tharsis-clustertest", alpha.logDir()).CombinedOutput(); err != nil {
-		t.Skipf("mount -t tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", alpha.logDir()).Run() })
+	alpha.smallLogFS(t)
 	c.StartAll()
 	c.WaitConsistent(catchUp)
 	var h History
@@ -224,4 +212,17 @@ func TestEmergencyMode(t *testing.T) {
 	} else {
 		t.Logf("emergency sync: %d chunks, %d bytes transferred of a %d-byte disk", chunks, ls.Transferred, c.Size)
 	}
+}
+
+// smallLogFS puts n's log directory on a 4 MiB tmpfs (before n starts),
+// unmounted in t.Cleanup.
+func (n *Node) smallLogFS(t *testing.T) {
+	t.Helper()
+	if err := os.MkdirAll(n.logDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tharsis-clustertest", n.logDir()).CombinedOutput(); err != nil {
+		t.Skipf("mount -t tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", n.logDir()).Run() })
 }
