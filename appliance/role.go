@@ -467,6 +467,14 @@ func (d *Daemon) roleCommand(ctx context.Context, r *resource, cmd replicate.Com
 	if rs == nil {
 		return "", errNotReplicated
 	}
+	if d.cluster != nil {
+		// Decide on what the peers say now, not on a poll up to a
+		// second old (or one from before they started): the answers
+		// reach the core before the command.
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		d.cluster.Poll(pctx)
+		cancel()
+	}
 	w := make(chan replicate.Result, 64)
 	rs.mu.Lock()
 	rs.nextID++

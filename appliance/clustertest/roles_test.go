@@ -363,3 +363,27 @@ func (c *Cluster) waitSplitShown(loser *Node) {
 		return r.Diverged && !r.Consistent, fmt.Sprintf("%s diverged %v consistent %v", loser.Name, r.Diverged, r.Consistent)
 	})
 }
+
+// TestRoleVerbsAll: `primary all` and `secondary all` act on every
+// replicated resource of the node and print each result.
+func TestRoleVerbsAll(t *testing.T) {
+	c := started(t, Options{Nodes: []string{"alpha", "beta"}})
+	alpha, beta := c.Nodes["alpha"], c.Nodes["beta"]
+	out, err := beta.tharsis(3*time.Minute, "primary", "--socket", beta.Socket, "all")
+	if err != nil || !strings.Contains(string(out), resource+":") {
+		t.Fatalf("primary all on beta: %v\n%s", err, out)
+	}
+	beta.waitRole(30*time.Second, "primary", "beta")
+	out, err = beta.tharsis(3*time.Minute, "secondary", "--socket", beta.Socket, "all")
+	if err != nil || !strings.Contains(string(out), resource+":") {
+		t.Fatalf("secondary all on beta: %v\n%s", err, out)
+	}
+	if _, err := alpha.tharsis(3*time.Minute, "primary", "--socket", alpha.Socket, "all"); err != nil {
+		t.Fatalf("primary all on alpha: %v", err)
+	}
+	alpha.waitRole(30*time.Second, "primary", "alpha")
+	// Each resource's answer is printed.
+	if out, err := beta.tharsis(3*time.Minute, "secondary", "--socket", beta.Socket, "all"); err != nil || !strings.Contains(string(out), "secondary already") {
+		t.Errorf("secondary all on beta, a secondary: %v\n%s", err, out)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/tharsis/tharsis/config"
@@ -45,28 +46,59 @@ func init() {
 				return err
 			}
 			if fs.NArg() != 1 {
-				return usageError{fmt.Sprintf("%s needs one resource name", c.name)}
+				return usageError{fmt.Sprintf("%s needs one resource name (or all)", c.name)}
 			}
 			cl, err := nf.client()
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Minute)
-			defer cancel()
-			f, ig := force != nil && *force, ignoreSync != nil && *ignoreSync
-			out, err := cl.Role(ctx, fs.Arg(0), c.name, f, ig, *timeout, func(p string) {
-				fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), p)
-			})
-			if err != nil {
-				return err
+			names := []string{fs.Arg(0)}
+			if names[0] == "all" {
+				// Every replicated resource of the node, one after the
+				// other; each result is printed, and any failure fails.
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				st, err := cl.Status(ctx)
+				cancel()
+				if err != nil {
+					return err
+				}
+				names = names[:0]
+				for _, r := range st.Resources {
+					if r.Replicated {
+						names = append(names, r.Name)
+					}
+				}
+				if len(names) == 0 {
+					return fmt.Errorf("node %s holds no replicated resource", st.Node)
+				}
 			}
-			fmt.Println(out)
+			f, ig := force != nil && *force, ignoreSync != nil && *ignoreSync
+			var failed []string
+			for _, name := range names {
+				ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Minute)
+				out, err := cl.Role(ctx, name, c.name, f, ig, *timeout, func(p string) {
+					fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), p)
+				})
+				cancel()
+				if err != nil {
+					if len(names) == 1 {
+						return err
+					}
+					fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+					failed = append(failed, name)
+					continue
+				}
+				fmt.Println(out)
+			}
+			if len(failed) > 0 {
+				return fmt.Errorf("%s failed for %s", c.name, strings.Join(failed, ", "))
+			}
 			return nil
 		}
 		register(c)
 	}
-	roleVerb("primary", "[--force] [--ignore-sync] [--timeout D] RES", "make this node the resource's primary: a planned handover (the old primary seals its log, this node replays exactly to it), or with --force a takeover without the old primary", true)
-	roleVerb("secondary", "RES", "give up the primary role: exports stop, the log is sealed; the resource has no primary until `primary` runs on a node", false)
+	roleVerb("primary", "[--force] [--ignore-sync] [--timeout D] RES|all", "make this node the resource's primary: a planned handover (the old primary seals its log, this node replays exactly to it), or with --force a takeover without the old primary", true)
+	roleVerb("secondary", "RES|all", "give up the primary role: exports stop, the log is sealed; the resource has no primary until `primary` runs on a node", false)
 
 	resize := &command{name: "resize", args: "RES [SIZE]", summary: "grow a replicated resource online (on its primary): to SIZE, or to the smallest disk of all nodes; every node's disk must have room"}
 	resize.run = func(argv []string) error {
