@@ -12,6 +12,7 @@ require (
 	github.com/cockroachdb/datadriven v1.0.3 // indirect
 	github.com/pmezard/go-difflib v1.0.0 // indirect
 	github.com/vishvananda/netns v0.0.5 // indirect
+	golang.org/x/time v0.5.0 // indirect
 )
 
 require (

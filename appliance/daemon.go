@@ -35,6 +35,7 @@ type Daemon struct {
 	resources map[string]*resource
 	control   *controlServer
 	started   time.Time
+	rates     rateLimits
 
 	// expMu guards the export servers: NBD listeners by address, AoE
 	// servers by interface, and the AoE targets of each serving resource.
@@ -137,6 +138,8 @@ func New(opts Options) (*Daemon, error) {
 // start or could not shut down cleanly.
 func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 	d.started = time.Now()
+	lim := d.limits()
+	d.rates = rateLimits{sync: replicate.NewByteLimiter(lim.SyncRate), fetch: replicate.NewByteLimiter(lim.FetchRate)}
 	if err := os.MkdirAll(d.node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}

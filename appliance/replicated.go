@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/tharsis/tharsis/blockdev"
+	"golang.org/x/time/rate"
 	"net"
 	"os"
 	"slices"
@@ -132,6 +133,10 @@ func (d *Daemon) openPrimary(r *resource) error {
 	return nil
 }
 
+// rateLimits are the node's sync and fetch limiters ([limits] sync_rate,
+// fetch_rate), shared by every resource; nil: no limit.
+type rateLimits struct{ sync, fetch *rate.Limiter }
+
 // openSecondary opens r's log as secondary (fetch → replay) and starts it.
 // wasPrimary says the log was this node's primary log until now.
 func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
@@ -151,6 +156,8 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 		},
 		// Cascading: keep what the nodes fetching from us still need.
 		MinAppliedByPeers: d.minApplied(r, func() []string { return d.fetchers(rc) }),
+		SyncLimiter:       d.rates.sync,
+		FetchLimiter:      d.rates.fetch,
 		WasPrimary:        wasPrimary,
 		VerifyInterval:    rc.VerifyInterval,
 	}

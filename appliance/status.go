@@ -15,6 +15,10 @@ type Status struct {
 	// Peers is the latest status of every other node, as polled over the
 	// replication protocol (empty when this node has no peers).
 	Peers []replicate.PeerState `json:"peers,omitempty"`
+	// SyncRate and FetchRate are the node's traffic limits in bytes per
+	// second ([limits] sync_rate, fetch_rate; 0: none).
+	SyncRate  int64 `json:"sync_rate,omitempty"`
+	FetchRate int64 `json:"fetch_rate,omitempty"`
 }
 
 // ResourceStatus is one resource as this node holds it.
@@ -50,7 +54,8 @@ type ExportStatus struct {
 func (d *Daemon) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := Status{Node: d.node.Name, Started: d.started}
+	lim := d.limits()
+	st := Status{Node: d.node.Name, Started: d.started, SyncRate: lim.SyncRate, FetchRate: lim.FetchRate}
 	for _, name := range sortedKeys(d.resources) {
 		r := d.resources[name]
 		rs := ResourceStatus{Name: name, Role: "secondary", Disk: r.disk.Name(), Size: r.disk.Size(), Replicated: r.cfg.Replicated}

@@ -53,6 +53,8 @@
 //	  replication_auth_timeout = DURATION  default 10s
 //	  control_max_connections = N  1..65535, default 32
 //	  control_idle_timeout = DURATION   idle keep-alive control connections; default 30s
+//	  sync_rate = SIZE             bytes per second a full sync copies, over all resources of a node; 0: no limit
+//	  fetch_rate = SIZE            bytes per second of log a node fetches, over all resources; 0: no limit
 //
 // A SIZE is a byte count: an integer, or a string "NUMBER[ ]UNIT" with a whole
 // number, an optional space and a case-insensitive unit: B; K, KiB, M, MiB, G,

@@ -48,7 +48,14 @@ type Limits struct {
 	ControlMaxConnections int
 	// ControlIdleTimeout closes a control connection idle between requests.
 	ControlIdleTimeout time.Duration
+	// SyncRate and FetchRate bound the bytes per second a node's full
+	// syncs copy and the log it fetches, over all its resources (a sync
+	// must not starve the primary's clients of the link); 0: no limit.
+	SyncRate, FetchRate int64
 }
+
+// MinRate is the smallest sync_rate or fetch_rate accepted.
+const MinRate = 64 << 10
 
 // DefaultLimits returns the limits of a file without a [limits] table.
 func DefaultLimits() Limits {
@@ -107,7 +114,22 @@ func (p *parser) limits(m map[string]any) Limits {
 	p.timeout(m, "nbd_idle_timeout", &l.NBDIdleTimeout, true)
 	p.timeout(m, "replication_auth_timeout", &l.ReplicationAuthTimeout, false)
 	p.timeout(m, "control_idle_timeout", &l.ControlIdleTimeout, false)
+	p.rate(m, "sync_rate", &l.SyncRate)
+	p.rate(m, "fetch_rate", &l.FetchRate)
 	return l
+}
+
+// rate reads a bytes-per-second limit of [limits] into dst (0: none).
+func (p *parser) rate(m map[string]any, key string, dst *int64) {
+	n, ok := p.getSize(m, "limits", key)
+	if !ok {
+		return
+	}
+	if n != 0 && n < MinRate {
+		p.errorf(joinPath("limits", key), "%s per second is too little; use at least %s (or 0: no limit), for example: %s", FormatSize(n), FormatSize(MinRate), examples[key])
+		return
+	}
+	*dst = n
 }
 
 // connections reads a connection cap of [limits] into dst.
@@ -187,6 +209,8 @@ func (l Limits) marshal(b *strings.Builder) {
 	fmt.Fprintf(b, "replication_auth_timeout = %s\n", quoteTOML(l.ReplicationAuthTimeout.String()))
 	fmt.Fprintf(b, "control_max_connections = %d\n", l.ControlMaxConnections)
 	fmt.Fprintf(b, "control_idle_timeout = %s\n", quoteTOML(l.ControlIdleTimeout.String()))
+	fmt.Fprintf(b, "sync_rate = %s\n", quoteTOML(FormatSize(l.SyncRate)))
+	fmt.Fprintf(b, "fetch_rate = %s\n", quoteTOML(FormatSize(l.FetchRate)))
 }
 
 func limitFields(a, b Limits) []string {
@@ -196,5 +220,6 @@ func limitFields(a, b Limits) []string {
 		"replication_max_connections", a.ReplicationMaxConnections, b.ReplicationMaxConnections,
 		"replication_auth_timeout", a.ReplicationAuthTimeout, b.ReplicationAuthTimeout,
 		"control_max_connections", a.ControlMaxConnections, b.ControlMaxConnections,
-		"control_idle_timeout", a.ControlIdleTimeout, b.ControlIdleTimeout)
+		"control_idle_timeout", a.ControlIdleTimeout, b.ControlIdleTimeout,
+		"sync_rate", a.SyncRate, b.SyncRate, "fetch_rate", a.FetchRate, b.FetchRate)
 }

@@ -24,7 +24,7 @@ var (
 	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only"}
 	limitKeys    = []string{"nbd_memory", "nbd_max_connections", "nbd_handshake_timeout", "nbd_request_timeout",
 		"nbd_idle_timeout", "replication_max_connections", "replication_auth_timeout", "control_max_connections",
-		"control_idle_timeout"}
+		"control_idle_timeout", "sync_rate", "fetch_rate"}
 )
 
 // keyHome says where each key belongs, for "unknown key" hints when a key is
@@ -94,6 +94,8 @@ var examples = map[string]string{
 	"replication_auth_timeout":    `replication_auth_timeout = "10s"`,
 	"control_max_connections":     `control_max_connections = 32`,
 	"control_idle_timeout":        `control_idle_timeout = "30s"`,
+	"sync_rate":                   `sync_rate = "100MiB"`,
+	"fetch_rate":                  `fetch_rate = "50MiB"`,
 }
 
 // Parse decodes into generic maps and walks them against the schema, rather

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/time/rate"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -27,6 +28,11 @@ const stateFile = "secondary.json"
 
 // SecondaryOptions configure OpenSecondary.
 type SecondaryOptions struct {
+	// SyncLimiter and FetchLimiter, if set, bound the bytes per second a
+	// full (or emergency) sync copies and the log fetched (tokens are
+	// bytes; one limiter may be shared by every resource of the node).
+	SyncLimiter, FetchLimiter *rate.Limiter
+
 	Dir      string // log directory of the resource on this node (created if missing)
 	Node     string // this node's name
 	Resource string

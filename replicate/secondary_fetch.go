@@ -313,6 +313,9 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 		}
 		switch m := m.(type) {
 		case *wire.SegmentData:
+			if err := waitBytes(sctx, s.opts.FetchLimiter, len(m.Data)); err != nil {
+				return nil // cancelled meanwhile
+			}
 			if err := s.storeFetched(fl, m, pc.c.Buffered()); err != nil {
 				return err
 			}

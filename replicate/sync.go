@@ -348,6 +348,9 @@ func (e *localError) Unwrap() error { return e.err }
 func (s *Secondary) fetchChunks(ctx context.Context, pc *peerConn, idx []uint64, cs uint32) (int64, error) {
 	var n int64
 	err := s.requestChunks(ctx, pc, idx, cs, func(i uint64, b []byte) error {
+		if err := waitBytes(ctx, s.opts.SyncLimiter, len(b)); err != nil {
+			return err
+		}
 		s.applyMu.Lock()
 		_, err := s.data.WriteAt(b, int64(i)*int64(cs))
 		s.applyMu.Unlock()

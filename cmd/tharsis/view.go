@@ -58,6 +58,15 @@ func init() {
 
 func renderStatus(w io.Writer, st *appliance.Status) {
 	fmt.Fprintf(w, "node %s, up %s\n", st.Node, time.Since(st.Started).Round(time.Second))
+	if st.SyncRate > 0 || st.FetchRate > 0 {
+		rate := func(n int64) string {
+			if n == 0 {
+				return "no limit"
+			}
+			return humanBytes(n) + "/s"
+		}
+		fmt.Fprintf(w, "  rate limits: sync %s, fetch %s\n", rate(st.SyncRate), rate(st.FetchRate))
+	}
 	if len(st.Resources) == 0 {
 		fmt.Fprintln(w, "  holds no resources")
 	}
