@@ -71,10 +71,22 @@ func TestConfigCheck(t *testing.T) {
 	if !strings.Contains(string(out), "r0") {
 		t.Errorf("summary does not name the resource:\n%s", out)
 	}
+	for _, want := range []string{"checked on this host as node alpha", "ok    resource r0: disk", "ok    resource r0: log dir"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("config check output lacks %q:\n%s", want, out)
+		}
+	}
+	// The disk is smaller than the resource: the local check fails.
+	_, small := writeConfig(t, "127.0.0.1:10899", "size = \"128MiB\"\n")
+	cmd := tharsis("config", "check", small)
+	out, _ = cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "FAIL  resource r0: disk") || !strings.Contains(string(out), "fewer than the resource's 128 MiB") {
+		t.Errorf("config check with a disk smaller than the resource: exit %d\n%s", cmd.ProcessState.ExitCode(), out)
+	}
 
 	bad := filepath.Join(t.TempDir(), "bad.toml")
 	os.WriteFile(bad, []byte("[nodes.alpha]\nreplicaton = \"x:1\"\n"), 0o600)
-	cmd := tharsis("config", "check", bad)
+	cmd = tharsis("config", "check", bad)
 	out, err = cmd.CombinedOutput()
 	if cmd.ProcessState.ExitCode() != 1 {
 		t.Fatalf("config check of a bad file: exit %d (err %v), want 1\n%s", cmd.ProcessState.ExitCode(), err, out)

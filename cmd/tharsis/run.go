@@ -36,9 +36,10 @@ func init() {
 	}
 	register(c)
 
-	check := &command{name: "config check", args: "FILE", summary: "validate a config file and print a summary (exit 1 on errors)"}
+	check := &command{name: "config check", args: "[--node N] FILE", summary: "validate a config file and print a summary, then check what it asks of this host (disks, log and state dirs, AoE interfaces); exit 1 on errors"}
 	check.run = func(args []string) error {
 		fs := newFlagSet(check)
+		nodeName := fs.String("node", "", "check this host as node N (default: the host name, or the only node)")
 		if err := parse(fs, args); err != nil {
 			return err
 		}
@@ -51,6 +52,17 @@ func init() {
 			return silentError{}
 		}
 		fmt.Print(cfg.Summary())
+		nf := nodeFlags{config: fs.Arg(0), node: *nodeName}
+		_, node, err := nf.load()
+		if err != nil {
+			fmt.Printf("\nnot checked on this host: %v\n", err)
+			return nil
+		}
+		fmt.Printf("\nchecked on this host as node %s:\n", node)
+		if n := localCheck(os.Stdout, cfg, node); n > 0 {
+			fmt.Fprintf(os.Stderr, "%d check(s) failed on this host (node %s)\n", n, node)
+			return silentError{}
+		}
 		return nil
 	}
 	register(check)
