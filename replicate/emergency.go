@@ -251,6 +251,12 @@ func (p *Primary) writeEmergency(es []*entry) (retry bool, err error) {
 	em := p.em
 	em.rw.RLock()
 	defer em.rw.RUnlock()
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return false, errClosed
+	}
 	if !p.inEmergency() {
 		return true, nil
 	}

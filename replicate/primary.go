@@ -694,6 +694,8 @@ func (p *Primary) Close() error {
 	p.closed = true
 	p.mu.Unlock()
 	p.inflight.Wait()
+	p.em.rw.Lock() // every emergency write has returned (see writeEmergency)
+	p.em.rw.Unlock()
 	close(p.stop)
 	p.bg.Wait()
 	err := p.Checkpoint()
@@ -722,6 +724,8 @@ func (p *Primary) CloseSealed() (Position, error) {
 	p.closed = true
 	p.mu.Unlock()
 	p.inflight.Wait()
+	p.em.rw.Lock() // every emergency write has returned (see writeEmergency)
+	p.em.rw.Unlock()
 	close(p.stop)
 	p.bg.Wait()
 	err := p.w.flush()
