@@ -74,10 +74,17 @@ func (p *Primary) noteDamage(cerr *CorruptError) {
 	w.mu.Lock()
 	cur := w.current()
 	i := slices.IndexFunc(w.segs, func(s SegmentInfo) bool { return s.Name == name })
+	var seg SegmentInfo
+	if i >= 0 {
+		seg = w.segs[i]
+	}
 	w.mu.Unlock()
 	p.mu.Lock()
 	applied := p.applied
 	p.mu.Unlock()
+	// Every record of a sealed segment is applied once the position is
+	// past it, or at its end marker (which the next checkpoint covers).
+	allApplied := name.Seq < applied.Segment || seg.Sealed && seg.LastSeq != 0 && seg.LastSeq <= applied.Seq+1
 	switch {
 	case !ok || i < 0:
 		p.damage.note(cerr, "none: the segment is not part of the log any more", p.logger)
@@ -89,7 +96,7 @@ func (p *Primary) noteDamage(cerr *CorruptError) {
 				p.logger.Warn("cannot seal the damaged current segment", "err", err)
 			}
 		}
-	case name.Seq < applied.Segment:
+	case allApplied:
 		to := QuarantinePrefix + name.String()
 		if !p.damage.note(cerr, fmt.Sprintf(quarantineAction, to, res), p.logger) {
 			return
