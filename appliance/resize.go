@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/tharsis/tharsis/config"
+	"github.com/tharsis/tharsis/replicate"
 )
 
 // Resize: `tharsis resize RES [SIZE]` grows a replicated resource online.
@@ -30,29 +31,7 @@ func writeResourceSize(dir string, size int64) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, resourceSizeFile+".tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("persist the resource size: %w", err)
-	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, resourceSizeFile))
-	}
-	if err == nil {
-		var d *os.File
-		if d, err = os.Open(dir); err == nil {
-			err = d.Sync()
-			d.Close()
-		}
-	}
-	if err != nil {
+	if err := replicate.WriteFileAtomic(filepath.Join(dir, resourceSizeFile), append(b, '\n')); err != nil {
 		return fmt.Errorf("persist the resource size: %w", err)
 	}
 	return nil

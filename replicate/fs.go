@@ -191,6 +191,10 @@ func readFile(fsys FS, name string) ([]byte, error) {
 	return b, nil
 }
 
+// WriteFileAtomic replaces name with data durably (on the OS file system):
+// tmp file, fdatasync, rename, fsync of the directory.
+func WriteFileAtomic(name string, data []byte) error { return writeFileAtomic(OSFS{}, name, data) }
+
 // writeFileAtomic replaces name with data durably: tmp file, fdatasync,
 // rename, fsync of the directory.
 func writeFileAtomic(fsys FS, name string, data []byte) error {
