@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,6 +51,10 @@ type EmergencyState struct {
 
 // emergency is the Primary's emergency bookkeeping.
 type emergency struct {
+	// active mirrors st.Active for the check every write makes (no lock
+	// on the write path); it changes only under mu.
+	active atomic.Bool
+
 	mu     sync.Mutex // bitmap and state writes
 	st     EmergencyState
 	bitmap []byte
@@ -95,6 +100,7 @@ func openEmergency(fsys FS, dir string, size int64) (*emergency, error) {
 		}
 	}
 	em.f = f
+	em.active.Store(em.st.Active)
 	return em, nil
 }
 
@@ -198,10 +204,12 @@ func (p *Primary) Emergency() EmergencyState {
 // node last caught up (what an emergency sync copies).
 func (p *Primary) EmergencyChunks() []uint64 { return p.em.chunks() }
 
-func (p *Primary) inEmergency() bool {
-	p.em.mu.Lock()
-	defer p.em.mu.Unlock()
-	return p.em.st.Active
+func (p *Primary) inEmergency() bool { return p.em.active.Load() }
+
+// setActive sets st.Active and its mirror. Call with em.mu held.
+func (em *emergency) setActive(on bool) {
+	em.st.Active = on
+	em.active.Store(on)
 }
 
 // enterEmergency switches writes to the data device without the log. It
@@ -227,9 +235,10 @@ func (p *Primary) enterEmergency(cause error) error {
 	em.mu.Lock()
 	if err == nil {
 		at := p.w.writtenPosition()
-		em.st.Active, em.st.Since, em.st.At = true, time.Now(), at
+		em.st.Since, em.st.At = time.Now(), at
+		em.setActive(true)
 		if err = em.save(p.fsys, p.opts.Dir); err != nil {
-			em.st.Active = false
+			em.setActive(false)
 		}
 	}
 	em.mu.Unlock()
@@ -325,12 +334,12 @@ func (p *Primary) MaybeLeaveEmergency(force bool) (bool, error) {
 		p.mu.Unlock()
 	}()
 	em.mu.Lock()
-	em.st.Active = false
+	em.setActive(false)
 	em.mu.Unlock()
 	mark := &entry{rec: Record{Kind: KindEmergency}}
 	if err := p.write([]*entry{mark}, true); err != nil {
 		em.mu.Lock()
-		em.st.Active = true
+		em.setActive(true)
 		em.mu.Unlock()
 		return false, fmt.Errorf("log the emergency mark: %w", err)
 	}
