@@ -139,11 +139,8 @@ func (d *Daemon) handleRole(w http.ResponseWriter, req *http.Request) {
 		timeout = t
 	}
 	cmd.TimeoutTicks = int(timeout / roleTick)
-	d.mu.Lock()
-	r := d.resources[name]
-	d.mu.Unlock()
+	r := d.heldResource(w, name)
 	if r == nil {
-		http.Error(w, fmt.Sprintf("resource %q is not held by node %s (see `tharsis view`)", name, d.node.Name), http.StatusNotFound)
 		return
 	}
 	if r.role == nil {
@@ -178,4 +175,16 @@ func (d *Daemon) stopControl() {
 	d.control.srv.Shutdown(ctx)
 	os.Remove(d.control.path)
 	d.control = nil
+}
+
+// heldResource returns the resource name of this node, or answers 404 and
+// returns nil.
+func (d *Daemon) heldResource(w http.ResponseWriter, name string) *resource {
+	d.mu.Lock()
+	r := d.resources[name]
+	d.mu.Unlock()
+	if r == nil {
+		http.Error(w, fmt.Sprintf("resource %q is not held by node %s (see `tharsis view`)", name, d.node.Name), http.StatusNotFound)
+	}
+	return r
 }

@@ -136,11 +136,8 @@ func (d *Daemon) handleResize(w http.ResponseWriter, req *http.Request) {
 		}
 		size = n
 	}
-	d.mu.Lock()
-	r := d.resources[name]
-	d.mu.Unlock()
+	r := d.heldResource(w, name)
 	if r == nil {
-		http.Error(w, fmt.Sprintf("resource %q is not held by node %s (see `tharsis view`)", name, d.node.Name), http.StatusNotFound)
 		return
 	}
 	out, err := d.resize(req.Context(), r, size)
