@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/tharsis/tharsis/aoe"
+	"github.com/tharsis/tharsis/config"
 )
 
 // AoE exports follow the primary. Each interface has one aoe.Server while
@@ -57,11 +58,12 @@ type exportState struct {
 	AoE map[string]aoe.State `json:"aoe,omitempty"`
 }
 
-// aoeTargets returns the AoE targets of resource r by interface.
-func (d *Daemon) aoeTargets(r *resource) map[string][]aoe.TargetConfig {
+// aoeTargets returns the AoE targets of resource r by interface (only
+// those keep accepts; nil: all).
+func (d *Daemon) aoeTargets(r *resource, keep func(*config.AoEExport) bool) map[string][]aoe.TargetConfig {
 	out := map[string][]aoe.TargetConfig{}
-	for _, e := range d.cfg.AoE {
-		if e.Resource != r.name {
+	for _, e := range d.config().AoE {
+		if e.Resource != r.name || keep != nil && !keep(e) {
 			continue
 		}
 		name := aoeName(e.Shelf, e.Slot)
@@ -85,15 +87,19 @@ func (d *Daemon) aoeTargets(r *resource) map[string][]aoe.TargetConfig {
 	return out
 }
 
-// addAoE serves r's AoE targets: each is added to the server of its
-// interface, which starts if none runs. Targets that could not be added
-// are reported in the error; the others serve. Call with d.expMu held.
-func (d *Daemon) addAoE(r *resource) error {
-	targets := d.aoeTargets(r)
+// addAoE serves r's AoE targets (those keep accepts; nil: all): each is
+// added to the server of its interface, which starts if none runs. Targets
+// that could not be added are reported in the error; the others serve.
+// Call with d.expMu held.
+func (d *Daemon) addAoE(r *resource, keep func(*config.AoEExport) bool) error {
+	targets := d.aoeTargets(r, keep)
 	if len(targets) == 0 {
 		return nil
 	}
-	served := map[string][]aoe.TargetConfig{}
+	served := d.aoeRes[r.name]
+	if served == nil {
+		served = map[string][]aoe.TargetConfig{}
+	}
 	var errs []string
 	for _, iface := range sortedKeys(targets) {
 		tcs := targets[iface]
@@ -122,7 +128,7 @@ func (d *Daemon) addAoE(r *resource) error {
 			s.done <- err
 		}()
 		d.aoe[iface] = s
-		served[iface] = tcs
+		served[iface] = append(served[iface], tcs...)
 	}
 	if len(served) > 0 {
 		d.aoeRes[r.name] = served
@@ -141,7 +147,7 @@ func (d *Daemon) addAoE(r *resource) error {
 func (d *Daemon) aoeBindings(r *resource, served map[string][]aoe.TargetConfig) []aoeBinding {
 	var out []aoeBinding
 	seen := map[string]bool{}
-	for _, e := range d.cfg.AoE {
+	for _, e := range d.config().AoE {
 		if e.Resource != r.name {
 			continue
 		}
@@ -163,13 +169,24 @@ func (d *Daemon) aoeBindings(r *resource, served map[string][]aoe.TargetConfig) 
 // without targets stops. It returns the targets' final state (of each
 // target's first interface in the config), or nil. Call with d.expMu held.
 func (d *Daemon) removeAoE(r *resource) json.RawMessage {
+	return d.removeAoETargets(r, nil)
+}
+
+// removeAoETargets is removeAoE for the targets drop accepts (nil: all).
+func (d *Daemon) removeAoETargets(r *resource, drop func(aoe.TargetConfig) bool) json.RawMessage {
 	served := d.aoeRes[r.name]
 	if served == nil {
 		return nil
 	}
-	delete(d.aoeRes, r.name)
-	if r.role != nil {
-		r.role.setAoE(nil)
+	kept, gone := map[string][]aoe.TargetConfig{}, map[string][]aoe.TargetConfig{}
+	for iface, tcs := range served {
+		for _, tc := range tcs {
+			if drop == nil || drop(tc) {
+				gone[iface] = append(gone[iface], tc)
+			} else {
+				kept[iface] = append(kept[iface], tc)
+			}
+		}
 	}
 	first := map[string]bool{}
 	for _, b := range d.aoeBindings(r, served) {
@@ -177,15 +194,26 @@ func (d *Daemon) removeAoE(r *resource) json.RawMessage {
 			first[b.iface+"/"+b.name] = true
 		}
 	}
+	if len(kept) == 0 {
+		delete(d.aoeRes, r.name)
+		if r.role != nil {
+			r.role.setAoE(nil)
+		}
+	} else {
+		d.aoeRes[r.name] = kept
+		if r.role != nil {
+			r.role.setAoE(d.aoeBindings(r, kept))
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), exportDrain)
 	defer cancel()
 	final := exportState{AoE: map[string]aoe.State{}}
-	for _, iface := range sortedKeys(served) {
+	for _, iface := range sortedKeys(gone) {
 		s := d.aoe[iface]
 		if s == nil {
 			continue // its server failed and is gone
 		}
-		for _, tc := range served[iface] {
+		for _, tc := range gone[iface] {
 			st, err := s.srv.RemoveTarget(ctx, tc.Shelf, tc.Slot)
 			if err != nil {
 				d.log.Warn("aoe target withdrawn; requests in flight not answered in time", "target", tc.Name(), "iface", iface, "err", err)
@@ -265,7 +293,7 @@ func (d *Daemon) applyExportState(r *resource, raw json.RawMessage, from string)
 		d.log.Warn("unreadable export state ignored", "resource", r.name, "from", from, "err", err)
 		return
 	}
-	for _, e := range d.cfg.AoE {
+	for _, e := range d.config().AoE {
 		if e.Resource != r.name {
 			continue
 		}

@@ -138,3 +138,11 @@ func (c *Client) Verb(ctx context.Context, res, verb string) (string, error) {
 	body, err := c.do(ctx, http.MethodPost, "/v0/resource/"+res+"/"+verb)
 	return strings.TrimSpace(string(body)), err
 }
+
+// Reload asks the daemon to re-read its config file and apply it; it
+// returns what changed. A refused reload changed nothing (the error says
+// why).
+func (c *Client) Reload(ctx context.Context) (string, error) {
+	out, err := c.do(ctx, http.MethodPost, "/v0/reload")
+	return strings.TrimSpace(string(out)), err
+}

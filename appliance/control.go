@@ -21,6 +21,7 @@ import (
 //
 //	GET  /v0/status              the node's Status as JSON
 //	POST /v0/resource/RES/VERB   an admin verb on one resource ("all": every resource)
+//	POST /v0/reload              re-read the config file and apply it (reload.go)
 //	POST /v0/role/RES/CMD        primary or secondary (query: force, ignore_sync,
 //	                             timeout): streams "progress: ..." lines, then
 //	                             "done: ..." or "error: ..."
@@ -69,6 +70,14 @@ func (d *Daemon) startControl() error {
 	mux.HandleFunc("POST /v0/resource/{res}/{verb}", d.handleVerb)
 	mux.HandleFunc("POST /v0/role/{res}/{cmd}", d.handleRole)
 	mux.HandleFunc("POST /v0/resize/{res}", d.handleResize)
+	mux.HandleFunc("POST /v0/reload", func(w http.ResponseWriter, r *http.Request) {
+		done, err := d.ReloadFile()
+		if err != nil {
+			http.Error(w, strings.Join(append(done, err.Error()), "\n"), http.StatusConflict)
+			return
+		}
+		fmt.Fprintln(w, strings.Join(done, "\n"))
+	})
 	c := &controlServer{path: path, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: lim.ControlIdleTimeout}}
 	go c.srv.Serve(ln)
 	d.control = c

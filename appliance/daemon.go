@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tharsis/tharsis/aoe"
@@ -27,7 +28,7 @@ type Options struct {
 
 // Daemon is one running tharsis node.
 type Daemon struct {
-	cfg  *config.Config
+	conf atomic.Pointer[config.Config] // the config in force (reload.go swaps it)
 	node *config.Node
 	log  *slog.Logger
 
@@ -44,6 +45,10 @@ type Daemon struct {
 	aoe    map[string]*aoeServer
 	aoeRes map[string]map[string][]aoe.TargetConfig
 	roleWG sync.WaitGroup // the role loops
+	// rolesCtx is the parent of every role loop's context (Run's).
+	rolesCtx context.Context
+	reloadMu sync.Mutex  // one reload at a time
+	running  atomic.Bool // started and not shutting down: reloads apply
 
 	ctx     context.Context // lives as long as Run
 	secret  []byte
@@ -58,7 +63,7 @@ type Daemon struct {
 // changes it.
 type resource struct {
 	name string
-	cfg  *config.Resource
+	conf atomic.Pointer[config.Resource] // its part of the config in force
 	disk *blockdev.File
 	dir  string // log directory
 
@@ -78,6 +83,11 @@ type resource struct {
 	released map[string]string
 	// spaceWarned: the log filesystem was reported as filling up.
 	spaceWarned bool
+	// detached: the disk is detached (attach.go); changed by the role
+	// loop (or, unreplicated, the control handler) with no data path open.
+	detached  bool
+	attachErr string     // why the last attach or detach failed
+	attachMu  sync.Mutex // serialises attach/detach of an unreplicated resource
 }
 
 // repl returns what the log verbs act on, or nil for an unreplicated
@@ -114,7 +124,7 @@ type nbdListener struct {
 	addr   string
 	ln     net.Listener
 	srv    *nbd.Server
-	names  []string
+	names  []string // the exports served on it
 	served chan error
 }
 
@@ -128,9 +138,17 @@ func New(opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Daemon{cfg: opts.Config, node: n, log: log.With("node", n.Name), resources: map[string]*resource{},
-		nbd: map[string]*nbdListener{}, aoe: map[string]*aoeServer{}, aoeRes: map[string]map[string][]aoe.TargetConfig{}}, nil
+	d := &Daemon{node: n, log: log.With("node", n.Name), resources: map[string]*resource{},
+		nbd: map[string]*nbdListener{}, aoe: map[string]*aoeServer{}, aoeRes: map[string]map[string][]aoe.TargetConfig{}}
+	d.conf.Store(opts.Config)
+	return d, nil
 }
+
+// config returns the config in force. It is immutable; a reload replaces it.
+func (d *Daemon) config() *config.Config { return d.conf.Load() }
+
+// config returns the resource's part of the config in force.
+func (r *resource) config() *config.Resource { return r.conf.Load() }
 
 // Run opens the node's resources, serves their exports and the control
 // socket, and blocks until ctx is done. It then drains in-flight requests,
@@ -139,7 +157,7 @@ func New(opts Options) (*Daemon, error) {
 func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 	d.started = time.Now()
 	lim := d.limits()
-	d.rates = rateLimits{sync: replicate.NewByteLimiter(lim.SyncRate), fetch: replicate.NewByteLimiter(lim.FetchRate)}
+	d.rates = rateLimits{sync: newRateLimiter(lim.SyncRate), fetch: newRateLimiter(lim.FetchRate)}
 	if err := os.MkdirAll(d.node.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
@@ -152,8 +170,8 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 	if err := d.setupReplication(); err != nil {
 		return err
 	}
-	for _, name := range d.cfg.ResourceNames() {
-		if err := d.openResource(d.cfg.Resources[name]); err != nil {
+	for _, name := range d.config().ResourceNames() {
+		if err := d.openResource(d.config().Resources[name]); err != nil {
 			return err
 		}
 	}
@@ -170,7 +188,7 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 	// loops of replicated ones start their exports when they serve.
 	for _, name := range sortedKeys(d.resources) {
 		r := d.resources[name]
-		if r.role == nil && r.cfg.Primary == d.node.Name {
+		if r.role == nil && r.config().Primary == d.node.Name && !r.isDetached() {
 			d.serveExports(r)
 			if r.exportErr != "" {
 				return errors.New(r.exportErr)
@@ -178,11 +196,11 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 		}
 	}
 	rolesCtx, stopRoles := context.WithCancel(ctx)
+	d.rolesCtx = rolesCtx
 	defer func() { stopRoles(); d.roleWG.Wait() }()
 	for _, name := range sortedKeys(d.resources) {
 		if r := d.resources[name]; r.role != nil {
-			d.roleWG.Add(1)
-			go func() { defer d.roleWG.Done(); d.roleLoop(rolesCtx, r) }()
+			d.startRole(r)
 		}
 	}
 	// Ready once every role settled (the first decision is carried out).
@@ -200,6 +218,8 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 		return err
 	}
 	d.log.Info("tharsis node running", "resources", len(d.resources), "control", d.node.Control)
+	d.running.Store(true)
+	defer d.running.Store(false)
 	if ready != nil {
 		ready(d)
 	}
@@ -221,7 +241,7 @@ func (d *Daemon) openResource(rc *config.Resource) error {
 	size := rc.Size
 	if rc.Replicated {
 		// A resize grew it past the config's size (resize.go).
-		grown, err := readResourceSize(d.cfg.LogDir(rc.Name, d.node.Name))
+		grown, err := readResourceSize(d.config().LogDir(rc.Name, d.node.Name))
 		if err != nil {
 			disk.Close()
 			return fmt.Errorf("resource %s: %w", rc.Name, err)
@@ -234,11 +254,17 @@ func (d *Daemon) openResource(rc *config.Resource) error {
 			return fmt.Errorf("resource %s: %w", rc.Name, err)
 		}
 	}
-	r := &resource{name: rc.Name, cfg: rc, disk: disk, dev: disk, dir: d.cfg.LogDir(rc.Name, d.node.Name)}
+	r := &resource{name: rc.Name, disk: disk, dev: disk, dir: d.config().LogDir(rc.Name, d.node.Name)}
+	r.conf.Store(rc)
 	if rc.Replicated {
 		if err := d.newRole(r); err != nil {
 			disk.Close()
 			return fmt.Errorf("resource %s: %w", rc.Name, err)
+		}
+	} else if _, err := os.Stat(d.detachedMarker(rc.Name)); err == nil {
+		if err := d.setDetached(r, true); err != nil {
+			disk.Close()
+			return err
 		}
 	}
 	d.mu.Lock()

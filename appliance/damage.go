@@ -30,7 +30,7 @@ func (d *Daemon) restoreSegments(r *resource, p *replicate.Primary) {
 		}
 		for _, name := range p.Quarantined() {
 			restored := false
-			for _, peer := range d.others(r.cfg) {
+			for _, peer := range d.others(r.config()) {
 				ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
 				path, err := replicate.FetchSegment(ctx, d.node.Name, d.secret, d.peer(peer), r.name, name, r.dir)
 				cancel()

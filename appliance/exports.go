@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/tharsis/tharsis/config"
@@ -30,7 +31,7 @@ func (d *Daemon) serveExports(r *resource) {
 	defer d.expMu.Unlock()
 	var errs []error
 	errs = append(errs, d.addServiceAddr(r)) // before any export: see service.go
-	for _, e := range d.cfg.NBD {
+	for _, e := range d.config().NBD {
 		if e.Resource != r.name {
 			continue
 		}
@@ -40,9 +41,12 @@ func (d *Daemon) serveExports(r *resource) {
 			continue
 		}
 		l.srv.AddExport(nbd.Export{Name: e.Name, Description: e.Description, Device: r.dev, ReadOnly: e.ReadOnly})
+		if !slices.Contains(l.names, e.Name) {
+			l.names = append(l.names, e.Name)
+		}
 		d.log.Info("nbd export serving", "resource", r.name, "listen", l.addr, "export", e.Name)
 	}
-	if err := d.addAoE(r); err != nil {
+	if err := d.addAoE(r, nil); err != nil {
 		errs = append(errs, err)
 	}
 	err := errors.Join(errs...)
@@ -97,7 +101,7 @@ func (d *Daemon) nbdMemory() *nbd.MemoryBudget {
 }
 
 // limits returns the [limits] of the config.
-func (d *Daemon) limits() config.Limits { return d.cfg.Limits.WithDefaults() }
+func (d *Daemon) limits() config.Limits { return d.config().Limits.WithDefaults() }
 
 // limitReplication bounds the replication listener l: at most
 // replication_max_connections connections, and replication_auth_timeout
@@ -120,7 +124,7 @@ func (d *Daemon) stopExports(r *resource) {
 	svcErr := d.dropServiceAddr(r) // first of all: see service.go
 	ctx, cancel := context.WithTimeout(context.Background(), exportDrain)
 	defer cancel()
-	for _, e := range d.cfg.NBD {
+	for _, e := range d.config().NBD {
 		if e.Resource != r.name {
 			continue
 		}
@@ -128,6 +132,7 @@ func (d *Daemon) stopExports(r *resource) {
 			if err := l.srv.Withdraw(ctx, e.Name); err != nil {
 				d.log.Warn("nbd export: in-flight requests not answered in time; connections closed", "export", e.Name, "err", err)
 			}
+			l.names = slices.DeleteFunc(l.names, func(n string) bool { return n == e.Name })
 		}
 	}
 	if final := d.removeAoE(r); final != nil && r.role != nil {

@@ -34,7 +34,7 @@ var errNotSecondary = errors.New("this node is the resource's primary: the verb 
 // hasPeers reports whether this node shares a replicated resource with
 // another node, which needs the replication server and the secret.
 func (d *Daemon) hasPeers() bool {
-	for _, rc := range d.cfg.Resources {
+	for _, rc := range d.config().Resources {
 		if _, ok := rc.Disks[d.node.Name]; ok && rc.Replicated && len(rc.Disks) > 1 {
 			return true
 		}
@@ -48,15 +48,15 @@ func (d *Daemon) setupReplication() error {
 	if !d.hasPeers() {
 		return nil
 	}
-	if d.cfg.SecretFile == "" {
-		return fmt.Errorf("%s has no secret_file, but node %s replicates with other nodes: create a secret (e.g. `head -c 32 /dev/urandom > /etc/tharsis/secret`), copy it to every node and set secret_file", d.cfg.File, d.node.Name)
+	if d.config().SecretFile == "" {
+		return fmt.Errorf("%s has no secret_file, but node %s replicates with other nodes: create a secret (e.g. `head -c 32 /dev/urandom > /etc/tharsis/secret`), copy it to every node and set secret_file", d.config().File, d.node.Name)
 	}
-	secret, err := os.ReadFile(d.cfg.SecretFile)
+	secret, err := os.ReadFile(d.config().SecretFile)
 	if err != nil {
 		return fmt.Errorf("read the cluster secret: %w", err)
 	}
 	if len(secret) < 16 {
-		return fmt.Errorf("cluster secret %s holds %d bytes; use at least 16 random bytes", d.cfg.SecretFile, len(secret))
+		return fmt.Errorf("cluster secret %s holds %d bytes; use at least 16 random bytes", d.config().SecretFile, len(secret))
 	}
 	d.secret = secret
 	d.ship = &replicate.ShipServer{Node: d.node.Name, Secret: secret, Logger: d.log.With("component", "ship"), OnRole: d.onRole}
@@ -70,7 +70,7 @@ func (d *Daemon) setupReplication() error {
 // otherNodes is every other node of the cluster.
 func (d *Daemon) otherNodes() []replicate.Peer {
 	var out []replicate.Peer
-	for _, n := range d.cfg.NodeNames() {
+	for _, n := range d.config().NodeNames() {
 		if n != d.node.Name {
 			out = append(out, d.peer(n))
 		}
@@ -79,7 +79,7 @@ func (d *Daemon) otherNodes() []replicate.Peer {
 }
 
 func (d *Daemon) peer(name string) replicate.Peer {
-	return replicate.Peer{Name: name, Addr: d.cfg.Nodes[name].Replication}
+	return replicate.Peer{Name: name, Addr: d.config().Nodes[name].Replication}
 }
 
 // keepOpen is the disk as the log sees it: closing the log flushes the
@@ -91,7 +91,12 @@ type keepOpen struct {
 	dir string
 }
 
-func (k keepOpen) Close() error { return k.Flush() }
+func (k keepOpen) Close() error {
+	if k.Detached() {
+		return nil // flushed when it was detached
+	}
+	return k.Flush()
+}
 
 // Resize implements blockdev.Resizer.
 func (k keepOpen) Resize(size int64) error {
@@ -105,7 +110,7 @@ func (k keepOpen) Resize(size int64) error {
 // the local log holds past the applied position, seals its newest segment
 // and starts the next under this node's name. Call from the role loop.
 func (d *Daemon) openPrimary(r *resource) error {
-	rc := r.cfg
+	rc := r.config()
 	opts := replicate.Options{
 		Dir: r.dir, Node: d.node.Name, Resource: rc.Name,
 		SegmentSize: rc.SegmentSize, Sync: rc.Sync, Logger: d.log.With("resource", rc.Name),
@@ -134,13 +139,21 @@ func (d *Daemon) openPrimary(r *resource) error {
 }
 
 // rateLimits are the node's sync and fetch limiters ([limits] sync_rate,
-// fetch_rate), shared by every resource; nil: no limit.
+// fetch_rate), shared by every resource; a reload changes their rates.
 type rateLimits struct{ sync, fetch *rate.Limiter }
+
+// newRateLimiter returns a byte limiter of bytesPerSec (0: unlimited, until
+// a reload sets a rate).
+func newRateLimiter(bytesPerSec int64) *rate.Limiter {
+	l := rate.NewLimiter(rate.Inf, 64<<10)
+	setRate(l, bytesPerSec)
+	return l
+}
 
 // openSecondary opens r's log as secondary (fetch → replay) and starts it.
 // wasPrimary says the log was this node's primary log until now.
 func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
-	rc := r.cfg
+	rc := r.config()
 	if d.ship == nil {
 		return fmt.Errorf("node %s is a secondary of %s but no other node holds it", d.node.Name, rc.Name)
 	}
@@ -160,6 +173,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 		FetchLimiter:      d.rates.fetch,
 		WasPrimary:        wasPrimary,
 		VerifyInterval:    rc.VerifyInterval,
+		Detached:          r.detached,
 	}
 	s, err := replicate.OpenSecondary(keepOpen{r.disk, r.dir}, opts)
 	if err != nil {
@@ -187,7 +201,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 // others is every other node holding a disk of rc (those that joined it).
 func (d *Daemon) others(rc *config.Resource) []string {
 	var out []string
-	for _, n := range d.cfg.DiskNodes(rc.Name) {
+	for _, n := range d.config().DiskNodes(rc.Name) {
 		if n != d.node.Name {
 			out = append(out, n)
 		}
@@ -199,7 +213,7 @@ func (d *Daemon) others(rc *config.Resource) []string {
 func (d *Daemon) fetchers(rc *config.Resource) []string {
 	var out []string
 	for _, n := range d.others(rc) {
-		if slices.Contains(d.cfg.ConnectList(rc.Name, n), d.node.Name) {
+		if slices.Contains(d.config().ConnectList(rc.Name, n), d.node.Name) {
 			out = append(out, n)
 		}
 	}

@@ -60,7 +60,7 @@ func readResourceSize(dir string) (int64, error) {
 // every node holding r has room.
 func (d *Daemon) resize(ctx context.Context, r *resource, size int64) (string, error) {
 	prim, _, _ := r.paths()
-	if !r.cfg.Replicated {
+	if !r.config().Replicated {
 		return "", errors.New("resize needs a replicated resource (its log carries the resize to every node)")
 	}
 	if prim == nil {
@@ -71,7 +71,7 @@ func (d *Daemon) resize(ctx context.Context, r *resource, size int64) (string, e
 	if d.cluster != nil {
 		d.cluster.Poll(ctx) // every disk as it is now
 		peers := d.cluster.Peers()
-		for _, n := range d.others(r.cfg) {
+		for _, n := range d.others(r.config()) {
 			ps, ok := peers[n]
 			if !ok || ps.Updated.IsZero() {
 				problems = append(problems, fmt.Sprintf("node %s: its disk size is unknown (never reached)", n))

@@ -40,17 +40,17 @@ func (d *Daemon) retain(ctx context.Context) {
 			if r.repl() == nil {
 				continue
 			}
-			if r.cfg.RetainMax > 0 || r.cfg.RetainMaxAge > 0 {
+			if r.config().RetainMax > 0 || r.config().RetainMaxAge > 0 {
 				limited = append(limited, r)
 			}
 			var st unix.Statfs_t
-			if err := unix.Statfs(d.cfg.LogDir(name, d.node.Name), &st); err != nil {
+			if err := unix.Statfs(d.config().LogDir(name, d.node.Name), &st); err != nil {
 				continue
 			}
 			bs := int64(st.Bsize)
 			avail, total := int64(st.Bavail)*bs, int64(st.Blocks)*bs
 			d.warnSpace(r, avail, total)
-			if lowOnSpace(avail, total, r.cfg.SegmentSize) {
+			if lowOnSpace(avail, total, r.config().SegmentSize) {
 				low = append(low, r)
 			}
 		}
@@ -59,7 +59,7 @@ func (d *Daemon) retain(ctx context.Context) {
 		// space runs low.
 		for _, r := range limited {
 			if prim, _, _ := r.paths(); prim != nil && d.cluster != nil {
-				d.minApplied(r, func() []string { return d.others(r.cfg) })()
+				d.minApplied(r, func() []string { return d.others(r.config()) })()
 			}
 		}
 		for _, r := range low {
@@ -82,11 +82,11 @@ func (d *Daemon) warnSpace(r *resource, avail, total int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
-	case !r.spaceWarned && (avail < total/4 || avail < 4*r.cfg.SegmentSize):
+	case !r.spaceWarned && (avail < total/4 || avail < 4*r.config().SegmentSize):
 		r.spaceWarned = true
 		d.log.Warn("the log filesystem is filling up: applied segments are deleted below a fifth free, and a full log puts the primary into emergency mode; free space or make it larger",
 			"resource", r.name, "free", config.FormatSize(avail), "size", config.FormatSize(total))
-	case r.spaceWarned && avail > total/3 && avail > 6*r.cfg.SegmentSize:
+	case r.spaceWarned && avail > total/3 && avail > 6*r.config().SegmentSize:
 		r.spaceWarned = false
 		d.log.Info("the log filesystem has space again", "resource", r.name, "free", config.FormatSize(avail))
 	}
@@ -114,7 +114,7 @@ func (d *Daemon) minApplied(r *resource, members func() []string) func() replica
 // daemon's start when it never answered), or the log holds more than
 // retain_max bytes past what it replayed.
 func (d *Daemon) released(r *resource, m string) string {
-	rc := r.cfg
+	rc := r.config()
 	if rc.RetainMax <= 0 && rc.RetainMaxAge <= 0 {
 		return ""
 	}

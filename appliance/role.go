@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tharsis/tharsis/config"
 	"github.com/tharsis/tharsis/replicate"
 )
 
@@ -61,6 +62,39 @@ type roleState struct {
 	// peerExports is the export state last taken from the primary's
 	// status (role loop only).
 	peerExports json.RawMessage
+
+	// cancel stops the role loop; done is closed when it returned.
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startRole starts r's role loop.
+func (d *Daemon) startRole(r *resource) {
+	ctx, cancel := context.WithCancel(d.rolesCtx)
+	r.role.cancel, r.role.done = cancel, make(chan struct{})
+	d.roleWG.Add(1)
+	go func() {
+		defer d.roleWG.Done()
+		defer close(r.role.done)
+		d.roleLoop(ctx, r)
+	}()
+}
+
+// stop stops the role loop and waits for it.
+func (rs *roleState) stop() {
+	if rs.cancel != nil {
+		rs.cancel()
+		<-rs.done
+	}
+}
+
+// send queues an event for the role loop, waiting while its queue is full
+// (unlike post, for events that must not be lost).
+func (rs *roleState) send(ctx context.Context, ev replicate.Event) {
+	select {
+	case rs.events <- ev:
+	case <-ctx.Done():
+	}
 }
 
 // setAoE records the AoE targets being served (nil: none).
@@ -119,18 +153,10 @@ func (rs *roleState) post(ev replicate.Event) bool {
 
 // newRole prepares r's role core (the loop starts in Run).
 func (d *Daemon) newRole(r *resource) error {
-	var members []string
-	for _, n := range d.cfg.DiskNodes(r.name) {
-		if n != d.node.Name {
-			members = append(members, n)
-		}
-	}
+	members, connect := d.roleMembers(r.config())
 	cfg := replicate.RoleConfig{
-		Node: d.node.Name, Resource: r.name, ConfigPrimary: r.cfg.Primary, Members: members,
-		StartTicks: startTicks, FreshTicks: freshTicks,
-	}
-	if l, ok := r.cfg.Connect[d.node.Name]; ok {
-		cfg.Connect = append([]string{}, l...)
+		Node: d.node.Name, Resource: r.name, ConfigPrimary: r.config().Primary, Members: members,
+		Connect: connect, StartTicks: startTicks, FreshTicks: freshTicks,
 	}
 	if len(members) == 0 {
 		cfg.StartTicks = 1
@@ -140,6 +166,20 @@ func (d *Daemon) newRole(r *resource) error {
 		d.ship.AddResource(r.name, roleSource{replicate.IdleSource(r.dir, r.name), r})
 	}
 	return nil
+}
+
+// roleMembers returns the other nodes holding a disk of rc and this
+// node's connect list of it (nil: none), as the role core takes them.
+func (d *Daemon) roleMembers(rc *config.Resource) (members, connect []string) {
+	for _, n := range d.config().DiskNodes(rc.Name) {
+		if n != d.node.Name {
+			members = append(members, n)
+		}
+	}
+	if l, ok := rc.Connect[d.node.Name]; ok {
+		connect = append([]string{}, l...)
+	}
+	return members, connect
 }
 
 // roleSource decorates a Source's status with the role core's view, and
@@ -152,7 +192,7 @@ type roleSource struct {
 func (s roleSource) Status() replicate.ResourceStatus {
 	rs := s.Source.Status()
 	st := s.r.role.snapshot()
-	rs.Phase, rs.Designation, rs.Diverged, rs.Forks, rs.Handover = st.Phase, st.Designation, st.Diverged, st.Forks, st.Handover
+	rs.Phase, rs.Designation, rs.Diverged, rs.Forks, rs.Handover, rs.Detached = st.Phase, st.Designation, st.Diverged, st.Forks, st.Handover, st.Detached
 	rs.Released = s.r.releases()
 	rs.DiskCapacity = s.r.disk.Capacity()
 	rs.Exports = s.r.role.exportsNow()
@@ -329,10 +369,19 @@ func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
 	case sec != nil:
 		cur = replicate.RoleSecondary
 	}
-	if cur != rd.Role && time.Now().Before(r.role.retryAt) {
+	// Attaching or detaching a secondary reopens its data path.
+	reattach := r.detached != rd.Detached && cur == replicate.RoleSecondary && rd.Role == cur
+	if (cur != rd.Role || reattach) && time.Now().Before(r.role.retryAt) {
 		return false
 	}
-	if cur == rd.Role {
+	if cur == rd.Role && !reattach {
+		if r.detached != rd.Detached {
+			if err := d.setDetached(r, rd.Detached); err != nil {
+				d.log.Error("attach or detach failed; retrying in 5 s", "resource", r.name, "err", err)
+				r.role.retryAt = time.Now().Add(5 * time.Second)
+				return false
+			}
+		}
 		if rd.Serve && !r.serving {
 			d.serveExports(r)
 		} else if !rd.Serve && r.serving {
@@ -349,7 +398,7 @@ func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
 		// (taken after its exports stopped): serve with it.
 		d.applyExportState(r, rd.Exports, "the handover")
 	}
-	end, err := d.switchRole(r, cur, rd.Role, rd.Seal)
+	end, err := d.switchRole(r, cur, rd.Role, rd.Seal, rd.Detached)
 	ev := replicate.EvSwitched{Role: rd.Role, End: end}
 	if cur == replicate.RolePrimary {
 		ev.Exports = r.role.finalExports()
@@ -374,9 +423,9 @@ func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
 
 // switchRole changes r's data path from cur to want. On failure it tries to
 // restore cur.
-func (d *Daemon) switchRole(r *resource, cur, want replicate.Role, seal bool) (replicate.Position, error) {
+func (d *Daemon) switchRole(r *resource, cur, want replicate.Role, seal, detached bool) (replicate.Position, error) {
 	log := d.log.With("resource", r.name)
-	log.Info("switching the data path", "from", cur.String(), "to", want.String(), "seal", seal)
+	log.Info("switching the data path", "from", cur.String(), "to", want.String(), "seal", seal, "detached", detached)
 	end, err := d.closePath(r, seal && cur == replicate.RolePrimary)
 	if err != nil {
 		log.Error("closing the data path failed", "err", err)
@@ -387,6 +436,13 @@ func (d *Daemon) switchRole(r *resource, cur, want replicate.Role, seal bool) (r
 			}
 			return end, err
 		}
+	}
+	if derr := d.setDetached(r, detached); derr != nil {
+		// Not attached: nothing may open a data path on the disk.
+		if d.ship != nil {
+			d.ship.AddResource(r.name, roleSource{replicate.IdleSource(r.dir, r.name), r})
+		}
+		return end, derr
 	}
 	switch want {
 	case replicate.RolePrimary:

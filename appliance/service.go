@@ -38,11 +38,11 @@ type serviceAddr struct {
 // serviceOf returns r's service address and this node's interface for it;
 // ok is false when r has none.
 func (d *Daemon) serviceOf(r *resource) (pf netip.Prefix, iface string, ok bool) {
-	if !r.cfg.ServiceAddress.IsValid() {
+	if !r.config().ServiceAddress.IsValid() {
 		return netip.Prefix{}, "", false
 	}
-	iface = r.cfg.ServiceInterface[d.node.Name]
-	return r.cfg.ServiceAddress, iface, iface != ""
+	iface = r.config().ServiceInterface[d.node.Name]
+	return r.config().ServiceAddress, iface, iface != ""
 }
 
 // addServiceAddr adds r's service address to this node's interface and
@@ -170,8 +170,8 @@ func (d *Daemon) dropServiceAddrs() {
 // held.
 func (d *Daemon) listenNBD(addr string) (net.Listener, error) {
 	var lc net.ListenConfig
-	for _, e := range d.cfg.NBD {
-		if r := d.cfg.Resources[e.Resource]; e.Listen == addr && r != nil && r.ServiceAddress.IsValid() {
+	for _, e := range d.config().NBD {
+		if r := d.config().Resources[e.Resource]; e.Listen == addr && r != nil && r.ServiceAddress.IsValid() {
 			lc.Control = vip.Transparent
 			break
 		}

@@ -58,10 +58,10 @@ func (d *Daemon) Status() Status {
 	st := Status{Node: d.node.Name, Started: d.started, SyncRate: lim.SyncRate, FetchRate: lim.FetchRate}
 	for _, name := range sortedKeys(d.resources) {
 		r := d.resources[name]
-		rs := ResourceStatus{Name: name, Role: "secondary", Disk: r.disk.Name(), Size: r.disk.Size(), Replicated: r.cfg.Replicated}
+		rs := ResourceStatus{Name: name, Role: "secondary", Disk: r.disk.Name(), Size: r.disk.Size(), Replicated: r.config().Replicated}
 		if r.role != nil {
 			rs.Role = r.role.snapshot().Phase.String()
-		} else if r.cfg.Primary == d.node.Name {
+		} else if r.config().Primary == d.node.Name {
 			rs.Role = "primary"
 		}
 		prim, _, src := r.paths()
@@ -70,12 +70,12 @@ func (d *Daemon) Status() Status {
 		r.mu.Unlock()
 		rs.ExportError = exportErr
 		if serving {
-			for _, e := range d.cfg.NBD {
+			for _, e := range d.config().NBD {
 				if e.Resource == name {
 					rs.Exports = append(rs.Exports, ExportStatus{Kind: "nbd", Name: e.Name, Where: e.Listen, ReadOnly: e.ReadOnly})
 				}
 			}
-			for _, e := range d.cfg.AoE {
+			for _, e := range d.config().AoE {
 				if e.Resource == name {
 					rs.Exports = append(rs.Exports, ExportStatus{Kind: "aoe", Name: aoeName(e.Shelf, e.Slot), Where: joinComma(e.Interfaces), ReadOnly: e.ReadOnly, WriteCache: e.WriteCache})
 				}

@@ -3,6 +3,7 @@ package blockdev
 import (
 	"bytes"
 	"errors"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -148,5 +149,51 @@ func TestSyncerError(t *testing.T) {
 	fail = false
 	if err := s.Sync(); err != nil {
 		t.Fatalf("Sync after a failed sync: %v (it must retry)", err)
+	}
+}
+
+func TestFileDetachAttach(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk")
+	d, err := CreateFile(path, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.WriteAt([]byte("before"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := d.ReadAt(buf, 4096); !errors.Is(err, ErrDetached) {
+		t.Fatalf("read while detached: %v, want ErrDetached", err)
+	}
+	if _, err := d.WriteAt(buf, 0); !errors.Is(err, ErrDetached) {
+		t.Fatalf("write while detached: %v, want ErrDetached", err)
+	}
+	// Detached means closed: the operator may change the file meanwhile.
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("during"), 8192)
+	f.Close()
+	if d.Name() != path || d.Size() != 1<<20 {
+		t.Fatalf("name/size while detached: %s %d", d.Name(), d.Size())
+	}
+	if err := d.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	for off, want := range map[int64]string{4096: "before", 8192: "during"} {
+		if _, err := d.ReadAt(buf, off); err != nil || string(buf) != want {
+			t.Fatalf("after attach at %d: %q %v, want %q", off, buf, err, want)
+		}
+	}
+	// A disk that shrank while detached is refused.
+	d.Detach()
+	os.Truncate(path, 4096)
+	if err := d.Attach(); err == nil {
+		t.Fatal("attach of a disk smaller than the size in use succeeded")
 	}
 }

@@ -47,6 +47,9 @@ var ErrOutOfRange = errors.New("request out of the device's range")
 // ErrReadOnly is returned by devices opened read-only for any write.
 var ErrReadOnly = errors.New("device is read-only")
 
+// ErrDetached is returned for I/O on a detached disk (File.Detach).
+var ErrDetached = errors.New("the disk is detached (`tharsis attach` reattaches it)")
+
 // ErrNoSpace is returned when a write cannot be stored for lack of space
 // (for example a full transaction log). Exports map it to ENOSPC.
 var ErrNoSpace = errors.New("no space left to store the write")

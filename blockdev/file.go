@@ -14,8 +14,10 @@ import (
 // File is a Device backed by a regular file or a block device.
 type File struct {
 	f        *os.File
+	path     string
 	size     atomic.Int64 // what is used of it (Limit, Resize)
-	capacity int64        // its real size
+	capacity atomic.Int64 // its real size
+	detached atomic.Bool  // closed by Detach: I/O fails with ErrDetached
 	block    bool         // f is a block device
 	readOnly bool
 	syncer   *Syncer
@@ -68,37 +70,90 @@ func CreateFile(path string, size int64) (*File, error) {
 }
 
 func newFile(f *os.File, readOnly bool) (*File, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("stat disk %s: %w", f.Name(), err)
+	d := &File{readOnly: readOnly}
+	if err := d.use(f); err != nil {
+		return nil, err
 	}
-	d := &File{f: f, readOnly: readOnly}
-	switch {
+	d.size.Store(d.capacity.Load())
+	return d, nil
+}
+
+// use makes f the file behind d (at open and at Attach).
+func (d *File) use(f *os.File) error {
+	var capacity int64
+	switch st, err := f.Stat(); {
+	case err != nil:
+		return fmt.Errorf("stat disk %s: %w", f.Name(), err)
 	case st.Mode().IsRegular():
-		d.capacity = st.Size()
+		capacity = st.Size()
 	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
 		d.block = true
 		var sz uint64
 		if err := ioctlPtr(int(f.Fd()), unix.BLKGETSIZE64, unsafe.Pointer(&sz)); err != nil {
-			return nil, fmt.Errorf("read size of block device %s: %w", f.Name(), err)
+			return fmt.Errorf("read size of block device %s: %w", f.Name(), err)
 		}
-		d.capacity = int64(sz)
+		capacity = int64(sz)
 	default:
-		return nil, fmt.Errorf("disk %s is neither a regular file nor a block device", f.Name())
+		return fmt.Errorf("disk %s is neither a regular file nor a block device", f.Name())
 	}
-	d.size.Store(d.capacity)
+	d.f, d.path = f, f.Name()
+	d.capacity.Store(capacity)
 	d.syncer = NewSyncer(func() error { return unix.Fdatasync(int(f.Fd())) })
-	return d, nil
+	return nil
 }
+
+// Detach flushes the disk and closes it: until Attach, every I/O fails with
+// ErrDetached and the disk is not touched. The caller makes sure no I/O
+// runs during Detach and Attach (the data path using d is closed).
+func (d *File) Detach() error {
+	if d.detached.Load() {
+		return nil
+	}
+	ferr := d.Flush()
+	d.detached.Store(true)
+	if err := d.f.Close(); err != nil {
+		return fmt.Errorf("close disk %s: %w", d.path, err)
+	}
+	return ferr
+}
+
+// Attach reopens a detached disk by its path. It must still hold the
+// bytes in use (Size).
+func (d *File) Attach() error {
+	if !d.detached.Load() {
+		return nil
+	}
+	flag := os.O_RDWR
+	if d.readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(d.path, flag, 0)
+	if err != nil {
+		return fmt.Errorf("open disk %s: %w", d.path, err)
+	}
+	if err := d.use(f); err != nil {
+		f.Close()
+		return err
+	}
+	if c := d.capacity.Load(); c < d.size.Load() {
+		f.Close()
+		return fmt.Errorf("disk %s holds %d bytes now, fewer than the %d in use: it cannot be attached", d.path, c, d.size.Load())
+	}
+	d.detached.Store(false)
+	return nil
+}
+
+// Detached reports whether the disk is detached.
+func (d *File) Detached() bool { return d.detached.Load() }
 
 // Limit makes the device size bytes long, which must not exceed its real
 // size and must be a multiple of 512: the rest of the disk is not used.
 func (d *File) Limit(size int64) error {
 	if size <= 0 || size%512 != 0 {
-		return fmt.Errorf("size %d for disk %s must be a positive multiple of 512", size, d.f.Name())
+		return fmt.Errorf("size %d for disk %s must be a positive multiple of 512", size, d.path)
 	}
-	if size > d.capacity {
-		return fmt.Errorf("disk %s holds %d bytes, fewer than the %d the resource needs: grow the disk or lower the resource's size", d.f.Name(), d.capacity, size)
+	if c := d.capacity.Load(); size > c {
+		return fmt.Errorf("disk %s holds %d bytes, fewer than the %d the resource needs: grow the disk or lower the resource's size", d.path, c, size)
 	}
 	d.size.Store(size)
 	return nil
@@ -108,19 +163,22 @@ func (d *File) Limit(size int64) error {
 // its capacity).
 func (d *File) Resize(size int64) error {
 	if size < d.size.Load() {
-		return fmt.Errorf("disk %s: shrinking from %d to %d bytes is not supported", d.f.Name(), d.size.Load(), size)
+		return fmt.Errorf("disk %s: shrinking from %d to %d bytes is not supported", d.path, d.size.Load(), size)
 	}
 	return d.Limit(size)
 }
 
 // Capacity is the disk's real size: how far Resize may grow it.
-func (d *File) Capacity() int64 { return d.capacity }
+func (d *File) Capacity() int64 { return d.capacity.Load() }
 
 // Name returns the path the device was opened with.
-func (d *File) Name() string { return d.f.Name() }
+func (d *File) Name() string { return d.path }
 
 // ReadAt implements Device.
 func (d *File) ReadAt(p []byte, off int64) (int, error) {
+	if d.detached.Load() {
+		return 0, ErrDetached
+	}
 	if err := CheckRange(off, int64(len(p)), d.size.Load()); err != nil {
 		return 0, err
 	}
@@ -135,6 +193,9 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	if d.readOnly {
 		return 0, ErrReadOnly
+	}
+	if d.detached.Load() {
+		return 0, ErrDetached
 	}
 	if err := CheckRange(off, int64(len(p)), d.size.Load()); err != nil {
 		return 0, err
@@ -153,8 +214,11 @@ func (d *File) Flush() error {
 	if d.readOnly {
 		return nil
 	}
+	if d.detached.Load() {
+		return ErrDetached
+	}
 	if err := d.syncer.Sync(); err != nil {
-		return fmt.Errorf("fdatasync %s: %w", d.f.Name(), err)
+		return fmt.Errorf("fdatasync %s: %w", d.path, err)
 	}
 	return nil
 }
@@ -169,6 +233,9 @@ func (d *File) WriteZeroes(off, length int64) error { return d.zero(off, length,
 func (d *File) zero(off, length int64, punch bool) error {
 	if d.readOnly {
 		return ErrReadOnly
+	}
+	if d.detached.Load() {
+		return ErrDetached
 	}
 	if err := CheckRange(off, length, d.size.Load()); err != nil {
 		return err
@@ -203,7 +270,7 @@ func (d *File) writeZeroes(off, length int64) error {
 	for length > 0 {
 		n := min(length, int64(len(zeroBuf)))
 		if _, err := d.f.WriteAt(zeroBuf[:n], off); err != nil {
-			return fmt.Errorf("write zeroes to %s: %w", d.f.Name(), err)
+			return fmt.Errorf("write zeroes to %s: %w", d.path, err)
 		}
 		off += n
 		length -= n
@@ -215,4 +282,9 @@ func (d *File) writeZeroes(off, length int64) error {
 func (d *File) Size() int64 { return d.size.Load() }
 
 // Close implements Device.
-func (d *File) Close() error { return d.f.Close() }
+func (d *File) Close() error {
+	if d.detached.Load() {
+		return nil
+	}
+	return d.f.Close()
+}

@@ -43,6 +43,8 @@ type ResourceStatus struct {
 	Forks       []PeerFork  `json:"forks,omitempty"`
 	// Handover names the other node of a handover under way.
 	Handover string `json:"handover,omitempty"`
+	// Detached: the node's data device is detached (`tharsis detach`).
+	Detached bool `json:"detached,omitempty"`
 	// End is the durable end of the log held here: what was written (on
 	// the primary) or fetched and fsync'd (on a secondary).
 	End Position `json:"end"`

@@ -80,9 +80,11 @@ const (
 	CmdSecondary                    // `tharsis secondary RES`
 	CmdLeave                        // `tharsis leave-resource RES`
 	CmdJoin                         // `tharsis join-resource RES` after a leave
+	CmdDetach                       // `tharsis detach RES`
+	CmdAttach                       // `tharsis attach RES`
 )
 
-var cmdNames = [...]string{"", "primary", "secondary", "leave-resource", "join-resource"}
+var cmdNames = [...]string{"", "primary", "secondary", "leave-resource", "join-resource", "detach", "attach"}
 
 func (k CmdKind) String() string { return enumName(cmdNames[:], "cmd", k) }
 
@@ -173,6 +175,14 @@ type (
 		Msg RoleMessage
 		Err string
 	}
+	// EvConfig carries a reloaded config's part of the resource: the other
+	// nodes holding a disk of it, this node's connect list (nil: none) and
+	// the config's primary.
+	EvConfig struct {
+		Members       []string
+		Connect       []string
+		ConfigPrimary string
+	}
 	// EvSwitched reports that the data path now runs Role (after a switch
 	// asked for by Ready.Role); End is where the log was sealed when Seal
 	// was asked; Err is set when the switch failed (the data path then
@@ -198,6 +208,7 @@ func (EvCommand) isEvent()    {}
 func (EvMessage) isEvent()    {}
 func (EvSendFailed) isEvent() {}
 func (EvSwitched) isEvent()   {}
+func (EvConfig) isEvent()     {}
 
 // Result is progress (Done false) or the outcome of an operator command.
 type Result struct {
@@ -229,6 +240,11 @@ type Ready struct {
 	// Serve: the resource's exports are served (only with RolePrimary; start
 	// them after the switch, stop them before).
 	Serve bool
+	// Detached: the data device is not to be used (`tharsis detach`). A
+	// detached primary runs no data path (Role is RoleNone; the log is
+	// closed, not sealed) and serves nothing; a detached secondary fetches
+	// but neither replays nor syncs.
+	Detached bool
 	// FetchFrom is the peers to fetch from, most preferred first.
 	FetchFrom []string
 	// Consistent is what the node may claim: its data device equals a
@@ -348,6 +364,14 @@ func (c *RoleCore) Step(ev Event) {
 		c.stepSendFailed(ev)
 	case EvSwitched:
 		c.stepSwitched(ev)
+	case EvConfig:
+		c.cfg.Members, c.cfg.Connect, c.cfg.ConfigPrimary = ev.Members, ev.Connect, ev.ConfigPrimary
+		for _, m := range ev.Members {
+			if c.peers[m] == nil {
+				c.peers[m] = &peerView{}
+			}
+		}
+		c.recompute()
 	}
 }
 
@@ -362,6 +386,11 @@ func (c *RoleCore) Ready() Ready {
 	rd.Diverged = c.diverged
 	if rd.Role != RolePrimary && c.local.Role == RolePrimary {
 		rd.Seal = true
+	}
+	if rd.Detached = c.st.Detached; rd.Detached && rd.Role == RolePrimary {
+		// Still the designated primary, but its log is closed as it
+		// is (attach reopens it); handovers wait for the attach.
+		rd.Role, rd.Serve, rd.Seal = RoleNone, false, false
 	}
 	if c.phase == PhasePrimary && c.ho != nil && c.ho.sealed {
 		rd.Exports = c.ho.exports
@@ -661,6 +690,15 @@ func (c *RoleCore) stepCommand(id uint64, cmd Command) {
 		return
 	}
 	switch cmd.Kind {
+	case CmdDetach, CmdAttach:
+		c.stepAttach(id, cmd.Kind == CmdAttach)
+		return
+	}
+	if c.st.Detached && cmd.Kind != CmdLeave && cmd.Kind != CmdJoin {
+		c.refuse(id, fmt.Sprintf("the data device of %s is detached on %s: run `tharsis attach %s` first", res, c.cfg.Node, res))
+		return
+	}
+	switch cmd.Kind {
 	case CmdPrimary:
 		if cmd.Force {
 			c.forcePrimary(id, cmd)
@@ -684,6 +722,35 @@ func (c *RoleCore) stepCommand(id uint64, cmd Command) {
 		c.done(id, fmt.Sprintf("%s: left; this node no longer fetches, replays or holds back retention; its disk is left as it is (`tharsis join-resource %s` joins again with a full sync)", res, res))
 	case CmdJoin:
 		c.done(id, fmt.Sprintf("%s: already joined", res))
+	}
+}
+
+// stepAttach carries out detach (attach false) and attach.
+func (c *RoleCore) stepAttach(id uint64, attach bool) {
+	res := c.cfg.Resource
+	switch {
+	case c.st.Detached != attach:
+		if attach {
+			c.done(id, fmt.Sprintf("%s: attached already", res))
+		} else {
+			c.done(id, fmt.Sprintf("%s: detached already", res))
+		}
+		return
+	case c.phase == PhaseHandingOver || c.phase == PhasePromoting:
+		c.refuse(id, fmt.Sprintf("a handover of %s is under way; wait for it", res))
+		return
+	}
+	c.st.Detached = !attach
+	c.persist()
+	switch {
+	case attach && c.phase == PhasePrimary:
+		c.done(id, fmt.Sprintf("%s: attached; the log is replayed onto the disk and the exports serve again", res))
+	case attach:
+		c.done(id, fmt.Sprintf("%s: attached; replaying what was fetched meanwhile", res))
+	case c.phase == PhasePrimary:
+		c.done(id, fmt.Sprintf("%s: detached; the exports stopped and the disk is closed; this node is still the designated primary (`tharsis attach %s` serves again; another node can take over only with --force)", res, res))
+	default:
+		c.done(id, fmt.Sprintf("%s: detached; the disk is closed, the log is still fetched and is replayed on `tharsis attach %s`", res, res))
 	}
 }
 
@@ -939,6 +1006,8 @@ func (c *RoleCore) stepMessage(m RoleMessage) {
 			refuse(fmt.Sprintf("%s asks with designation %s, but it is %s", m.From, m.Designation, d))
 		case c.cmd != nil:
 			refuse(fmt.Sprintf("a `%s` runs on %s", c.cmd.cmd.Kind, c.cfg.Node))
+		case c.st.Detached:
+			refuse(fmt.Sprintf("the data device of %s is detached on %s: run `tharsis attach %s` there first (or take over with --force)", res, c.cfg.Node, res))
 		default:
 			c.ho = &handover{peer: m.From, id: m.ID}
 			c.phase = PhaseHandingOver
@@ -1064,6 +1133,8 @@ type RoleStatus struct {
 	Forks       []PeerFork
 	// Handover is the peer of a handover under way ("" when resigning).
 	Handover string
+	// Detached: the data device is detached (`tharsis detach`).
+	Detached bool
 }
 
 // PeerFork is a fork between this node's log and a peer's.
@@ -1076,7 +1147,7 @@ type PeerFork struct {
 
 // Status returns the role part of the node's status.
 func (c *RoleCore) Status() RoleStatus {
-	st := RoleStatus{Phase: c.phase, Designation: c.st.Designation, Diverged: c.diverged, Consistent: c.consistent()}
+	st := RoleStatus{Phase: c.phase, Designation: c.st.Designation, Diverged: c.diverged, Consistent: c.consistent(), Detached: c.st.Detached}
 	if c.ho != nil {
 		st.Handover = c.ho.peer
 	}

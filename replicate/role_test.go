@@ -138,13 +138,13 @@ func (h *roleHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		}
 	case "cmd":
 		cmd := Command{Force: has("force"), IgnoreSync: has("ignore-sync"), TimeoutTicks: num("timeout", 0)}
-		for k := CmdPrimary; k <= CmdJoin; k++ {
+		for k := CmdPrimary; k <= CmdAttach; k++ {
 			if has(k.String()) {
 				cmd.Kind = k
 			}
 		}
 		if cmd.Kind == 0 {
-			d.Fatalf(t, "cmd needs primary, secondary, leave-resource or join-resource")
+			d.Fatalf(t, "cmd needs primary, secondary, leave-resource, join-resource, detach or attach")
 		}
 		h.c.Step(EvCommand{ID: uint64(num("id", 1)), Cmd: cmd})
 	case "msg", "send-failed":
@@ -184,6 +184,12 @@ func (h *roleHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		}
 		if ev.Err == "" {
 			h.local.Role = r
+		}
+		h.c.Step(ev)
+	case "config":
+		ev := EvConfig{Members: list("members"), ConfigPrimary: args["primary"]}
+		if _, ok := args["connect"]; ok {
+			ev.Connect = list("connect")
 		}
 		h.c.Step(ev)
 	case "status":
@@ -303,6 +309,9 @@ func describeReady(rd Ready) string {
 	if rd.Invalidate {
 		b.WriteString(" invalidate")
 	}
+	if rd.Detached {
+		b.WriteString(" DETACHED")
+	}
 	if rd.Exports != nil {
 		fmt.Fprintf(&b, " exports=%s", rd.Exports)
 	}
@@ -311,6 +320,9 @@ func describeReady(rd Ready) string {
 		fmt.Fprintf(&b, "persist: des=%s", fmtDes(p.Designation))
 		if p.Left {
 			b.WriteString(" left")
+		}
+		if p.Detached {
+			b.WriteString(" detached")
 		}
 		b.WriteString("\n")
 	}

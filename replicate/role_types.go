@@ -188,6 +188,8 @@ const roleFile = "role.json"
 type RoleState struct {
 	Designation Designation `json:"designation"`
 	Left        bool        `json:"left,omitempty"`
+	// Detached: the data device is detached (`tharsis detach`).
+	Detached bool `json:"detached,omitempty"`
 }
 
 // ReadRoleState reads the persisted role state in dir; ok is false when

@@ -68,6 +68,10 @@ type SecondaryOptions struct {
 	// second (0: DefaultVerifyRate). See verify.go.
 	VerifyInterval time.Duration
 	VerifyRate     int64
+	// Detached: the data device is detached (`tharsis detach`): the log is
+	// fetched, but nothing is replayed, synced or verified (none of which
+	// may touch the device) until the Secondary is opened attached.
+	Detached bool
 }
 
 // secondaryState is what stateFile holds.

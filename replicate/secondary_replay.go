@@ -33,7 +33,7 @@ func (s *Secondary) replayLoop(ctx context.Context) {
 	lastCk := time.Now()
 	for ctx.Err() == nil {
 		s.mu.Lock()
-		blocked := s.st.ReplayPaused || s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning || s.st.StoppedAt != nil
+		blocked := s.st.ReplayPaused || s.opts.Detached || s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning || s.st.StoppedAt != nil
 		todo := s.fetched.Seq > s.replayed.Seq
 		s.mu.Unlock()
 		if blocked || !todo {

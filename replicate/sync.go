@@ -34,7 +34,7 @@ func (s *Secondary) syncLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		s.mu.Lock()
 		need := s.st.Sync == SyncNeeded || s.st.Sync == SyncRunning
-		paused := s.st.SyncPaused
+		paused := s.st.SyncPaused || s.opts.Detached
 		// The local log is discarded first (fetchLoop removes it and
 		// kicks us): a sync must not start with another history's log.
 		discarding := s.st.DiscardLog

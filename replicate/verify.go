@@ -240,6 +240,8 @@ func (s *Secondary) verifyReady() error {
 	switch {
 	case s.st.Sync != SyncNone || !s.st.Consistent || s.st.DiscardLog:
 		return fmt.Errorf("this node's copy of %s is not consistent (full sync %s): there is nothing to verify before the sync is done", res, s.st.Sync)
+	case s.opts.Detached:
+		return fmt.Errorf("the data device of %s is detached (`tharsis attach %s` reattaches it): there is nothing to verify", res, res)
 	case s.st.FetchPaused:
 		return fmt.Errorf("fetching is paused (`tharsis connect %s` resumes it): verify compares with the source's current state and needs the log", res)
 	case s.st.ReplayPaused:

@@ -56,6 +56,7 @@ type ReplStatus struct {
 	FetchPaused  bool          `json:"fetch_paused"`
 	ReplayPaused bool          `json:"replay_paused"`
 	SyncPaused   bool          `json:"sync_paused"`
+	Detached     bool          `json:"detached"`
 	Sync         *SyncProgress `json:"sync"`
 	LastSync     *SyncProgress `json:"last_sync"`
 	Emergency    *struct {

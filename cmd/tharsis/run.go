@@ -32,6 +32,7 @@ func init() {
 		}
 		ctx, stop := signalContext()
 		defer stop()
+		go reloadOnHUP(ctx, d, log)
 		return d.Run(ctx, nil)
 	}
 	register(c)

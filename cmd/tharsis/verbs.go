@@ -27,6 +27,10 @@ var daemonVerbs = []struct{ name, summary string }{
 	{"invalidate", "secondary: throw away the local state and run a fast full sync"},
 	{"join-resource", "secondary: start joining (fast full sync) a resource this node has a disk for in the config, or join again after leave-resource"},
 	{"leave-resource", "secondary: stop holding the resource (no fetch, no replay, retention no longer waits for it); the disk is left as it is"},
+	{"detach", "close the data device and leave it alone: a primary serves nothing (it stays the designated primary), a secondary keeps fetching the log and replays it on attach"},
+	{"attach", "open the data device again: a primary replays its log and serves, a secondary replays what it fetched meanwhile"},
+	{"up", "attach, then connect (a secondary fetches again)"},
+	{"down", "disconnect (a secondary stops fetching), then detach"},
 }
 
 func init() {
