@@ -39,7 +39,8 @@ func (d *Daemon) serveExports(r *resource) {
 			errs = append(errs, err)
 			continue
 		}
-		l.srv.AddExport(nbd.Export{Name: e.Name, Description: e.Description, Device: r.dev, ReadOnly: e.ReadOnly})
+		l.srv.AddExport(nbd.Export{Name: e.Name, Description: e.Description, Device: r.dev, ReadOnly: e.ReadOnly,
+			Stats: d.counters.get("nbd", e.Name, r.name)})
 		d.log.Info("nbd export serving", "resource", r.name, "listen", l.addr, "export", e.Name)
 	}
 	if err := d.addAoE(r); err != nil {
