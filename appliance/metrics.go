@@ -135,8 +135,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, e := range c.d.counters.list() {
 		collectExport(ch, e)
 	}
-	st := c.d.Status()
-	now := time.Now()
+	collectStatus(ch, c.d.Status(), time.Now())
+}
+
+// collectStatus sends the metrics of a node's status, taken at now.
+func collectStatus(ch chan<- prometheus.Metric, st Status, now time.Time) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}

@@ -10,12 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
 	"github.com/tharsis/tharsis/internal/nbdclient"
 	"github.com/tharsis/tharsis/internal/testutil"
+	"github.com/tharsis/tharsis/replicate"
 )
 
 // TestMetrics scrapes a running node: the text passes `promtool check
@@ -181,4 +183,106 @@ func metricValue(fams map[string]*dto.MetricFamily, name string, labels map[stri
 		return m.GetGauge().GetValue(), true
 	}
 	return 0, false
+}
+
+// statusCollector collects a fixed status.
+type statusCollector struct {
+	st  Status
+	now time.Time
+}
+
+func (c statusCollector) Describe(ch chan<- *prometheus.Desc) { collector{}.Describe(ch) }
+func (c statusCollector) Collect(ch chan<- prometheus.Metric) { collectStatus(ch, c.st, c.now) }
+
+// TestMetricsOfStates checks the gauges of states a single node cannot
+// easily be brought into: split brain, emergency, a full sync, pauses, lag
+// and peers (one fresh, one never reached).
+func TestMetricsOfStates(t *testing.T) {
+	promtool := testutil.NeedTool(t, "promtool")
+	now := time.Now()
+	syncing := &replicate.ResourceStatus{Resource: "a", LagBytes: 8 << 20, UnfetchedBytes: 6 << 20, LagSeconds: 12,
+		ReplayPaused: true, Forks: []replicate.PeerFork{{Peer: "beta", Loser: "alpha"}},
+		Sync:     &replicate.SyncProgress{State: replicate.SyncRunning, Compared: 40 << 20, Total: 100 << 20, Transferred: 3 << 20, ETASeconds: 30},
+		Segments: []replicate.SegmentSummary{{Name: "log-000000001-alpha", Size: 1000}, {Name: "log-000000002-beta", Size: 500}}}
+	emergency := &replicate.ResourceStatus{Resource: "b", Consistent: true, Emergency: &replicate.EmergencyState{Active: true}}
+	st := Status{Node: "alpha", Started: now.Add(-time.Hour),
+		Resources: []ResourceStatus{
+			{Name: "a", Role: "secondary", Size: 1 << 30, Replicated: true, Replication: syncing},
+			{Name: "b", Role: "primary", Size: 1 << 30, Replicated: true, Replication: emergency,
+				Exports: []ExportStatus{{Kind: "nbd", Name: "b"}}},
+		},
+		Peers: []replicate.PeerState{
+			{Peer: replicate.Peer{Name: "beta"}, Updated: now.Add(-3 * time.Second),
+				Status: replicate.NodeStatus{Node: "beta", Resources: []replicate.ResourceStatus{{Resource: "b", LagBytes: 1 << 20, LagSeconds: 2}}}},
+			{Peer: replicate.Peer{Name: "gamma"}, Err: "connection refused"},
+		}}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(statusCollector{st, now})
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text bytes.Buffer
+	byName := map[string]*dto.MetricFamily{}
+	for _, f := range fams {
+		byName[f.GetName()] = f
+		if _, err := expfmt.MetricFamilyToText(&text, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = &text
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+	a, b := map[string]string{"resource": "a"}, map[string]string{"resource": "b"}
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"tharsis_resource_role", map[string]string{"resource": "a", "role": "secondary"}, 1},
+		{"tharsis_resource_role", map[string]string{"resource": "a", "role": "primary"}, 0},
+		{"tharsis_resource_role", map[string]string{"resource": "b", "role": "primary"}, 1},
+		{"tharsis_resource_state", map[string]string{"resource": "a", "state": "syncing"}, 1},
+		{"tharsis_resource_state", map[string]string{"resource": "a", "state": "consistent"}, 0},
+		{"tharsis_resource_state", map[string]string{"resource": "b", "state": "consistent"}, 1},
+		{"tharsis_resource_split_brain", a, 1},
+		{"tharsis_resource_split_brain", b, 0},
+		{"tharsis_resource_emergency", a, 0},
+		{"tharsis_resource_emergency", b, 1},
+		{"tharsis_resource_exports_serving", a, 0},
+		{"tharsis_resource_exports_serving", b, 1},
+		{"tharsis_resource_paused", map[string]string{"resource": "a", "switch": "replay"}, 1},
+		{"tharsis_resource_paused", map[string]string{"resource": "a", "switch": "fetch"}, 0},
+		{"tharsis_resource_lag_bytes", a, 8 << 20},
+		{"tharsis_resource_unfetched_bytes", a, 6 << 20},
+		{"tharsis_resource_lag_seconds", a, 12},
+		{"tharsis_log_segments", a, 2},
+		{"tharsis_log_size_bytes", a, 1500},
+		{"tharsis_sync_running", a, 1},
+		{"tharsis_sync_running", b, 0},
+		{"tharsis_sync_compared_bytes", a, 40 << 20},
+		{"tharsis_sync_total_bytes", a, 100 << 20},
+		{"tharsis_sync_transferred_bytes", a, 3 << 20},
+		{"tharsis_sync_eta_seconds", a, 30},
+		{"tharsis_peer_up", map[string]string{"peer": "beta"}, 1},
+		{"tharsis_peer_up", map[string]string{"peer": "gamma"}, 0},
+		{"tharsis_peer_status_age_seconds", map[string]string{"peer": "beta"}, 3},
+		{"tharsis_peer_lag_bytes", map[string]string{"resource": "b", "peer": "beta"}, 1 << 20},
+		{"tharsis_peer_lag_seconds", map[string]string{"resource": "b", "peer": "beta"}, 2},
+		{"tharsis_node_start_time_seconds", nil, float64(now.Add(-time.Hour).UnixNano()) / 1e9},
+	} {
+		if got, ok := metricValue(byName, tc.name, tc.labels); !ok || got != tc.want {
+			t.Errorf("%s%v = %v (found: %v), want %v", tc.name, tc.labels, got, ok, tc.want)
+		}
+	}
+	// A peer never reached has no status age; a resource without a sync
+	// has no progress.
+	if m := findMetric(byName, "tharsis_peer_status_age_seconds", map[string]string{"peer": "gamma"}); m != nil {
+		t.Errorf("status age of a peer never reached: %v", m)
+	}
+	if m := findMetric(byName, "tharsis_sync_total_bytes", b); m != nil {
+		t.Errorf("sync progress without a sync: %v", m)
+	}
 }
