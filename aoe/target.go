@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
 )
@@ -51,6 +52,12 @@ type TargetConfig struct {
 	// and 8 characters at most). Serial should name shelf.slot and node,
 	// e.g. "tharsis-e1.1-alpha". Empty values get defaults.
 	Model, Serial, Firmware string
+	// Stats, when set, counts the target's ATA commands by operation:
+	// sectors read and written (in bytes), errors, and the time the target
+	// took to execute each command. A write acknowledged only after a
+	// flush (WriteCache false) is counted when written; the shared flush
+	// that follows is not in its latency. The caller reads it.
+	Stats *blockdev.Stats
 }
 
 // Name returns the target's aoe-stat name, e.g. "e1.1".
@@ -310,7 +317,14 @@ func (t *target) handle(b []byte, n int, e *env) outcome {
 		if n < ATAFrameLen {
 			return o
 		}
+		if t.cfg.Stats == nil {
+			o = t.ata(b, n, e, src)
+			break
+		}
+		// ata overwrites the command and the sector count.
+		acmd, sectors, t0 := b[HeaderLen+3], int(b[HeaderLen+2]), time.Now()
 		o = t.ata(b, n, e, src)
+		t.count(b, acmd, sectors, time.Since(t0))
 	case CmdConfig:
 		if n < HeaderLen+ConfigArgLen {
 			return o
@@ -441,6 +455,26 @@ func (t *target) ata(b []byte, n int, e *env, src MAC) outcome {
 		}
 	}
 	return o
+}
+
+// count records in t's Stats the ATA command acmd of sectors sectors,
+// answered in the response frame b after d.
+func (t *target) count(b []byte, acmd uint8, sectors int, d time.Duration) {
+	failed := b[14]&uint8(FlagError) != 0 || b[HeaderLen+3]&ATAStatusERR != 0
+	op := blockdev.OpOther
+	switch acmd {
+	case ATAReadSectors, ATAReadSectorsExt:
+		op = blockdev.OpRead
+	case ATAWriteSectors, ATAWriteSectorsExt:
+		op = blockdev.OpWrite
+	case ATAFlushCache, ATAFlushCacheExt:
+		op = blockdev.OpFlush
+	}
+	n := 0
+	if !failed && (op == blockdev.OpRead || op == blockdev.OpWrite) {
+		n = sectors * SectorSize
+	}
+	t.cfg.Stats.Record(op, n, d, failed)
 }
 
 // config handles Query Config like vblade's confcmd.

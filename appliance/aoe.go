@@ -74,6 +74,7 @@ func (d *Daemon) aoeTargets(r *resource, keep func(*config.AoEExport) bool) map[
 			StateDir: d.node.StateDir,
 			Model:    "tharsis " + e.Resource,
 			Serial:   "tharsis-" + name + "-" + d.node.Name,
+			Stats:    d.counters.get("aoe", name, e.Resource),
 		}
 		for _, iface := range e.Interfaces {
 			out[iface] = append(out[iface], tc)

@@ -35,6 +35,8 @@ type Daemon struct {
 	mu        sync.Mutex
 	resources map[string]*resource
 	control   *controlServer
+	metrics   *metricsServer // nil without metrics_listen (metrics.go)
+	counters  exportCounters // the exports' request counters (metrics.go)
 	started   time.Time
 	rates     rateLimits
 
@@ -179,6 +181,9 @@ func (d *Daemon) Run(ctx context.Context, ready func(*Daemon)) (err error) {
 	if err := d.startShip(); err != nil {
 		return err
 	}
+	if err := d.startMetrics(); err != nil {
+		return err
+	}
 	// Automatic retention; stopped before shutdown closes the logs.
 	rctx, stopRetain := context.WithCancel(ctx)
 	retained := make(chan struct{})
@@ -290,6 +295,7 @@ func (d *Daemon) shutdown() error {
 	d.expMu.Unlock()
 	d.stopAoE()
 	d.stopShip(ctx)
+	d.stopMetrics(ctx)
 	d.stopControl()
 	d.mu.Lock()
 	defer d.mu.Unlock()

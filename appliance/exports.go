@@ -40,7 +40,7 @@ func (d *Daemon) serveExports(r *resource) {
 			errs = append(errs, err)
 			continue
 		}
-		l.srv.AddExport(nbd.Export{Name: e.Name, Description: e.Description, Device: r.dev, ReadOnly: e.ReadOnly})
+		l.srv.AddExport(d.nbdExport(r, e))
 		if !slices.Contains(l.names, e.Name) {
 			l.names = append(l.names, e.Name)
 		}
@@ -57,6 +57,15 @@ func (d *Daemon) serveExports(r *resource) {
 	if err != nil {
 		d.log.Error("exports failed to start", "resource", r.name, "err", err)
 	}
+}
+
+// nbdExport is what the NBD server serves of export e of r.
+func (d *Daemon) nbdExport(r *resource, e *config.NBDExport) nbd.Export {
+	r.mu.Lock()
+	dev := r.dev
+	r.mu.Unlock()
+	return nbd.Export{Name: e.Name, Description: e.Description, Device: dev, ReadOnly: e.ReadOnly,
+		Stats: d.counters.get("nbd", e.Name, r.name)}
 }
 
 // nbdListen returns the NBD listener of addr, listening first if needed.

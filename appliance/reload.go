@@ -10,7 +10,6 @@ import (
 
 	"github.com/tharsis/tharsis/aoe"
 	"github.com/tharsis/tharsis/config"
-	"github.com/tharsis/tharsis/nbd"
 	"github.com/tharsis/tharsis/replicate"
 	"golang.org/x/time/rate"
 )
@@ -84,13 +83,13 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 	for _, c := range changes {
 		switch {
 		case c.What == config.WhatNBD && c.Kind != config.Added:
-			e := nbdExport(old, c.Name)
+			e := findNBD(old, c.Name)
 			if r := d.serving(e.Resource); r != nil {
 				d.withdrawNBD(e)
 				say("nbd export %s on %s withdrawn", e.Name, e.Listen)
 			}
 		case c.What == config.WhatAoE && c.Kind != config.Added:
-			e := aoeExport(old, c.Name)
+			e := findAoE(old, c.Name)
 			if r := d.serving(e.Resource); r != nil {
 				d.withdrawAoE(r, e)
 				say("aoe target %s withdrawn", aoeName(e.Shelf, e.Slot))
@@ -171,7 +170,7 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 	for _, c := range changes {
 		switch {
 		case c.What == config.WhatNBD && c.Kind != config.Removed:
-			e := nbdExport(cfg, c.Name)
+			e := findNBD(cfg, c.Name)
 			if r := d.serving(e.Resource); r != nil {
 				if err := d.addNBD(r, e); err != nil {
 					errs = append(errs, err)
@@ -180,7 +179,7 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 				say("nbd export %s on %s serving", e.Name, e.Listen)
 			}
 		case c.What == config.WhatAoE && c.Kind != config.Removed:
-			e := aoeExport(cfg, c.Name)
+			e := findAoE(cfg, c.Name)
 			if r := d.serving(e.Resource); r != nil {
 				d.expMu.Lock()
 				err := d.addAoE(r, func(x *config.AoEExport) bool { return x.Shelf == e.Shelf && x.Slot == e.Slot })
@@ -304,7 +303,7 @@ func (d *Daemon) hasPeersIn(cfg *config.Config) bool {
 	return false
 }
 
-func nbdExport(cfg *config.Config, key string) *config.NBDExport {
+func findNBD(cfg *config.Config, key string) *config.NBDExport {
 	for _, e := range cfg.NBD {
 		if e.Listen+"/"+e.Name == key {
 			return e
@@ -313,7 +312,7 @@ func nbdExport(cfg *config.Config, key string) *config.NBDExport {
 	panic("reload: no nbd export " + key) // Diff named it
 }
 
-func aoeExport(cfg *config.Config, key string) *config.AoEExport {
+func findAoE(cfg *config.Config, key string) *config.AoEExport {
 	for _, e := range cfg.AoE {
 		if fmt.Sprintf("%d.%d", e.Shelf, e.Slot) == key {
 			return e
@@ -347,10 +346,7 @@ func (d *Daemon) addNBD(r *resource, e *config.NBDExport) error {
 	if err != nil {
 		return err
 	}
-	r.mu.Lock()
-	dev := r.dev
-	r.mu.Unlock()
-	l.srv.AddExport(nbd.Export{Name: e.Name, Description: e.Description, Device: dev, ReadOnly: e.ReadOnly})
+	l.srv.AddExport(d.nbdExport(r, e))
 	if !slices.Contains(l.names, e.Name) {
 		l.names = append(l.names, e.Name)
 	}

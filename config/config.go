@@ -44,6 +44,9 @@ type Node struct {
 	Replication string // host:port peers connect to
 	StateDir    string // default DefaultStateRoot/<name>
 	Control     string // unix socket path; default <StateDir>/control.sock
+	// MetricsListen is the host:port the node serves Prometheus metrics on
+	// (/metrics); "" serves none.
+	MetricsListen string
 }
 
 // Resource is one [resources.NAME] table.
@@ -188,7 +191,11 @@ func (c *Config) Summary() string {
 		plural(len(c.AoE), "AoE export"), plural(len(c.NBD), "NBD export"))
 	for _, name := range c.NodeNames() {
 		n := c.Nodes[name]
-		fmt.Fprintf(&b, "node %s: replication %s, state %s, control %s\n", name, n.Replication, n.StateDir, n.Control)
+		fmt.Fprintf(&b, "node %s: replication %s, state %s, control %s", name, n.Replication, n.StateDir, n.Control)
+		if n.MetricsListen != "" {
+			fmt.Fprintf(&b, ", metrics http://%s/metrics", n.MetricsListen)
+		}
+		b.WriteString("\n")
 	}
 	for _, name := range c.ResourceNames() {
 		r := c.Resources[name]

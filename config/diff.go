@@ -131,7 +131,7 @@ func fieldDiff(pairs ...any) []string {
 
 func nodeFields(a, b *Node) []string {
 	return fieldDiff("replication", a.Replication, b.Replication, "state_dir", a.StateDir, b.StateDir,
-		"control", a.Control, b.Control)
+		"control", a.Control, b.Control, "metrics_listen", a.MetricsListen, b.MetricsListen)
 }
 
 func resourceFields(a, b *Resource) []string {

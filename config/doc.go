@@ -10,6 +10,7 @@
 //	  replication* = "HOST:PORT"   address peers connect to (a specific host, port 1-65535)
 //	  state_dir = PATH             default /var/lib/tharsis/NAME
 //	  control = PATH               unix socket, default STATE_DIR/control.sock
+//	  metrics_listen = "HOST:PORT" serve Prometheus metrics on http://HOST:PORT/metrics; default none
 //	[resources.NAME]               one per replicated block device; NAME as for nodes
 //	  disk* = { NODE = PATH, ... } the disk on each node that holds it (>= 1)
 //	  size = SIZE                  > 0, multiple of 512; default: the smallest disk (Size 0)

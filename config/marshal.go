@@ -22,6 +22,9 @@ func (c *Config) Marshal() []byte {
 		kv("replication", q(n.Replication))
 		kv("state_dir", q(n.StateDir))
 		kv("control", q(n.Control))
+		if n.MetricsListen != "" {
+			kv("metrics_listen", q(n.MetricsListen))
+		}
 	}
 	for _, name := range c.ResourceNames() {
 		r := c.Resources[name]

@@ -17,7 +17,7 @@ import (
 // The keys valid at each level of the file.
 var (
 	topKeys      = []string{"secret_file", "nodes", "resources", "exports", "limits"}
-	nodeKeys     = []string{"replication", "state_dir", "control"}
+	nodeKeys     = []string{"replication", "state_dir", "control", "metrics_listen"}
 	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
 	exportKeys   = []string{"aoe", "nbd"}
 	aoeKeys      = []string{"resource", "shelf", "slot", "interfaces", "allow_macs", "read_only", "bufcnt", "write_cache"}
@@ -57,6 +57,7 @@ var examples = map[string]string{
 	"replication":       `replication = "10.0.0.1:7777"`,
 	"state_dir":         `state_dir = "/var/lib/tharsis/alpha"`,
 	"control":           `control = "/run/tharsis/alpha.sock"`,
+	"metrics_listen":    `metrics_listen = "127.0.0.1:9750"`,
 	"disk":              `disk = { alpha = "/dev/vg0/data", beta = "/dev/vg0/data" }`,
 	"size":              `size = "100GiB"`,
 	"log_dir":           `log_dir = "/srv/tharsis/data/log"`,
@@ -531,6 +532,7 @@ func (p *parser) build(raw map[string]any) *Config {
 	p.crossResources()
 	p.crossAoE(aoePaths)
 	p.crossNBD(nbdPaths, nbdAddrs, repl)
+	p.crossMetrics(nbdPaths, nbdAddrs, repl)
 	p.crossService(nbdPaths, nbdAddrs, repl)
 	return c
 }
@@ -583,6 +585,13 @@ func (p *parser) node(name string, v any) (*Node, hostPort, bool) {
 			kp = joinPath(path, ctlKey)
 		}
 		p.errorf(kp, "control socket path %q is %d bytes, but unix socket paths are limited to %d; set a shorter control (or state_dir)", n.Control, len(n.Control), maxSocketPath)
+	}
+	if s, ok := p.getString(m, path, "metrics_listen"); ok {
+		if h, err := parseHostPort(s, true); err != nil {
+			p.errorf(joinPath(path, "metrics_listen"), "%v", err)
+		} else {
+			n.MetricsListen = h.String()
+		}
 	}
 	return n, hp, true
 }
@@ -935,6 +944,41 @@ func (p *parser) crossAoE(paths []string) {
 			continue
 		}
 		seen[k] = i
+	}
+}
+
+// crossMetrics: a node's metrics_listen clashes neither with its own
+// replication address, nor with an NBD listen address, nor with the same
+// address of another node.
+func (p *parser) crossMetrics(nbdPaths []string, nbdAddrs []hostPort, repl map[string]hostPort) {
+	seen := map[hostPort]string{}
+	for _, name := range p.cfg.NodeNames() {
+		n := p.cfg.Nodes[name]
+		if n.MetricsListen == "" {
+			continue
+		}
+		h, err := parseHostPort(n.MetricsListen, true)
+		if err != nil {
+			continue // reported by node
+		}
+		kp := joinPath(joinPath("nodes", name), "metrics_listen")
+		if r, ok := repl[name]; ok && h.conflicts(r) {
+			p.errorf(kp, "%s collides with the node's replication address %s; use another port", n.MetricsListen, r)
+			continue
+		}
+		if other, dup := seen[h]; dup && !h.wildcard() {
+			p.errorf(kp, "%s is also the metrics_listen of node %s (line %d); give each node its own address",
+				n.MetricsListen, other, p.loc.line(joinPath(joinPath("nodes", other), "metrics_listen")))
+			continue
+		}
+		seen[h] = name
+		for i, a := range nbdAddrs {
+			if h.conflicts(a) {
+				p.errorf(kp, "%s collides with the NBD listen address %s of %s (line %d); use another port",
+					n.MetricsListen, a, nbdPaths[i], p.loc.line(joinPath(nbdPaths[i], "listen")))
+				break
+			}
+		}
 	}
 }
 

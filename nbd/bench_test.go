@@ -19,7 +19,8 @@ func benchConn(b *testing.B) (net.Conn, *bufio.Reader) {
 		b.Fatal(err)
 	}
 	srv := newServer()
-	srv.SetExports([]Export{{Name: "b", Device: blockdev.NewMemory(64 << 20)}})
+	// Counted, as the appliance counts every export.
+	srv.SetExports([]Export{{Name: "b", Device: blockdev.NewMemory(64 << 20), Stats: new(blockdev.Stats)}})
 	go srv.Serve(l)
 	b.Cleanup(func() { srv.Shutdown(b.Context()) })
 	c, err := net.Dial("tcp", l.Addr().String())

@@ -66,8 +66,9 @@ type op struct {
 	req   request
 	buf   *[]byte // WRITE payload or READ data, from getBuf
 	errno uint32
-	msg   string // error text for structured replies
-	cost  int64  // budget held, of the connection and of srv.Memory
+	msg   string    // error text for structured replies
+	cost  int64     // budget held, of the connection and of srv.Memory
+	start time.Time // when the request's header was read (Export.Stats)
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
@@ -173,6 +174,9 @@ func (c *conn) readLoop() error {
 			return c.readErr(err, "header")
 		}
 		o := opPool.Get().(*op)
+		if c.exp.Stats != nil {
+			o.start = time.Now()
+		}
 		if err := o.req.unmarshal(hdr[:]); err != nil {
 			opPool.Put(o)
 			return err
@@ -477,6 +481,7 @@ func (c *conn) writer(done chan<- struct{}) {
 				break fill
 			}
 		}
+		c.record(batch)
 		if !c.failed.Load() {
 			arena, iov = arena[:0], iov[:0]
 			arenaTail := false // the last iovec ends at the arena's end
@@ -509,6 +514,41 @@ func (c *conn) writer(done chan<- struct{}) {
 			c.finish(o)
 		}
 	}
+}
+
+// record counts the replies of batch in the export's Stats before they are
+// sent, so a client that has its reply finds its request counted.
+func (c *conn) record(batch []*op) {
+	st := c.exp.Stats
+	if st == nil {
+		return
+	}
+	now := time.Now()
+	for _, o := range batch {
+		r := &o.req
+		n := 0
+		if o.errno == 0 && (r.typ == cmdRead || r.typ == cmdWrite) {
+			n = int(r.length)
+		}
+		st.Record(opOf(r.typ), n, now.Sub(o.start), o.errno != 0)
+	}
+}
+
+// opOf maps an NBD command to the Op it is counted as.
+func opOf(t command) blockdev.Op {
+	switch t {
+	case cmdRead:
+		return blockdev.OpRead
+	case cmdWrite:
+		return blockdev.OpWrite
+	case cmdFlush:
+		return blockdev.OpFlush
+	case cmdTrim:
+		return blockdev.OpTrim
+	case cmdWriteZeroes:
+		return blockdev.OpWriteZeroes
+	}
+	return blockdev.OpOther
 }
 
 // appendReply appends the reply header for o (not the read data).

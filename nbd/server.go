@@ -49,6 +49,11 @@ type Export struct {
 	// ReadOnly makes the server advertise NBD_FLAG_READ_ONLY and answer
 	// every write, trim and write-zeroes with EPERM.
 	ReadOnly bool
+	// Stats, when set, counts the export's requests by operation: payload
+	// bytes of reads and writes, errors, and the latency from the request's
+	// arrival until its reply is sent. Several exports (or servers) may
+	// share one; the caller reads it.
+	Stats *blockdev.Stats
 }
 
 // Server serves NBD exports. Set the exported fields before Serve; the zero

@@ -17,6 +17,7 @@ packages=(
 	nbd-client qemu-system-x86 linux-image-amd64     # the QEMU guest for vm-tests
 	busybox-static cpio e2fsprogs kmod
 	iproute2 util-linux procps
+	prometheus                                       # promtool checks the /metrics text
 )
 missing=()
 for p in "${packages[@]}"; do
