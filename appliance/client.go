@@ -146,3 +146,14 @@ func (c *Client) Reload(ctx context.Context) (string, error) {
 	out, err := c.do(ctx, http.MethodPost, "/v0/reload")
 	return strings.TrimSpace(string(out)), err
 }
+
+// Delete runs delete-resource on res (force: even while other nodes hold
+// it).
+func (c *Client) Delete(ctx context.Context, res string, force bool) (string, error) {
+	path := "/v0/delete/" + url.PathEscape(res)
+	if force {
+		path += "?force=1"
+	}
+	out, err := c.do(ctx, http.MethodPost, path)
+	return strings.TrimSpace(string(out)), err
+}

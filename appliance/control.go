@@ -21,6 +21,7 @@ import (
 //
 //	GET  /v0/status              the node's Status as JSON
 //	POST /v0/resource/RES/VERB   an admin verb on one resource ("all": every resource)
+//	POST /v0/delete/RES[?force]  delete-resource (delete.go)
 //	POST /v0/reload              re-read the config file and apply it (reload.go)
 //	POST /v0/role/RES/CMD        primary or secondary (query: force, ignore_sync,
 //	                             timeout): streams "progress: ..." lines, then
@@ -70,6 +71,7 @@ func (d *Daemon) startControl() error {
 	mux.HandleFunc("POST /v0/resource/{res}/{verb}", d.handleVerb)
 	mux.HandleFunc("POST /v0/role/{res}/{cmd}", d.handleRole)
 	mux.HandleFunc("POST /v0/resize/{res}", d.handleResize)
+	mux.HandleFunc("POST /v0/delete/{res}", d.handleDelete)
 	mux.HandleFunc("POST /v0/reload", func(w http.ResponseWriter, r *http.Request) {
 		done, err := d.ReloadFile()
 		if err != nil {

@@ -49,8 +49,9 @@ type Daemon struct {
 	roleWG sync.WaitGroup // the role loops
 	// rolesCtx is the parent of every role loop's context (Run's).
 	rolesCtx context.Context
-	reloadMu sync.Mutex  // one reload at a time
-	running  atomic.Bool // started and not shutting down: reloads apply
+	reloadMu sync.Mutex      // one reload at a time
+	running  atomic.Bool     // started and not shutting down: reloads apply
+	deleted  map[string]bool // resources delete-resource removed here (under mu)
 
 	ctx     context.Context // lives as long as Run
 	secret  []byte

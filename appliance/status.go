@@ -19,6 +19,9 @@ type Status struct {
 	// second ([limits] sync_rate, fetch_rate; 0: none).
 	SyncRate  int64 `json:"sync_rate,omitempty"`
 	FetchRate int64 `json:"fetch_rate,omitempty"`
+	// Deleted lists the resources delete-resource removed on this node
+	// that the config still names (remove them from it).
+	Deleted []string `json:"deleted,omitempty"`
 }
 
 // ResourceStatus is one resource as this node holds it.
@@ -56,6 +59,11 @@ func (d *Daemon) Status() Status {
 	defer d.mu.Unlock()
 	lim := d.limits()
 	st := Status{Node: d.node.Name, Started: d.started, SyncRate: lim.SyncRate, FetchRate: lim.FetchRate}
+	for _, name := range sortedKeys(d.deleted) {
+		if d.config().Resources[name] != nil {
+			st.Deleted = append(st.Deleted, name)
+		}
+	}
 	for _, name := range sortedKeys(d.resources) {
 		r := d.resources[name]
 		rs := ResourceStatus{Name: name, Role: "secondary", Disk: r.disk.Name(), Size: r.disk.Size(), Replicated: r.config().Replicated}

@@ -165,3 +165,43 @@ func init() {
 		register(c)
 	}
 }
+
+func init() {
+	del := &command{name: "delete-resource", args: "[--force] RES", summary: "end a replicated resource on this node for good: its log directory is removed, its disk left as it is; refused on the primary and while other nodes still hold it (leave-resource there first), unless --force"}
+	del.run = func(argv []string) error {
+		fs := newFlagSet(del)
+		var nf nodeFlags
+		nf.register(fs)
+		force := fs.Bool("force", false, "delete even while other nodes hold the resource or cannot be asked")
+		if err := parse(fs, argv); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return usageError{"delete-resource needs one resource name"}
+		}
+		cl, err := nf.client()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		out, err := cl.Delete(ctx, fs.Arg(0), *force)
+		if err != nil {
+			return err
+		}
+		fmt.Println(out)
+		return nil
+	}
+	register(del)
+
+	create := &command{name: "create-resource", args: "RES", summary: "resources are created in the config, not by a verb: prints how"}
+	create.run = func(argv []string) error {
+		return usageError{`tharsis creates resources from the config, on every node at once:
+  1. add a [resources.NAME] table with a disk for each node that holds it (and its exports) to the config
+     of every node (` + "`tharsis config edit`" + ` checks it and reloads the daemon);
+  2. ` + "`tharsis reload`" + ` on each node (config edit does it for its node): the resource opens at once;
+     the config's primary serves it, the other nodes join it with a fast full sync (` + "`tharsis view`" + `).
+To add a node to a resource later, add its disk to the resource the same way (marsadm join-resource).`}
+	}
+	register(create)
+}
