@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tharsis/tharsis/appliance"
 	"github.com/tharsis/tharsis/config"
 )
 
@@ -56,55 +57,25 @@ func init() {
 			if err != nil {
 				return err
 			}
-			names := []string{fs.Arg(0)}
-			if names[0] == "all" {
-				// Every replicated resource of the node, one after the
-				// other; each result is printed, and any failure fails.
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				st, err := cl.Status(ctx)
-				cancel()
-				if err != nil {
-					return err
-				}
-				names = names[:0]
-				for _, r := range st.Resources {
-					if r.Replicated {
-						names = append(names, r.Name)
-					}
-				}
-				if len(names) == 0 {
-					return fmt.Errorf("node %s holds no replicated resource", st.Node)
-				}
+			names, err := expandAll(cl, fs.Arg(0), func(r appliance.ResourceStatus) bool { return r.Replicated })
+			if err != nil {
+				return err
 			}
 			f, ig := force != nil && *force, ignoreSync != nil && *ignoreSync
-			var failed []string
-			for _, name := range names {
+			return eachResource(c.name, names, func(name string) (string, error) {
 				ctx, cancel := context.WithTimeout(context.Background(), *timeout+time.Minute)
-				out, err := cl.Role(ctx, name, c.name, f, ig, *timeout, func(p string) {
+				defer cancel()
+				return cl.Role(ctx, name, c.name, f, ig, *timeout, func(p string) {
 					fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05"), p)
 				})
-				cancel()
-				if err != nil {
-					if len(names) == 1 {
-						return err
-					}
-					fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
-					failed = append(failed, name)
-					continue
-				}
-				fmt.Println(out)
-			}
-			if len(failed) > 0 {
-				return fmt.Errorf("%s failed for %s", c.name, strings.Join(failed, ", "))
-			}
-			return nil
+			})
 		}
 		register(c)
 	}
 	roleVerb("primary", "[--force] [--ignore-sync] [--timeout D] RES|all", "make this node the resource's primary: a planned handover (the old primary seals its log, this node replays exactly to it), or with --force a takeover without the old primary", true)
 	roleVerb("secondary", "RES|all", "give up the primary role: exports stop, the log is sealed; the resource has no primary until `primary` runs on a node", false)
 
-	resize := &command{name: "resize", args: "RES [SIZE]", summary: "grow a replicated resource online (on its primary): to SIZE, or to the smallest disk of all nodes; every node's disk must have room"}
+	resize := &command{name: "resize", args: "RES|all [SIZE]", summary: "grow a replicated resource online (on its primary): to SIZE, or to the smallest disk of all nodes; every node's disk must have room"}
 	resize.run = func(argv []string) error {
 		fs := newFlagSet(resize)
 		var nf nodeFlags
@@ -127,14 +98,15 @@ func init() {
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		out, err := cl.Resize(ctx, fs.Arg(0), size)
+		names, err := expandAll(cl, fs.Arg(0), func(r appliance.ResourceStatus) bool { return r.Replicated && r.Role == "primary" })
 		if err != nil {
 			return err
 		}
-		fmt.Println(out)
-		return nil
+		return eachResource("resize", names, func(name string) (string, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			return cl.Resize(ctx, name, size)
+		})
 	}
 	register(resize)
 
@@ -204,4 +176,53 @@ func init() {
 To add a node to a resource later, add its disk to the resource the same way (marsadm join-resource).`}
 	}
 	register(create)
+}
+
+// expandAll returns name, or for "all" every resource of the node keep
+// accepts (in the daemon's order).
+func expandAll(cl *appliance.Client, name string, keep func(appliance.ResourceStatus) bool) ([]string, error) {
+	if name != "all" {
+		return []string{name}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, r := range st.Resources {
+		if keep(r) {
+			names = append(names, r.Name)
+		}
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("node %s holds no resource this verb applies to", st.Node)
+	}
+	return names, nil
+}
+
+// eachResource runs fn on each resource, one after the other, printing
+// each result ("RES: error" for a failure when there are several); it
+// fails if any failed.
+func eachResource(verb string, names []string, fn func(name string) (string, error)) error {
+	var failed []string
+	for _, name := range names {
+		out, err := fn(name)
+		if err != nil {
+			if len(names) == 1 {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			failed = append(failed, name)
+			continue
+		}
+		if out != "" {
+			fmt.Println(out)
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%s failed for %s", verb, strings.Join(failed, ", "))
+	}
+	return nil
 }

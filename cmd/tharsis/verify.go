@@ -12,7 +12,7 @@ import (
 )
 
 func init() {
-	c := &command{name: "verify", args: "[--repair] [--stop] [--no-wait] RES",
+	c := &command{name: "verify", args: "[--repair] [--stop] [--no-wait] RES|all",
 		summary: "secondary: compare this node's disk with its source's while both run (online verify) and list the chunks that differ; --repair rewrites them"}
 	c.run = func(args []string) error {
 		fs := newFlagSet(c)
@@ -27,56 +27,66 @@ func init() {
 		if fs.NArg() != 1 {
 			return usageError{"verify needs one resource name"}
 		}
-		res := fs.Arg(0)
 		cl, err := nf.client()
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if *stop {
-			out, err := cl.Verb(ctx, res, "verify-stop")
-			if err == nil {
-				fmt.Println(out)
-			}
-			return err
-		}
-		before, err := verifyOf(ctx, cl, res)
+		names, err := expandAll(cl, fs.Arg(0), func(r appliance.ResourceStatus) bool { return r.Replicated && r.Role == "secondary" })
 		if err != nil {
 			return err
 		}
-		verb := "verify"
-		if *repair {
-			verb = "verify-repair"
-		}
-		out, err := cl.Verb(ctx, res, verb)
-		if err != nil {
-			return err
-		}
-		if *noWait {
-			fmt.Println(out)
-			return nil
-		}
-		progressLine(out)
-		var prev uint64
-		if before != nil {
-			prev = before.ID
-		}
-		r, err := followVerify(cl, res, prev)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("%s: %s\n", res, verifySummary(r))
-		switch {
-		case r.State != replicate.VerifyDone:
-			return silentError{}
-		case r.DifferCount > r.Repaired:
-			fmt.Printf("  run `tharsis verify --repair %s` to rewrite them with %s's\n", res, r.Source)
-			return silentError{}
-		}
-		return nil
+		return eachResource("verify", names, func(res string) (string, error) {
+			return "", verifyOne(cl, res, *repair, *stop, *noWait)
+		})
 	}
 	register(c)
+}
+
+// verifyOne runs verify on res and, unless noWait, follows it to the end.
+func verifyOne(cl *appliance.Client, res string, repair, stop, noWait bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if stop {
+		out, err := cl.Verb(ctx, res, "verify-stop")
+		if err == nil {
+			fmt.Println(out)
+		}
+		return err
+	}
+	before, err := verifyOf(ctx, cl, res)
+	if err != nil {
+		return err
+	}
+	verb := "verify"
+	if repair {
+		verb = "verify-repair"
+	}
+	out, err := cl.Verb(ctx, res, verb)
+	if err != nil {
+		return err
+	}
+	if noWait {
+		fmt.Println(out)
+		return nil
+	}
+	progressLine(out)
+	var prev uint64
+	if before != nil {
+		prev = before.ID
+	}
+	r, err := followVerify(cl, res, prev)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: %s\n", res, verifySummary(r))
+	switch {
+	case r.State != replicate.VerifyDone:
+		return silentError{}
+	case r.DifferCount > r.Repaired:
+		fmt.Printf("  run `tharsis verify --repair %s` to rewrite them with %s's\n", res, r.Source)
+		return silentError{}
+	}
+	return nil
 }
 
 func progressLine(s string) {
