@@ -187,6 +187,10 @@ type Secondary struct {
 
 	vf verifier // online verify (verify.go)
 
+	// fetchRate and replayRate count the log bytes fetched and replayed,
+	// for the rates in Status.
+	fetchRate, replayRate rateWindow
+
 	// discardLog asks the fetcher to drop the local log (a sync starts
 	// before its beginning).
 	discardLog bool
@@ -497,6 +501,8 @@ func (s *Secondary) Status() ResourceStatus {
 		rs.LastSync = &ls
 	}
 	rs.LagSeconds = s.lagSeconds()
+	now := time.Now()
+	rs.FetchRate, rs.ReplayRate = s.fetchRate.Rate(now), s.replayRate.Rate(now)
 	rs.Verify = s.vf.report()
 	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr, s.damagedPeersErr()} {
 		if e != "" {
