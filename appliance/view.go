@@ -400,11 +400,11 @@ func todo(rv ResourceView, ins []nodeInput) []string {
 			out = append(out, fmt.Sprintf("the status of %s is %s: it answers slowly; check its load and the network", n.Node, ageText(n)))
 		}
 		if em := n.Emergency; em != nil && em.Active {
-			out = append(out, fmt.Sprintf("EMERGENCY on %s since %s: the log filesystem is full and writes go to the disk without the log (%d chunks so far); free space in the log directory (`tharsis log-delete-all %s`, a larger filesystem): the log resumes by itself; then run `tharsis invalidate %s` on each secondary",
-				n.Node, em.Since.Format("15:04:05"), em.Chunks, res, res))
+			out = append(out, fmt.Sprintf("EMERGENCY on %s since %s: the log filesystem is full and writes go to the disk without the log (%d chunk%s so far); free space in the log directory (`tharsis log-delete-all %s`, a larger filesystem): the log resumes by itself; then run `tharsis invalidate %s` on each secondary",
+				n.Node, em.Since.Format("15:04:05"), em.Chunks, plural(em.Chunks), res, res))
 		} else if em != nil && len(em.Marks) > 0 {
-			out = append(out, fmt.Sprintf("emergency on %s is over (mark at #%d): %d chunks were written without the log; secondaries stopped at the mark need `tharsis invalidate %s` (copies only those chunks)",
-				n.Node, em.Marks[len(em.Marks)-1].Seq, em.Chunks, res))
+			out = append(out, fmt.Sprintf("emergency on %s is over (mark at #%d): %d chunk%s written without the log; secondaries stopped at the mark need `tharsis invalidate %s` (copies only those chunks)",
+				n.Node, em.Marks[len(em.Marks)-1].Seq, em.Chunks, pluralVerb(em.Chunks), res))
 		}
 		if p := n.StoppedAtMark; p != nil {
 			out = append(out, fmt.Sprintf("%s STOPPED at the primary's emergency mark (#%d): consistent but outdated; run `tharsis invalidate %s` there (copies only the chunks written without the log)", n.Node, p.Seq+1, res))
@@ -478,6 +478,14 @@ func orNone(s string) string {
 		return "no source yet"
 	}
 	return s
+}
+
+// pluralVerb is "s was" or "s were" after a count of n chunks.
+func pluralVerb(n int) string {
+	if n == 1 {
+		return " was"
+	}
+	return "s were"
 }
 
 func plural(n int) string {

@@ -41,7 +41,8 @@ type SecondaryOptions struct {
 	// resource's connect list, or just the primary). It is called on every
 	// (re)connect, so it may change while running. This node must not be
 	// in it.
-	Peers  func() []Peer
+	Peers func() []Peer
+	// Logger gets the attribute resource=Resource added: pass one without.
 	Logger *slog.Logger
 	// RetryInterval is the pause between connection attempts and how often
 	// a more preferred peer is probed while fetching from a fallback; 0

@@ -254,7 +254,7 @@ func renderNode(w io.Writer, n *appliance.NodeView) {
 		fmt.Fprintf(w, "  %-10s %s\n", "", verifySummary(v))
 	}
 	if em := n.Emergency; em != nil && em.Active {
-		fmt.Fprintf(w, "  %-10s EMERGENCY since %s: writes go to the disk without the log (%d chunks so far); secondaries stop at #%d\n", "", em.Since.Format("15:04:05"), em.Chunks, em.At.Seq)
+		fmt.Fprintf(w, "  %-10s EMERGENCY since %s: writes go to the disk without the log (%d chunk%s so far); secondaries stop at #%d\n", "", em.Since.Format("15:04:05"), em.Chunks, plural(em.Chunks), em.At.Seq)
 	}
 	if p := n.StoppedAtMark; p != nil {
 		fmt.Fprintf(w, "  %-10s STOPPED at the primary's emergency mark (#%d): consistent but outdated\n", "", p.Seq+1)
