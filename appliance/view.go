@@ -107,8 +107,8 @@ type NodeView struct {
 	Generation uint64 `json:"generation"`
 	// DiskState is one of the Disk* constants; ReplicationState one of
 	// primary, replicating, syncing, sync-needed, paused, stopped-at-mark,
-	// disconnected, split-brain, starting, handing-over, promoting, left,
-	// stale, unreachable.
+	// disconnected, split-brain, detached, starting, handing-over,
+	// promoting, left, stale, unreachable.
 	DiskState        string `json:"disk_state"`
 	ReplicationState string `json:"replication_state"`
 	Source           string `json:"source"` // the peer it fetches from ("": none)
@@ -139,7 +139,10 @@ type NodeView struct {
 	// Verify is the running or last online verify (null: none).
 	Verify *replicate.VerifyReport `json:"verify"`
 	// Handover names the other node of a handover under way.
-	Handover      string                    `json:"handover"`
+	Handover string `json:"handover"`
+	// Detached: its disk is detached (`tharsis detach`): no replay, no
+	// exports.
+	Detached      bool                      `json:"detached"`
 	Emergency     *replicate.EmergencyState `json:"emergency"`
 	StoppedAtMark *replicate.Position       `json:"stopped_at_mark"`
 	Released      []replicate.Release       `json:"released"`
@@ -277,7 +280,7 @@ func newNodeView(in nodeInput, end *replicate.Position, segs []replicate.Segment
 	n.Source, n.LogEnd, n.Applied = rs.Source, rs.End, rs.Applied
 	n.FetchRate, n.ReplayRate = rs.FetchRate, rs.ReplayRate
 	n.FetchPaused, n.ReplayPaused, n.SyncPaused = rs.FetchPaused, rs.ReplayPaused, rs.SyncPaused
-	n.Sync, n.LastSync, n.Verify, n.Handover = rs.Sync, rs.LastSync, rs.Verify, rs.Handover
+	n.Sync, n.LastSync, n.Verify, n.Handover, n.Detached = rs.Sync, rs.LastSync, rs.Verify, rs.Handover, rs.Detached
 	n.Emergency, n.StoppedAtMark, n.DiskCapacity, n.Error = rs.Emergency, rs.StoppedAtMark, rs.DiskCapacity, rs.Err
 	n.Released = append(n.Released, rs.Released...)
 	n.Damage = append(n.Damage, rs.Damage...)
@@ -309,6 +312,8 @@ func newNodeView(in nodeInput, end *replicate.Position, segs []replicate.Segment
 		n.ReplicationState = "unreachable"
 	case n.Stale:
 		n.ReplicationState = "stale"
+	case rs.Detached:
+		n.ReplicationState = "detached"
 	case rs.Phase != replicate.PhaseSecondary:
 		n.ReplicationState = rs.Phase.String()
 	case rs.Diverged:
@@ -405,6 +410,9 @@ func todo(rv ResourceView, ins []nodeInput) []string {
 		} else if em != nil && len(em.Marks) > 0 {
 			out = append(out, fmt.Sprintf("emergency on %s is over (mark at #%d): %d chunk%s written without the log; secondaries stopped at the mark need `tharsis invalidate %s` (copies only those chunks)",
 				n.Node, em.Marks[len(em.Marks)-1].Seq, em.Chunks, pluralVerb(em.Chunks), res))
+		}
+		if n.Detached {
+			out = append(out, fmt.Sprintf("%s: disk detached; run `tharsis attach %s` there to use it again", n.Node, res))
 		}
 		if p := n.StoppedAtMark; p != nil {
 			out = append(out, fmt.Sprintf("%s STOPPED at the primary's emergency mark (#%d): consistent but outdated; run `tharsis invalidate %s` there (copies only the chunks written without the log)", n.Node, p.Seq+1, res))

@@ -168,6 +168,9 @@ func judge(v *appliance.View, lim checkLimits) (int, string) {
 			if len(paused) > 0 {
 				report(checkWarning, "%s %s paused", who, strings.Join(paused, "+"))
 			}
+			if n.Detached {
+				report(checkWarning, "%s detached", who)
+			}
 			if n.StoppedAtMark != nil {
 				report(checkWarning, "%s stopped at an emergency mark", who)
 			}

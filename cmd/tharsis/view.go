@@ -238,6 +238,9 @@ func renderNode(w io.Writer, n *appliance.NodeView) {
 	if n.Handover != "" {
 		detail = append(detail, "handover with "+n.Handover)
 	}
+	if n.Detached {
+		detail = append(detail, "disk DETACHED")
+	}
 	if n.StatusError != "" {
 		detail = append(detail, "last poll failed: "+n.StatusError)
 	}

@@ -79,6 +79,7 @@ func detailStatus() *appliance.Status {
 		Compared: 64 << 20, Total: 64 << 20, Rechecked: 1, Differ: []uint64{3}, DifferCount: 1, Repaired: 1, Reconnects: 1,
 		Started: t0.Add(-time.Minute), Finished: t0, ETASeconds: 1, Err: "x"}
 	b.StoppedAtMark = &endB
+	b.Detached = true
 	st.Resources[0].ExportError = "x"
 	st.Resources[0].Log.Err = "x"
 	st.SyncRate = 1
