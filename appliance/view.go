@@ -39,9 +39,12 @@ type View struct {
 	StaleAfterSeconds float64 `json:"stale_after_seconds"`
 	// SyncRateLimit and FetchRateLimit are the node's [limits] in bytes per
 	// second (0: none).
-	SyncRateLimit  int64          `json:"sync_rate_limit_bytes_per_second"`
-	FetchRateLimit int64          `json:"fetch_rate_limit_bytes_per_second"`
-	Resources      []ResourceView `json:"resources"`
+	SyncRateLimit  int64 `json:"sync_rate_limit_bytes_per_second"`
+	FetchRateLimit int64 `json:"fetch_rate_limit_bytes_per_second"`
+	// DeletedResources are resources delete-resource removed on this node
+	// that the config still names.
+	DeletedResources []string       `json:"deleted_resources"`
+	Resources        []ResourceView `json:"resources"`
 }
 
 // ResourceView is one resource across the cluster, as the answering node
@@ -171,7 +174,7 @@ func NewView(st *Status, staleAfter time.Duration) *View {
 	}
 	v := &View{SchemaVersion: ViewSchemaVersion, Node: st.Node, TakenAt: st.Time, StartedAt: st.Started,
 		StaleAfterSeconds: staleAfter.Seconds(), SyncRateLimit: st.SyncRate, FetchRateLimit: st.FetchRate,
-		Resources: []ResourceView{}}
+		DeletedResources: append([]string{}, st.Deleted...), Resources: []ResourceView{}}
 	for _, r := range st.Resources {
 		v.Resources = append(v.Resources, newResourceView(st, r, staleAfter))
 	}

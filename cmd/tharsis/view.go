@@ -118,6 +118,9 @@ func renderView(w io.Writer, v *appliance.View) {
 	if len(v.Resources) == 0 {
 		fmt.Fprintln(w, "  holds no resources")
 	}
+	for _, name := range v.DeletedResources {
+		fmt.Fprintf(w, "  TODO    resource %s was deleted here but the config still names it: remove it from the config\n", name)
+	}
 	for _, r := range v.Resources {
 		renderResource(w, &r)
 	}

@@ -83,6 +83,7 @@ func detailStatus() *appliance.Status {
 	st.Resources[0].ExportError = "x"
 	st.Resources[0].Log.Err = "x"
 	st.SyncRate = 1
+	st.Deleted = []string{"old"}
 	return st
 }
 
