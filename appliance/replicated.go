@@ -113,7 +113,8 @@ func (d *Daemon) openPrimary(r *resource) error {
 	rc := r.config()
 	opts := replicate.Options{
 		Dir: r.dir, Node: d.node.Name, Resource: rc.Name,
-		SegmentSize: rc.SegmentSize, Sync: rc.Sync, Logger: d.log.With("resource", rc.Name),
+		// replicate adds the resource to its logger's attributes.
+		SegmentSize: rc.SegmentSize, Sync: rc.Sync, Logger: d.log,
 	}
 	if d.cluster != nil {
 		// Retention: keep what any other node that holds the resource
@@ -125,7 +126,7 @@ func (d *Daemon) openPrimary(r *resource) error {
 		return err
 	}
 	if n := p.Replayed(); n > 0 {
-		opts.Logger.Info("replayed the log onto the disk", "records", n)
+		d.log.Info("replayed the log onto the disk", "resource", rc.Name, "records", n)
 	}
 	src := replicate.PrimarySource(p)
 	r.mu.Lock()
@@ -159,7 +160,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 	}
 	log := d.log.With("resource", rc.Name)
 	opts := replicate.SecondaryOptions{
-		Dir: r.dir, Node: d.node.Name, Resource: rc.Name, Secret: d.secret, Logger: log,
+		Dir: r.dir, Node: d.node.Name, Resource: rc.Name, Secret: d.secret, Logger: d.log, // replicate adds the resource
 		Peers: func() []replicate.Peer {
 			var out []replicate.Peer
 			for _, n := range r.role.fetchList() {

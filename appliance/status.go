@@ -9,8 +9,11 @@ import (
 // Status is a node's view of itself and of its peers, served on the
 // control socket and rendered by `tharsis view`.
 type Status struct {
-	Node      string           `json:"node"`
-	Started   time.Time        `json:"started"`
+	Node    string    `json:"node"`
+	Started time.Time `json:"started"`
+	// Time is when the status was taken (the daemon's clock): the ages of
+	// the peers' statuses count from it.
+	Time      time.Time        `json:"time"`
 	Resources []ResourceStatus `json:"resources"`
 	// Peers is the latest status of every other node, as polled over the
 	// replication protocol (empty when this node has no peers).
@@ -49,8 +52,8 @@ type ExportStatus struct {
 	Kind       string `json:"kind"` // "nbd", "aoe" or "ip" (the service address)
 	Name       string `json:"name"` // NBD export name, AoE eX.Y or ADDRESS/LEN
 	Where      string `json:"where"`
-	ReadOnly   bool   `json:"read_only,omitempty"`
-	WriteCache bool   `json:"write_cache,omitempty"`
+	ReadOnly   bool   `json:"read_only"`
+	WriteCache bool   `json:"write_cache"` // AoE: writes acknowledged before they are durable
 }
 
 // Status returns the node's current status.
@@ -58,7 +61,7 @@ func (d *Daemon) Status() Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	lim := d.limits()
-	st := Status{Node: d.node.Name, Started: d.started, SyncRate: lim.SyncRate, FetchRate: lim.FetchRate}
+	st := Status{Node: d.node.Name, Started: d.started, Time: time.Now(), SyncRate: lim.SyncRate, FetchRate: lim.FetchRate}
 	for _, name := range sortedKeys(d.deleted) {
 		if d.config().Resources[name] != nil {
 			st.Deleted = append(st.Deleted, name)

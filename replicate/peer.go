@@ -12,8 +12,8 @@ import (
 // Peer is another node of the cluster as seen by replication: its node
 // name and its replication address (host:port).
 type Peer struct {
-	Name string
-	Addr string
+	Name string `json:"name"`
+	Addr string `json:"addr"` // replication address, host:port
 }
 
 // String formats the peer for logs.

@@ -73,7 +73,11 @@ type ResourceStatus struct {
 	UnfetchedBytes int64 `json:"unfetched_bytes"`
 	// LagSeconds is how long ago this node's data device last held the
 	// whole log of its source (0 when caught up); it needs no clock sync.
-	LagSeconds   float64 `json:"lag_seconds"`
+	LagSeconds float64 `json:"lag_seconds"`
+	// FetchRate and ReplayRate are the log bytes per second a secondary
+	// fetched and replayed over the last 10 s.
+	FetchRate    float64 `json:"fetch_bytes_per_second,omitempty"`
+	ReplayRate   float64 `json:"replay_bytes_per_second,omitempty"`
 	FetchPaused  bool    `json:"fetch_paused,omitempty"`
 	ReplayPaused bool    `json:"replay_paused,omitempty"`
 	SyncPaused   bool    `json:"sync_paused,omitempty"`

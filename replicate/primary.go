@@ -33,8 +33,9 @@ type Options struct {
 	// (after flushing the data device); 0 means the default. It is also
 	// persisted on every rotation and on Close.
 	CheckpointInterval time.Duration
-	Logger             *slog.Logger
-	FS                 FS // nil: OSFS
+	// Logger gets the attribute resource=Resource added: pass one without.
+	Logger *slog.Logger
+	FS     FS // nil: OSFS
 	// Sync makes every write durable before it is acknowledged: WriteAt
 	// returns after the group-committed fdatasync of its record (TOML
 	// `sync = true`). Without it (the default) WriteAt returns once the

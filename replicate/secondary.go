@@ -41,7 +41,8 @@ type SecondaryOptions struct {
 	// resource's connect list, or just the primary). It is called on every
 	// (re)connect, so it may change while running. This node must not be
 	// in it.
-	Peers  func() []Peer
+	Peers func() []Peer
+	// Logger gets the attribute resource=Resource added: pass one without.
 	Logger *slog.Logger
 	// RetryInterval is the pause between connection attempts and how often
 	// a more preferred peer is probed while fetching from a fallback; 0
@@ -186,6 +187,10 @@ type Secondary struct {
 	applyMu sync.Mutex
 
 	vf verifier // online verify (verify.go)
+
+	// fetchRate and replayRate count the log bytes fetched and replayed,
+	// for the rates in Status.
+	fetchRate, replayRate rateWindow
 
 	// discardLog asks the fetcher to drop the local log (a sync starts
 	// before its beginning).
@@ -497,6 +502,8 @@ func (s *Secondary) Status() ResourceStatus {
 		rs.LastSync = &ls
 	}
 	rs.LagSeconds = s.lagSeconds()
+	now := time.Now()
+	rs.FetchRate, rs.ReplayRate = s.fetchRate.Rate(now), s.replayRate.Rate(now)
 	rs.Verify = s.vf.report()
 	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr, s.damagedPeersErr()} {
 		if e != "" {

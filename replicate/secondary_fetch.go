@@ -512,6 +512,7 @@ func (s *Secondary) storeFetched(fl *fetchLog, m *wire.SegmentData, more bool) e
 	fl.end = off
 	fl.pending = pos
 	fl.unsynced += int64(len(m.Data))
+	s.fetchRate.Add(int64(len(m.Data)), time.Now())
 	if more && fl.unsynced < maxUnsynced && !fl.sealed {
 		return nil
 	}

@@ -162,11 +162,13 @@ func (s *Secondary) replaySome(rr *replayReader) (int, error) {
 			return n, nil
 		}
 		err = apply(s.data, rec)
+		recBytes := next - pos.Offset
 		pos = Position{Segment: seg.Seq, Offset: next, Seq: rec.Seq}
 		if err == nil {
 			s.mu.Lock()
 			s.replayed = pos
 			s.mu.Unlock()
+			s.replayRate.Add(recBytes, time.Now())
 		}
 		s.applyMu.Unlock()
 		if err != nil {

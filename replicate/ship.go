@@ -294,7 +294,7 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 	s.handshakeOK(remote, log)
 	nc.SetDeadline(time.Time{})
 	c.Max = maxRequestFrame
-	log = log.With("node", peer)
+	log = log.With("peer_node", peer) // "node" is this node, "peer" its address
 	var buf []byte
 	for {
 		m, err := c.Recv()

@@ -255,7 +255,7 @@ func (n *ClusterNode) Primary(ctx context.Context, res string, force bool) (stri
 	return strings.TrimSpace(out), err
 }
 
-// NodeView is the part of `tharsis view --json` the vm-tests read.
+// NodeView is the part of `tharsis view --json --raw` the vm-tests read.
 type NodeView struct {
 	Node      string `json:"node"`
 	Resources []struct {
@@ -301,11 +301,11 @@ type ResView struct {
 	Error      string
 }
 
-// View runs `tharsis view --json` on n.
+// View runs `tharsis view --json --raw` on n.
 func (n *ClusterNode) View(ctx context.Context) (*NodeView, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	out, err := n.Tharsis(ctx, "view", "--json", "--socket", n.Socket)
+	out, err := n.Tharsis(ctx, "view", "--json", "--raw", "--socket", n.Socket)
 	if err != nil {
 		return nil, err
 	}

@@ -600,9 +600,9 @@ func (n *Node) TryVerb(verb string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
-// TryView runs `tharsis view --json` on n.
+// TryView runs `tharsis view --json --raw` (the daemon's own status) on n.
 func (n *Node) TryView() (*View, error) {
-	out, err := n.tharsis(15*time.Second, "view", "--json", "--socket", n.Socket)
+	out, err := n.tharsis(15*time.Second, "view", "--json", "--raw", "--socket", n.Socket)
 	if err != nil {
 		return nil, err
 	}

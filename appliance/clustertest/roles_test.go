@@ -232,7 +232,7 @@ func TestRefusedHandovers(t *testing.T) {
 	gamma.Verb("pause-sync")
 	gamma.Verb("invalidate")
 	WaitFor(t, 20*time.Second, "beta to see gamma's sync", func() (bool, string) {
-		out, err := beta.tharsis(15*time.Second, "view", "--json", "--socket", beta.Socket)
+		out, err := beta.tharsis(15*time.Second, "view", "--json", "--raw", "--socket", beta.Socket)
 		if err != nil {
 			return false, err.Error()
 		}

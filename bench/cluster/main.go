@@ -1,6 +1,6 @@
 // Command cluster is the Go side of bench/cluster.sh: it makes the disk
 // images of the full-sync run and watches the nodes' control sockets (the
-// JSON `tharsis view --json` prints) to time catch-up, sample lag and wait
+// JSON `tharsis view --json --raw` prints) to time catch-up, sample lag and wait
 // for a sync. It prints key=value lines for the script.
 //
 //	cluster disks -size 1GiB -chunk 1MiB -percent 1 -a alpha.img -b beta.img

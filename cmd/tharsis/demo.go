@@ -137,7 +137,7 @@ func init() {
 		var ready sync.WaitGroup
 		errs := make(chan error, len(nodes))
 		for _, n := range nodes {
-			d, err := appliance.New(appliance.Options{Config: cfg, Node: n, Logger: log.With("demo-node", n)})
+			d, err := appliance.New(appliance.Options{Config: cfg, Node: n, Logger: log}) // the daemon adds node=
 			if err != nil {
 				return err
 			}

@@ -79,10 +79,10 @@ func stopDemo(t *testing.T, cmd *exec.Cmd) {
 // demoRepl returns a --replication value of two free loopback ports.
 func demoRepl(t *testing.T) string { return testutil.FreePort(t) + "," + testutil.FreePort(t) }
 
-// viewJSON returns `tharsis view --json` of a node.
+// viewJSON returns `tharsis view --json --raw` (the daemon's status) of a node.
 func viewJSON(t *testing.T, cfg, node string) *appliance.Status {
 	t.Helper()
-	out, err := tharsis("view", "--json", "--config", cfg, "--node", node).Output()
+	out, err := tharsis("view", "--json", "--raw", "--config", cfg, "--node", node).Output()
 	if err != nil {
 		t.Fatalf("tharsis view --json --node %s: %v", node, err)
 	}

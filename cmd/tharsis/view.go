@@ -10,244 +10,265 @@ import (
 	"time"
 
 	"github.com/tharsis/tharsis/appliance"
-	"github.com/tharsis/tharsis/replicate"
 )
 
 func init() {
-	c := &command{name: "view", args: "[RES]", summary: "show this node's resources, roles, exports and log (like mars-status)"}
+	c := &command{name: "view", args: "[RES]", summary: "show every node's copy of the resources: roles, disk states, distance to the primary's log end, WORK/TODO/HINT (like mars-status)"}
 	c.run = func(args []string) error {
 		fs := newFlagSet(c)
 		var nf nodeFlags
 		nf.register(fs)
-		asJSON := fs.Bool("json", false, "print the status as JSON")
+		asJSON := fs.Bool("json", false, "print the view as JSON (schema: docs/view-json.md)")
+		watch := fs.Bool("watch", false, "redraw until interrupted")
+		interval := fs.Duration("interval", 2*time.Second, "time between redraws with --watch")
+		stale := fs.Duration("stale", appliance.DefaultStaleAfter, "mark a peer's status stale beyond this age")
+		raw := fs.Bool("raw", false, "with --json: print the daemon's internal status instead (unversioned, changes without notice; for debugging and tests)")
 		if err := parse(fs, args); err != nil {
 			return err
+		}
+		if fs.NArg() > 1 {
+			return usageError{"view takes at most one resource name"}
 		}
 		cl, err := nf.client()
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		st, err := cl.Status(ctx)
-		if err != nil {
-			return err
-		}
-		if res := fs.Arg(0); res != "" {
-			var keep []appliance.ResourceStatus
-			for _, r := range st.Resources {
-				if r.Name == res {
-					keep = append(keep, r)
+		show := func(ctx context.Context, w io.Writer) error {
+			st, err := fetchStatus(ctx, cl, fs.Arg(0))
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				if *raw {
+					return enc.Encode(st)
 				}
+				return enc.Encode(appliance.NewView(st, *stale))
 			}
-			if len(keep) == 0 {
-				return fmt.Errorf("node %s holds no resource %q", st.Node, res)
+			renderView(w, appliance.NewView(st, *stale))
+			return nil
+		}
+		if !*watch {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return show(ctx, os.Stdout)
+		}
+		ctx, stop := signalContext()
+		defer stop()
+		for {
+			var buf strings.Builder
+			rctx, cancel := context.WithTimeout(ctx, *interval+10*time.Second)
+			err := show(rctx, &buf)
+			cancel()
+			if ctx.Err() != nil {
+				return nil
 			}
-			st.Resources = keep
+			// Clear the screen, then draw (an error is shown, not fatal).
+			fmt.Fprint(os.Stdout, "\033[H\033[2J")
+			if err != nil {
+				fmt.Fprintf(os.Stdout, "%s  %v\n", time.Now().Format("15:04:05"), err)
+			} else {
+				fmt.Fprint(os.Stdout, buf.String())
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(*interval):
+			}
 		}
-		if *asJSON {
-			enc := json.NewEncoder(os.Stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(st)
-		}
-		renderStatus(os.Stdout, st)
-		return nil
 	}
 	register(c)
 }
 
-func renderStatus(w io.Writer, st *appliance.Status) {
-	fmt.Fprintf(w, "node %s, up %s\n", st.Node, time.Since(st.Started).Round(time.Second))
-	if st.SyncRate > 0 || st.FetchRate > 0 {
+// fetchStatus asks the daemon for its status, of resource res only unless
+// res is "".
+func fetchStatus(ctx context.Context, cl *appliance.Client, res string) (*appliance.Status, error) {
+	st, err := cl.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if res != "" {
+		var keep []appliance.ResourceStatus
+		for _, r := range st.Resources {
+			if r.Name == res {
+				keep = append(keep, r)
+			}
+		}
+		if len(keep) == 0 {
+			return nil, fmt.Errorf("node %s holds no resource %q: `tharsis view` lists those it holds", st.Node, res)
+		}
+		st.Resources = keep
+	}
+	return st, nil
+}
+
+// renderView draws the view as text.
+func renderView(w io.Writer, v *appliance.View) {
+	fmt.Fprintf(w, "node %s, up %s, status of %s\n", v.Node, v.TakenAt.Sub(v.StartedAt).Round(time.Second), v.TakenAt.Format("15:04:05"))
+	if v.SyncRateLimit > 0 || v.FetchRateLimit > 0 {
 		rate := func(n int64) string {
 			if n == 0 {
 				return "no limit"
 			}
 			return humanBytes(n) + "/s"
 		}
-		fmt.Fprintf(w, "  rate limits: sync %s, fetch %s\n", rate(st.SyncRate), rate(st.FetchRate))
+		fmt.Fprintf(w, "  rate limits: sync %s, fetch %s\n", rate(v.SyncRateLimit), rate(v.FetchRateLimit))
 	}
-	if len(st.Resources) == 0 {
+	if len(v.Resources) == 0 {
 		fmt.Fprintln(w, "  holds no resources")
 	}
-	for _, r := range st.Resources {
-		repl := "replicated (transaction log)"
-		if !r.Replicated {
-			repl = "not replicated: writes go straight to the disk"
-		}
-		fmt.Fprintf(w, "\nresource %s: %s here, %s\n", r.Name, r.Role, humanBytes(r.Size))
-		fmt.Fprintf(w, "  disk    %s\n  mode    %s\n", r.Disk, repl)
-		for _, e := range r.Exports {
-			var flags []string
-			if e.ReadOnly {
-				flags = append(flags, "read-only")
-			}
-			if e.Kind == "aoe" {
-				if e.WriteCache {
-					flags = append(flags, "write cache ON: writes acknowledged before they are durable")
-				} else {
-					flags = append(flags, "writes acknowledged when durable")
-				}
-			}
-			extra := ""
-			if len(flags) > 0 {
-				extra = " (" + strings.Join(flags, ", ") + ")"
-			}
-			fmt.Fprintf(w, "  export  %-3s %s on %s%s\n", e.Kind, e.Name, e.Where, extra)
-		}
-		if l := r.Log; l != nil {
-			var total int64
-			for _, s := range l.Segments {
-				total += s.Size
-			}
-			fmt.Fprintf(w, "  log     writing %s; %d segments, %s; a restart would replay %s\n", l.Current, len(l.Segments), humanBytes(total), humanBytes(l.PendingReplay))
-			if l.Err != "" {
-				fmt.Fprintf(w, "  ERROR   %s\n", l.Err)
-			}
-		}
-		if r.Replication == nil {
-			continue
-		}
-		// One line per node that holds the resource: this one, then peers.
-		rows := []nodeRow{{st.Node, r.Replication, ""}}
-		for _, p := range st.Peers {
-			if rs, ok := p.Status.Resource(r.Name); ok {
-				rows = append(rows, nodeRow{p.Peer.Name, &rs, p.Err})
-			} else if p.Err != "" {
-				rows = append(rows, nodeRow{p.Peer.Name, nil, p.Err})
-			}
-		}
-		d := r.Replication.Designation
-		if d.Primary != "" {
-			fmt.Fprintf(w, "  primary %s (generation %d, as this node knows it)\n", d.Primary, d.Generation)
-		} else {
-			fmt.Fprintf(w, "  primary NONE (generation %d): run `tharsis primary %s` on the node that should serve\n", d.Generation, r.Name)
-		}
-		if r.ExportError != "" {
-			fmt.Fprintf(w, "  ERROR   export: %s\n", r.ExportError)
-		}
-		fmt.Fprintf(w, "  %-10s %-12s %-24s %-24s %-18s %s\n", "NODE", "ROLE", "LOG END (fetched)", "APPLIED (replayed)", "LAG", "STATE")
-		for _, row := range rows {
-			renderNodeRow(w, row)
-		}
-		renderSplits(w, r.Name, rows)
-		renderResizeHint(w, r.Name, r.Size, rows)
+	for _, name := range v.DeletedResources {
+		fmt.Fprintf(w, "  TODO    resource %s was deleted here but the config still names it: remove it from the config\n", name)
+	}
+	for _, r := range v.Resources {
+		renderResource(w, &r)
 	}
 }
 
-// renderResizeHint says when every node's disk has room to grow the
-// resource.
-func renderResizeHint(w io.Writer, res string, size int64, rows []nodeRow) {
-	smallest := int64(-1)
-	for _, row := range rows {
-		if row.rs == nil || row.rs.DiskCapacity == 0 {
-			return
-		}
-		if smallest < 0 || row.rs.DiskCapacity < smallest {
-			smallest = row.rs.DiskCapacity
-		}
+func renderResource(w io.Writer, r *appliance.ResourceView) {
+	repl := "replicated (transaction log)"
+	if !r.Replicated {
+		repl = "not replicated: writes go straight to the disk"
 	}
-	if smallest-smallest%512 > size {
-		fmt.Fprintf(w, "  HINT    every disk is larger than the resource (the smallest has %s): `tharsis resize %s` on the primary grows it online\n", humanBytes(smallest), res)
-	}
-}
-
-type nodeRow struct {
-	node string
-	rs   *replicate.ResourceStatus
-	err  string
-}
-
-// renderSplits says SPLIT BRAIN for every fork any node reports, once per
-// pair, with where the histories fork and what to do.
-func renderSplits(w io.Writer, res string, rows []nodeRow) {
-	seen := map[string]bool{}
-	for _, row := range rows {
-		if row.rs == nil {
-			continue
+	fmt.Fprintf(w, "\nresource %s: %s here, %s\n", r.Name, r.Role, humanBytes(r.SizeBytes))
+	fmt.Fprintf(w, "  disk    %s\n  mode    %s\n", r.Disk, repl)
+	for _, e := range r.Exports {
+		var flags []string
+		if e.ReadOnly {
+			flags = append(flags, "read-only")
 		}
-		for _, f := range row.rs.Forks {
-			a, b := row.node, f.Peer
-			if a > b {
-				a, b = b, a
+		if e.Kind == "aoe" {
+			if e.WriteCache {
+				flags = append(flags, "write cache ON: writes acknowledged before they are durable")
+			} else {
+				flags = append(flags, "writes acknowledged when durable")
 			}
-			if seen[a+"|"+b] {
-				continue
-			}
-			seen[a+"|"+b] = true
-			fmt.Fprintf(w, "  SPLIT BRAIN between %s and %s: the logs fork at %s.\n", row.node, f.Peer, f.Fork.String())
-			fmt.Fprintf(w, "    %s is not on the current history: run `tharsis invalidate %s` there (discards what it wrote after the fork, then a fast full sync), or `tharsis leave-resource %s` to keep its disk for inspection\n", f.Loser, res, res)
 		}
+		extra := ""
+		if len(flags) > 0 {
+			extra = " (" + strings.Join(flags, ", ") + ")"
+		}
+		fmt.Fprintf(w, "  export  %-3s %s on %s%s\n", e.Kind, e.Name, e.Where, extra)
+	}
+	if l := r.Log; l != nil {
+		fmt.Fprintf(w, "  log     writing %s; %d segment%s, %s; a restart would replay %s\n", l.CurrentSegment, l.Segments, plural(l.Segments), humanBytes(l.Bytes), humanBytes(l.PendingReplayBytes))
+		if l.Error != "" {
+			fmt.Fprintf(w, "  ERROR   %s\n", l.Error)
+		}
+	}
+	if r.ExportError != "" {
+		fmt.Fprintf(w, "  ERROR   export: %s\n", r.ExportError)
+	}
+	if r.Replicated && len(r.Nodes) > 0 {
+		primary := "NONE"
+		if r.DesignatedPrimary != "" {
+			primary = r.DesignatedPrimary
+		}
+		line := fmt.Sprintf("  primary %s (generation %d, as this node knows it)", primary, r.Generation)
+		if r.DesignatedPrimary != "" && !r.PrimaryReachable {
+			line += ", UNREACHABLE"
+		}
+		if e := r.PrimaryLogEnd; e != nil {
+			line += fmt.Sprintf("; log end #%d (seg %d)", e.Seq, e.Segment)
+			if r.PrimaryLogEndAgeSeconds >= 1 {
+				line += " as of " + appliance.AgeText(r.PrimaryLogEndAgeSeconds) + " ago"
+			}
+		}
+		fmt.Fprintln(w, line)
+		fmt.Fprintf(w, "  %-10s %-13s %-13s %-15s %-15s %-30s %s\n", "NODE", "ROLE", "DISK", "REPLICATION", "APPLIED", "BEHIND PRIMARY", "STATUS AND NOTES")
+		for _, n := range r.Nodes {
+			renderNode(w, &n)
+		}
+	}
+	for _, l := range r.Work {
+		fmt.Fprintf(w, "  WORK    %s\n", l)
+	}
+	for _, l := range r.Todo {
+		fmt.Fprintf(w, "  TODO    %s\n", l)
+	}
+	for _, l := range r.Hints {
+		fmt.Fprintf(w, "  HINT    %s\n", l)
 	}
 }
 
-func renderNodeRow(w io.Writer, row nodeRow) {
-	rs := row.rs
-	if rs == nil {
-		fmt.Fprintf(w, "  %-10s %-12s unreachable: %s\n", row.node, "?", row.err)
-		return
+func renderNode(w io.Writer, n *appliance.NodeView) {
+	pos := func(seq, seg uint64) string { return fmt.Sprintf("#%d (seg %d)", seq, seg) }
+	role := n.Role
+	if n.Generation > 0 {
+		role += fmt.Sprintf("/g%d", n.Generation)
 	}
-	pos := func(p replicate.Position) string { return fmt.Sprintf("#%d (seg %d)", p.Seq, p.Segment) }
-	lag := "-"
-	if rs.Role != replicate.RolePrimary {
-		lag = fmt.Sprintf("%s, %.1fs", humanBytes(rs.LagBytes), rs.LagSeconds)
+	applied, behind := "-", "-"
+	if n.Role != "unknown" {
+		applied = pos(n.Applied.Seq, n.Applied.Segment)
+		if n.BehindRecords > 0 {
+			behind = fmt.Sprintf("%s, %d rec, %s", behindBytes(n), n.BehindRecords, appliance.AgeText(n.BehindSeconds))
+		} else if n.DiskState != appliance.DiskSplitBrain {
+			behind = "0 B (caught up)"
+		}
 	}
-	var state []string
+	status := "current"
 	switch {
-	case rs.Diverged:
-		state = append(state, "SPLIT BRAIN: its log forks from the current history")
-	case rs.Consistent:
-		state = append(state, "consistent")
-	default:
-		state = append(state, "INCONSISTENT")
+	case n.Role == "unknown":
+		status = "never heard from it"
+	case !n.ThisNode:
+		status = "as of " + appliance.AgeText(n.StatusAgeSeconds) + " ago"
 	}
-	if rs.Handover != "" {
-		state = append(state, "handover with "+rs.Handover)
+	if n.Stale {
+		status += ", STALE"
 	}
-	if rs.Source != "" {
-		state = append(state, "from "+rs.Source)
+	detail := []string{status}
+	if n.Role != "unknown" && n.LogEnd != n.Applied {
+		detail = append(detail, "fetched "+pos(n.LogEnd.Seq, n.LogEnd.Segment))
+	}
+	if n.UnfetchedBytes > 0 {
+		detail = append(detail, humanBytes(n.UnfetchedBytes)+" not fetched yet")
+	}
+	if n.Source != "" {
+		detail = append(detail, "from "+n.Source)
+	}
+	if n.FetchRate > 0 || n.ReplayRate > 0 {
+		detail = append(detail, fmt.Sprintf("fetch %s/s, replay %s/s", humanBytes(int64(n.FetchRate)), humanBytes(int64(n.ReplayRate))))
 	}
 	for _, sw := range []struct {
 		on   bool
 		name string
-	}{{rs.FetchPaused, "fetch paused"}, {rs.ReplayPaused, "replay paused"}, {rs.SyncPaused, "sync paused"}} {
+	}{{n.FetchPaused, "fetch PAUSED"}, {n.ReplayPaused, "replay PAUSED"}, {n.SyncPaused, "sync PAUSED"}} {
 		if sw.on {
-			state = append(state, sw.name)
+			detail = append(detail, sw.name)
 		}
 	}
-	if row.err != "" {
-		state = append(state, "status stale: "+row.err)
+	if n.Handover != "" {
+		detail = append(detail, "handover with "+n.Handover)
 	}
-	if rs.Err != "" {
-		state = append(state, "error: "+rs.Err)
+	if n.Detached {
+		detail = append(detail, "disk DETACHED")
 	}
-	role := rs.Phase.String()
-	if rs.Designation.Generation > 0 {
-		role += fmt.Sprintf("/g%d", rs.Designation.Generation)
+	if n.StatusError != "" {
+		detail = append(detail, "last poll failed: "+n.StatusError)
 	}
-	fmt.Fprintf(w, "  %-10s %-12s %-24s %-24s %-18s %s\n", row.node, role, pos(rs.End), pos(rs.Applied), lag, strings.Join(state, ", "))
-	if s := rs.Sync; s != nil {
-		fmt.Fprintf(w, "  %-10s sync %-9s %s\n", "", s.State, progress(s))
-	} else if s := rs.LastSync; s != nil {
+	if n.Error != "" {
+		detail = append(detail, "error: "+n.Error)
+	}
+	fmt.Fprintf(w, "  %-10s %-13s %-13s %-15s %-15s %-30s %s\n", n.Node, role, n.DiskState, n.ReplicationState, applied, behind, strings.Join(detail, "; "))
+	if s := n.Sync; s != nil {
+		fmt.Fprintf(w, "  %-10s sync %-11s %s\n", "", s.State, progress(s.Compared, s.Total, s.Transferred, s.Source, s.ETASeconds))
+	} else if s := n.LastSync; s != nil {
 		fmt.Fprintf(w, "  %-10s last sync: compared %s, transferred %s\n", "", humanBytes(s.Compared), humanBytes(s.Transferred))
 	}
-	if v := rs.Verify; v != nil {
+	if v := n.Verify; v != nil {
 		fmt.Fprintf(w, "  %-10s %s\n", "", verifySummary(v))
 	}
-	if em := rs.Emergency; em != nil && em.Active {
-		fmt.Fprintf(w, "  %-10s EMERGENCY since %s: the log filesystem is full, writes go to the disk without the log (%d chunks so far); secondaries stop at #%d. Free space in the log directory (`tharsis log-delete-all`, a larger filesystem): the log resumes by itself; then run `tharsis invalidate` on each secondary\n",
-			"", em.Since.Format("15:04:05"), em.Chunks, em.At.Seq)
-	} else if em != nil && len(em.Marks) > 0 {
-		fmt.Fprintf(w, "  %-10s emergency over (mark at #%d): %d chunks were written without the log; secondaries stopped at the mark need `tharsis invalidate` (copies only those chunks)\n",
-			"", em.Marks[len(em.Marks)-1].Seq, em.Chunks)
+	if em := n.Emergency; em != nil && em.Active {
+		fmt.Fprintf(w, "  %-10s EMERGENCY since %s: writes go to the disk without the log (%d chunk%s so far); secondaries stop at #%d\n", "", em.Since.Format("15:04:05"), em.Chunks, plural(em.Chunks), em.At.Seq)
 	}
-	if p := rs.StoppedAtMark; p != nil {
-		fmt.Fprintf(w, "  %-10s STOPPED at the primary's emergency mark (#%d): consistent but outdated; run `tharsis invalidate` here (copies only the chunks written without the log)\n", "", p.Seq+1)
+	if p := n.StoppedAtMark; p != nil {
+		fmt.Fprintf(w, "  %-10s STOPPED at the primary's emergency mark (#%d): consistent but outdated\n", "", p.Seq+1)
 	}
-	for _, rel := range rs.Released {
+	for _, rel := range n.Released {
 		fmt.Fprintf(w, "  %-10s RELEASED %s: %s; its log is no longer kept here: once deleted, %s needs `tharsis invalidate` there\n", "", rel.Node, rel.Why, rel.Node)
 	}
-	for _, d := range rs.Damage {
+	for _, d := range n.Damage {
 		state := "DAMAGED LOG"
 		switch {
 		case d.Restored:
@@ -255,18 +276,27 @@ func renderNodeRow(w io.Writer, row nodeRow) {
 		case d.Quarantined != "":
 			state = "DAMAGED LOG (moved aside as " + d.Quarantined + ")"
 		}
-		fmt.Fprintf(w, "  %-10s %s: %s at offset %d: %s (found %d×); %s\n", "", state, d.Segment, d.Offset, d.Reason, d.Count, d.Action)
+		fmt.Fprintf(w, "  %-10s %s: %s at offset %d: %s (found %d×)\n", "", state, d.Segment, d.Offset, d.Reason, d.Count)
 	}
 }
 
-// progress draws a sync's progress bar with its ETA.
-func progress(s *replicate.SyncProgress) string {
-	out := fmt.Sprintf("%s, transferred %s", bar(s.Compared, s.Total), humanBytes(s.Transferred))
-	if s.Source != "" {
-		out += " from " + s.Source
+// behindBytes formats a node's distance in bytes, marked as a lower bound
+// when a segment in between is unknown.
+func behindBytes(n *appliance.NodeView) string {
+	if n.BehindExact {
+		return humanBytes(n.BehindBytes)
 	}
-	if s.ETASeconds > 0 {
-		out += fmt.Sprintf(", ETA %s", (time.Duration(s.ETASeconds) * time.Second).String())
+	return "≥" + humanBytes(n.BehindBytes)
+}
+
+// progress draws a sync's progress bar with its ETA.
+func progress(compared, total, transferred int64, source string, eta float64) string {
+	out := fmt.Sprintf("%s, transferred %s", bar(compared, total), humanBytes(transferred))
+	if source != "" {
+		out += " from " + source
+	}
+	if eta > 0 {
+		out += fmt.Sprintf(", ETA %s", (time.Duration(eta) * time.Second).String())
 	}
 	return out
 }
@@ -276,22 +306,11 @@ func bar(done, total int64) string {
 	const width = 30
 	frac := 0.0
 	if total > 0 {
-		frac = float64(done) / float64(total)
+		frac = min(1, float64(done)/float64(total))
 	}
 	n := int(frac * width)
 	return fmt.Sprintf("[%s%s] %5.1f%% of %s", strings.Repeat("#", n), strings.Repeat(".", width-n), 100*frac, humanBytes(total))
 }
 
 // humanBytes formats n with one decimal in binary units.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
-}
+func humanBytes(n int64) string { return appliance.HumanBytes(n) }
