@@ -101,6 +101,8 @@ var (
 	descPeerUp    = newDesc("peer_up", "1 when the last poll of the peer's status succeeded.", "peer")
 	descPeerAge   = newDesc("peer_status_age_seconds", "Age of the peer's status as last received.", "peer")
 	descPeerLagB  = newDesc("peer_lag_bytes", "A peer's lag for the resource as it reported it (see resource_lag_bytes).", "resource", "peer")
+	descBehindB   = newDesc("node_behind_primary_bytes", "How far a node's disk is from the primary's log end (the furthest log end known of the current history), as `tharsis view` shows it; a lower bound when a segment in between is unknown.", "resource", "node")
+	descBehindS   = newDesc("node_behind_primary_seconds", "How long ago a node's disk last held the primary's whole log: an upper bound (its own lag plus the age of its status).", "resource", "node")
 	descPeerLagS  = newDesc("peer_lag_seconds", "A peer's lag for the resource in seconds as it reported it.", "resource", "peer")
 )
 
@@ -125,7 +127,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descReqErrors, descBytes, descLatency, descStart, descRole,
 		descState, descSize, descServing, descSplit, descEmergency, descPaused, descLagBytes, descLagSecs, descUnfetched,
 		descSegments, descLogBytes, descPending, descPosRecord, descPosSeg, descPosOffset, descSyncRun, descSyncDone,
-		descSyncTotal, descSyncSent, descSyncETA, descPeerUp, descPeerAge, descPeerLagB, descPeerLagS} {
+		descSyncTotal, descSyncSent, descSyncETA, descPeerUp, descPeerAge, descPeerLagB, descPeerLagS, descBehindB, descBehindS} {
 		ch <- d
 	}
 }
@@ -146,6 +148,20 @@ func collectStatus(ch chan<- prometheus.Metric, st Status, now time.Time) {
 	gauge(descStart, float64(st.Started.UnixNano())/1e9)
 	for _, rs := range st.Resources {
 		collectResource(gauge, rs)
+	}
+	// Each node's distance to the primary, as view computes it: a node's
+	// own lag says 0 B while it is disconnected.
+	for _, rv := range NewView(&st, 0).Resources {
+		if rv.PrimaryLogEnd == nil {
+			continue
+		}
+		for _, n := range rv.Nodes {
+			if n.Role == DiskUnknown {
+				continue
+			}
+			gauge(descBehindB, float64(n.BehindBytes), rv.Name, n.Node)
+			gauge(descBehindS, n.BehindSeconds, rv.Name, n.Node)
+		}
 	}
 	for _, p := range st.Peers {
 		name := p.Peer.Name

@@ -271,6 +271,7 @@ func TestMetricsOfStates(t *testing.T) {
 		{"tharsis_peer_status_age_seconds", map[string]string{"peer": "beta"}, 3},
 		{"tharsis_peer_lag_bytes", map[string]string{"resource": "b", "peer": "beta"}, 1 << 20},
 		{"tharsis_peer_lag_seconds", map[string]string{"resource": "b", "peer": "beta"}, 2},
+		{"tharsis_node_behind_primary_bytes", map[string]string{"resource": "b", "node": "alpha"}, 0},
 		{"tharsis_node_start_time_seconds", nil, float64(now.Add(-time.Hour).UnixNano()) / 1e9},
 	} {
 		if got, ok := metricValue(byName, tc.name, tc.labels); !ok || got != tc.want {
