@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -116,4 +117,26 @@ func TestConfigEditReloads(t *testing.T) {
 	if err == nil || !strings.Contains(out, "state_dir") || !strings.Contains(out, "restart") {
 		t.Errorf("a change the daemon cannot apply: %v\n%s", err, out)
 	}
+}
+
+// TestSIGHUPReloads: SIGHUP makes the daemon apply its edited config file.
+func TestSIGHUPReloads(t *testing.T) {
+	addr, addr2 := testutil.FreePort(t), testutil.FreePort(t)
+	_, cfg := writeConfig(t, addr, "")
+	cmd := tharsis("run", "--config", cfg, "--node", "alpha")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	testutil.WaitListening(t, addr, 20*time.Second)
+	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("\n[[exports.nbd]]\nresource = \"r0\"\nlisten = \"" + addr2 + "\"\nname = \"two\"\n")
+	f.Close()
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitListening(t, addr2, 10*time.Second)
 }
