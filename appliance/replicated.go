@@ -194,7 +194,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 	r.mu.Unlock()
 	d.ship.AddResource(rc.Name, roleSource{src, r})
 	if !s.Consistent() {
-		log.Warn("this node's copy is not consistent yet: a fast full sync runs (tharsis view shows its progress; `tharsis fake-sync` skips it for freshly zeroed disks)")
+		log.Info("this node's copy is not consistent yet: a fast full sync runs (tharsis view shows its progress; `tharsis fake-sync` skips it for freshly zeroed disks)")
 	}
 	return nil
 }

@@ -53,6 +53,10 @@ func (e Errors) sort() {
 	sort.SliceStable(e, func(i, j int) bool { return e[i].Line < e[j].Line })
 }
 
+// Suggest returns the word of valid closest to word, or "" when none is
+// close enough to be a likely typo (the CLI's "did you mean" for commands).
+func Suggest(word string, valid []string) string { return suggest(word, valid) }
+
 // suggest returns the valid key closest to key, or "" when none is close
 // enough to be a likely typo.
 func suggest(key string, valid []string) string {

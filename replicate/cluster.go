@@ -63,6 +63,10 @@ type PeerState struct {
 	fails   int       // polls failed in a row
 }
 
+// peerStartPolls is how many polls in a row a peer that never answered may
+// fail before that is a WARN.
+const peerStartPolls = 3
+
 // Cluster polls every peer's status and keeps the latest. It keeps one
 // authenticated connection per peer and reconnects as needed.
 type Cluster struct {
@@ -162,13 +166,21 @@ func (c *Cluster) pollOne(ctx context.Context, p Peer) {
 	}
 	ps.Peer = p
 	if err != nil {
-		if ps.Err == "" {
-			c.opts.Logger.Warn("cannot get the status of a peer", "peer", p.String(), "err", err)
+		ps.fails++
+		// A peer that never answered may still be starting (nodes start
+		// in any order): INFO first, WARN once it stays silent.
+		switch never := ps.Updated.IsZero(); {
+		case never && ps.fails == 1:
+			c.opts.Logger.Info("a peer does not answer yet (it may still be starting)", "peer", p.String(), "err", err)
+		case never && ps.fails == peerStartPolls, !never && ps.Err == "":
+			c.opts.Logger.Warn("cannot get the status of a peer", "peer", p.String(), "err", err, "failed_polls", ps.fails)
 		}
 		ps.Err = err.Error()
-		ps.fails++
 	} else {
-		if ps.Err != "" {
+		switch {
+		case ps.Err != "" && ps.Updated.IsZero():
+			c.opts.Logger.Info("a peer answers", "peer", p.String(), "failed_polls", ps.fails)
+		case ps.Err != "":
 			c.opts.Logger.Info("a peer answers again", "peer", p.String(), "failed_polls", ps.fails, "last_err", ps.Err)
 		}
 		ps.fails = 0

@@ -30,12 +30,20 @@ type silentError struct{}
 
 func (silentError) Error() string { return "" }
 
+// Exit codes of every command but `check` (which follows the
+// monitoring-plugins convention); `tharsis help` and the README list them.
+const (
+	exitOK     = 0 // done
+	exitFailed = 1 // the command ran and failed (the error says why)
+	exitUsage  = 2 // a mistake on the command line, or a verb not built yet
+)
+
 func exitCode(err error) int {
 	var u usageError
 	if errors.As(err, &u) {
-		return 2
+		return exitUsage
 	}
-	return 1
+	return exitFailed
 }
 
 type command struct {
@@ -51,23 +59,25 @@ var commands = map[string]*command{}
 func register(c *command) { commands[c.name] = c }
 
 func run(args []string) error {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 || isHelpArg(args[0]) {
 		usage(os.Stdout)
 		return nil
 	}
-	name := args[0]
-	// Two-word commands: "config check".
-	if name == "config" && len(args) > 1 {
-		name, args = "config "+args[1], args[1:]
+	if args[0] == "help" {
+		return help(args[1:])
 	}
+	name, rest := commandName(args)
 	c, ok := commands[name]
 	if !ok {
-		usage(os.Stderr)
-		return usageError{fmt.Sprintf("unknown command %q", args[0])}
+		if isGroup(name) && (len(rest) == 0 || isHelpArg(rest[0])) {
+			groupUsage(os.Stdout, name)
+			return nil
+		}
+		return notFound(name)
 	}
-	err := c.run(args[1:])
+	err := c.run(rest)
 	if errors.Is(err, silentError{}) {
-		os.Exit(1)
+		os.Exit(exitFailed)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -75,19 +85,125 @@ func run(args []string) error {
 	return err
 }
 
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "tharsis — replicated block storage exported over AoE and NBD")
-	fmt.Fprintln(w, "\nusage: tharsis COMMAND [flags] [args]\n\ncommands:")
+// help is `tharsis help [COMMAND]`: the general usage, or one command's
+// (the same text as `tharsis COMMAND --help`).
+func help(args []string) error {
+	if len(args) == 0 {
+		usage(os.Stdout)
+		return nil
+	}
+	name, rest := commandName(args)
+	if len(rest) > 0 {
+		return usageError{fmt.Sprintf("help takes one command, not %q", strings.Join(args, " "))}
+	}
+	if c, ok := commands[name]; ok {
+		// Every command parses its flags first: --help prints its usage
+		// and returns flag.ErrHelp before anything runs.
+		if err := c.run([]string{"--help"}); err != nil && !errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return nil
+	}
+	if isGroup(name) {
+		groupUsage(os.Stdout, name)
+		return nil
+	}
+	return notFound(name)
+}
+
+func isHelpArg(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
+
+// commandName splits args into a command's name, one word or two for a
+// group such as "config check", and the command's arguments.
+func commandName(args []string) (string, []string) {
+	if len(args) > 1 && isGroup(args[0]) && !strings.HasPrefix(args[1], "-") {
+		return args[0] + " " + args[1], args[2:]
+	}
+	return args[0], args[1:]
+}
+
+// isGroup reports whether name is the first word of two-word commands
+// ("config"), registered or not built yet.
+func isGroup(name string) bool {
+	for n := range commands {
+		if strings.HasPrefix(n, name+" ") {
+			return true
+		}
+	}
+	for n := range notBuilt {
+		if strings.HasPrefix(n, name+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+// notFound is the error for a name that is not a registered command: what
+// tharsis has instead or which area builds it for a marsadm verb, or
+// "unknown command" with the nearest command's name.
+func notFound(name string) error {
+	if msg, ok := notBuiltMessage(name); ok {
+		return usageError{msg}
+	}
+	msg := fmt.Sprintf("unknown command %q", name)
+	if s := config.Suggest(name, sortedNames()); s != "" {
+		msg += fmt.Sprintf(" (did you mean %q?)", s)
+	}
+	group, _, two := strings.Cut(name, " ")
+	if two && isGroup(group) {
+		return usageError{msg + fmt.Sprintf("; run `tharsis %s` for its commands", group)}
+	}
+	return usageError{msg + "; run `tharsis help` for the list"}
+}
+
+func sortedNames() []string {
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	for _, n := range names {
+	return names
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "tharsis — replicated block storage exported over AoE and NBD")
+	fmt.Fprintln(w, "\nusage: tharsis COMMAND [flags] [args]\n\ncommands:")
+	for _, n := range sortedNames() {
 		c := commands[n]
 		fmt.Fprintf(w, "  %-34s %s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
 	}
-	fmt.Fprintln(w, "\nRun `tharsis COMMAND -h` for a command's flags.")
+	fmt.Fprint(w, `
+Flags may come before or after the arguments. `+"`tharsis help COMMAND`"+` (or `+"`tharsis COMMAND --help`"+`)
+shows a command's usage and flags. The other marsadm verbs are known: `+"`tharsis VERB`"+` says which area
+builds it, or what tharsis does instead.
+
+exit codes: 0 done; 1 failed (the error says why); 2 a mistake on the command line, or a verb not built yet.
+`)
+	if _, ok := commands["check"]; ok {
+		fmt.Fprintln(w, "`tharsis check` follows the monitoring-plugins convention instead: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
+	}
+}
+
+// groupUsage lists the commands of a group such as "config".
+func groupUsage(w io.Writer, group string) {
+	fmt.Fprintf(w, "usage: tharsis %s COMMAND [flags] [args]\n\ncommands:\n", group)
+	for _, n := range sortedNames() {
+		if c := commands[n]; strings.HasPrefix(n, group+" ") {
+			fmt.Fprintf(w, "  %-34s %s\n", strings.TrimSpace(c.name+" "+c.args), c.summary)
+		}
+	}
+	var later []string
+	for n := range notBuilt {
+		if _, ok := commands[n]; !ok && strings.HasPrefix(n, group+" ") {
+			later = append(later, n)
+		}
+	}
+	sort.Strings(later)
+	for _, n := range later {
+		msg, _ := notBuiltMessage(n)
+		fmt.Fprintf(w, "  %-34s %s\n", n, msg)
+	}
+	fmt.Fprintf(w, "\nRun `tharsis help %s COMMAND` for a command's usage and flags.\n", group)
 }
 
 // nodeFlags are the flags every node-facing command shares.
@@ -135,25 +251,37 @@ func (n *nodeFlags) client() (*appliance.Client, error) {
 	return &appliance.Client{Socket: cfg.Nodes[node].Control}, nil
 }
 
+// newFlagSet returns the flag set of c. Its usage goes to stdout, and only
+// on -h/--help (see parse); a parse error is returned, not printed.
 func newFlagSet(c *command) *flag.FlagSet {
 	fs := flag.NewFlagSet("tharsis "+c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: tharsis %s [flags] %s\n\n%s\n\nflags:\n", c.name, c.args, c.summary)
-		fs.PrintDefaults()
+		w := fs.Output()
+		fmt.Fprintf(w, "usage: tharsis %s\n\n%s\n", strings.TrimSpace(c.name+" [flags] "+c.args), c.summary)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintln(w, "\nflags (before or after the arguments):")
+			fs.PrintDefaults()
+		}
 	}
 	return fs
 }
 
 // parse parses flags anywhere on the line (`tharsis primary r0 --force`
-// as well as `tharsis primary --force r0`); "--" ends the flags.
+// as well as `tharsis primary --force r0`); "--" ends the flags. On -h or
+// --help it prints the command's usage to stdout and returns flag.ErrHelp.
 func parse(fs *flag.FlagSet, args []string) error {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(os.Stdout)
+				fs.Usage()
 				return err
 			}
-			return usageError{err.Error()}
+			return usageError{fmt.Sprintf("%v; run `%s --help` for its usage", err, fs.Name())}
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
@@ -174,10 +302,15 @@ func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
+// newLogger logs at level to stderr: logfmt lines, or under systemd (stderr
+// is the journal) the same without a time and with a syslog priority.
 func newLogger(level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, usageError{fmt.Sprintf("bad --log-level %q: use debug, info, warn or error", level)}
+	}
+	if toJournal(os.Stderr, os.Getenv("JOURNAL_STREAM")) {
+		return slog.New(newJournalHandler(os.Stderr, l)), nil
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }

@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"text/template"
@@ -81,7 +83,19 @@ func init() {
 				return err
 			}
 			defer os.RemoveAll(root)
-		} else if err := os.MkdirAll(root, 0o700); err != nil {
+			// Traversable, so that a sudo user's shell reaches the scratch
+			// file; what is inside keeps its own modes (0600, 0700).
+			if err := os.Chmod(root, 0o711); err != nil {
+				return err
+			}
+		} else if err := os.MkdirAll(root, 0o711); err != nil {
+			return err
+		}
+		if root, err = filepath.Abs(root); err != nil {
+			return err
+		}
+		scratch, err := demoScratch(root)
+		if err != nil {
 			return err
 		}
 		replA, replB, _ := strings.Cut(*repl, ",")
@@ -111,7 +125,7 @@ func init() {
 		case *noAoE:
 			why = "--no-aoe given"
 		case os.Geteuid() != 0:
-			why = "creating a veth pair and raw sockets need root: run `sudo tharsis demo` to see AoE too"
+			why = "creating a veth pair and raw sockets need root: run `bash scripts/demo.sh` (it uses sudo) to see AoE too"
 		default:
 			if err := makeVeth(demoVethTarget, demoVethClient); err != nil {
 				why = fmt.Sprintf("could not create the demo veth pair: %v", err)
@@ -133,31 +147,43 @@ func init() {
 		}
 		ctx, stop := signalContext()
 		defer stop()
-		// Every node runs in this process; the demo is ready when all are.
-		var ready sync.WaitGroup
+		// Every node runs in this process, the primary first: the
+		// secondary starts once the primary serves (else its first sync
+		// finds the primary not ready yet and logs a WARN). The demo is
+		// ready when all are.
+		var all []error
 		errs := make(chan error, len(nodes))
+		started := 0
 		for _, n := range nodes {
+			if ctx.Err() != nil {
+				break
+			}
 			d, err := appliance.New(appliance.Options{Config: cfg, Node: n, Logger: log}) // the daemon adds node=
 			if err != nil {
-				return err
+				stop()
+				all = append(all, err)
+				break
 			}
-			ready.Add(1)
+			started++
+			ready := make(chan struct{})
 			go func() {
 				var once sync.Once
-				err := d.Run(ctx, func(*appliance.Daemon) { once.Do(ready.Done) })
-				once.Do(ready.Done)
+				err := d.Run(ctx, func(*appliance.Daemon) { once.Do(func() { close(ready) }) })
+				once.Do(func() { close(ready) })
 				if err != nil {
 					stop() // one node failing ends the demo
 				}
 				errs <- err
 			}()
+			<-ready
 		}
-		ready.Wait()
 		if ctx.Err() == nil {
-			printDemoHelp(os.Stdout, *listen, config.FormatSize(sz), cfgPath, aoeIface, why, len(nodes) > 1)
+			printDemoHelp(os.Stdout, demoBanner{
+				listen: *listen, size: config.FormatSize(sz), cfg: cfg, cfgPath: cfgPath, scratch: scratch,
+				nodes: nodes, aoeIface: aoeIface, aoeWhy: why, tharsis: selfCommand(),
+			})
 		}
-		var all []error
-		for range nodes {
+		for range started {
 			all = append(all, <-errs)
 		}
 		return errors.Join(all...)
@@ -179,44 +205,106 @@ func makeVeth(a, b string) error {
 	return nil
 }
 
-func printDemoHelp(w *os.File, listen, size, cfgPath, aoeIface, aoeWhy string, secondary bool) {
-	host, port := listen, "10809"
-	if i := strings.LastIndex(listen, ":"); i >= 0 {
-		host, port = listen[:i], listen[i+1:]
+// demoScratch returns a file in root for the data the banner's commands
+// write: owned by the user who ran sudo, if one did, so that those
+// commands run as printed from their own shell.
+func demoScratch(root string) (string, error) {
+	path := filepath.Join(root, "rand")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		return "", err
+	}
+	uid, errU := strconv.Atoi(os.Getenv("SUDO_UID"))
+	gid, errG := strconv.Atoi(os.Getenv("SUDO_GID"))
+	if os.Geteuid() == 0 && errU == nil && errG == nil {
+		if err := os.Chown(path, uid, gid); err != nil {
+			return "", err
+		}
+	}
+	return path, nil
+}
+
+// selfCommand is how the banner names this binary: its absolute path, or
+// `go run ./cmd/tharsis` when it is go run's temporary build.
+func selfCommand() string {
+	exe, err := os.Executable()
+	if err != nil || strings.Contains(exe, string(filepath.Separator)+"go-build") {
+		return "go run ./cmd/tharsis"
+	}
+	return exe
+}
+
+// asRoot prefixes cmd with sudo unless the demo runs as root without sudo:
+// the demo's control sockets are the demo user's, and the nbd and aoe
+// drivers need root.
+func asRoot(cmd string) string {
+	if os.Geteuid() == 0 && os.Getenv("SUDO_USER") == "" {
+		return cmd
+	}
+	return "sudo " + cmd
+}
+
+// demoBanner is what printDemoHelp tells.
+type demoBanner struct {
+	listen, size     string
+	cfg              *config.Config
+	cfgPath, scratch string
+	nodes            []string // alpha (the primary), then beta if it runs
+	aoeIface, aoeWhy string
+	tharsis          string // how to run this binary
+}
+
+// printDemoHelp prints what runs and where its files are, then commands
+// to try. Every command line is indented by two spaces and runs as
+// printed, from any directory (the README test runs them).
+func printDemoHelp(w io.Writer, b demoBanner) {
+	host, port := b.listen, "10809"
+	if i := strings.LastIndex(b.listen, ":"); i >= 0 {
+		host, port = b.listen[:i], b.listen[i+1:]
 	}
 	uri := "nbd://" + host
 	if port != "10809" {
 		uri += ":" + port
 	}
 	uri += "/demo"
+	ctl := b.tharsis
+	if os.Geteuid() == 0 {
+		ctl = asRoot(b.tharsis)
+	}
+	fmt.Fprintf(w, "\ntharsis demo is running: resource \"demo\" (%s, sparse), primary on node alpha, with its transaction log.\n", b.size)
+	fmt.Fprintf(w, "config: %s\n", b.cfgPath)
+	for i, n := range b.nodes {
+		role := "primary"
+		if i > 0 {
+			role = "secondary"
+		}
+		fmt.Fprintf(w, "node %s (%s): disk %s; state in %s (transaction log in %s)\n",
+			n, role, b.cfg.Resources["demo"].Disks[n], b.cfg.Nodes[n].StateDir, b.cfg.LogDir("demo", n))
+	}
 	fmt.Fprintf(w, `
-tharsis demo is running: resource "demo" (%s, sparse), primary on node alpha, with its transaction log.
-config: %s   (tharsis below is this binary; from the source tree: go run ./cmd/tharsis)
-
 Try it over NBD (from another terminal):
   nbdinfo %s
-  head -c 64M /dev/urandom > /tmp/rand && nbdcopy /tmp/rand %s   # write 64 MiB
-  nbdcopy %s - | head -c 64M | sha256sum; sha256sum /tmp/rand      # read it back
+  head -c 64M /dev/urandom > %s && nbdcopy %s %s   # write 64 MiB
+  nbdcopy %s - | head -c 64M | sha256sum; sha256sum %s      # read it back
   qemu-img info %s
-  sudo nbd-client %s %s -N demo /dev/nbd0    # needs the nbd kernel module
-  tharsis view --config %s --node alpha
-`, size, cfgPath, uri, uri, uri, uri, host, port, cfgPath)
-	if secondary {
+  %s %s %s -N demo /dev/nbd0    # needs the nbd kernel module
+  %s view --config %s --node alpha
+`, uri, b.scratch, b.scratch, uri, uri, b.scratch, uri, asRoot("nbd-client"), host, port, ctl, b.cfgPath)
+	if len(b.nodes) > 1 {
 		fmt.Fprintf(w, `
 Node beta is a secondary: it syncs once, then fetches alpha's log and replays it. Write, then watch
 the write reach it (LOG END and APPLIED of beta catch up with alpha's):
-  tharsis view --config %s --node beta
-  tharsis pause-replay --config %s --node beta demo     # and resume-replay, disconnect, connect
-`, cfgPath, cfgPath)
+  %s view --config %s --node beta
+  %s pause-replay --config %s --node beta demo     # and resume-replay, disconnect, connect
+`, ctl, b.cfgPath, ctl, b.cfgPath)
 	}
-	if aoeIface != "" {
+	if b.aoeIface != "" {
 		fmt.Fprintf(w, `
 Over AoE: target e1.1 on %s (veth pair; its other end is %s):
-  tharsis aoe-stat -i %s
-  sudo modprobe aoe && aoe-discover && aoe-stat   # hosts with the aoe driver, on %s
-`, aoeIface, demoVethClient, demoVethClient, demoVethClient)
+  %s aoe-stat -i %s
+  %s && %s && aoe-stat   # hosts with the aoe driver, on %s
+`, b.aoeIface, demoVethClient, asRoot(b.tharsis), demoVethClient, asRoot("modprobe aoe"), asRoot("aoe-discover"), demoVethClient)
 	} else {
-		fmt.Fprintf(w, "\nAoE export skipped: %s\n", aoeWhy)
+		fmt.Fprintf(w, "\nAoE export skipped: %s\n", b.aoeWhy)
 	}
 	fmt.Fprintln(w, "\nPress Ctrl-C to stop (the demo's files are removed).")
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+
+	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/tharsis/tharsis/appliance"
 	"github.com/tharsis/tharsis/config"
@@ -33,7 +36,19 @@ func init() {
 		ctx, stop := signalContext()
 		defer stop()
 		go reloadOnHUP(ctx, d, log)
-		return d.Run(ctx, nil)
+		// Under systemd (Type=notify): READY=1 once serving, STOPPING=1
+		// as soon as a signal starts the shutdown (sent before exit).
+		stopping := make(chan struct{})
+		context.AfterFunc(ctx, func() {
+			defer close(stopping)
+			sdNotify(log, daemon.SdNotifyStopping+"\nSTATUS=shutting down: draining in-flight requests")
+		})
+		err = d.Run(ctx, func(*appliance.Daemon) {
+			sdNotify(log, daemon.SdNotifyReady+fmt.Sprintf("\nSTATUS=node %s serving; `tharsis view --node %s` shows its resources", node, node))
+		})
+		stop()
+		<-stopping
+		return err
 	}
 	register(c)
 
