@@ -98,14 +98,6 @@ func TestConfigCheck(t *testing.T) {
 	}
 }
 
-func TestUnknownCommand(t *testing.T) {
-	cmd := tharsis("frobnicate")
-	out, _ := cmd.CombinedOutput()
-	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "unknown command") {
-		t.Fatalf("exit %d, output:\n%s", cmd.ProcessState.ExitCode(), out)
-	}
-}
-
 // TestRunServesAndStopsOnSIGTERM runs the daemon as a child process, reads
 // the export with nbdinfo, then checks SIGTERM drains and exits 0.
 func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
