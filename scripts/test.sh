@@ -8,7 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-	exec sudo -E env "PATH=$PATH" bash "$0" "$@"
+	# Root's own Go caches: root-owned files in the user's would break
+	# their later builds.
+	exec sudo -E env -u GOCACHE -u GOMODCACHE -u GOPATH "PATH=$PATH" \
+		"HOME=$(getent passwd root | cut -d: -f6)" bash "$0" "$@"
 fi
 
 packages=(
@@ -18,6 +21,7 @@ packages=(
 	busybox-static cpio e2fsprogs kmod
 	iproute2 util-linux procps
 	prometheus                                       # promtool checks the /metrics text
+	systemd                                          # systemd-analyze verify of the unit
 )
 missing=()
 for p in "${packages[@]}"; do
