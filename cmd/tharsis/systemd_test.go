@@ -213,7 +213,8 @@ func TestJournalHandler(t *testing.T) {
 	for env, want := range map[string]bool{
 		fmt.Sprintf("%d:%d", st.Dev, st.Ino):   true,
 		fmt.Sprintf("%d:%d", st.Dev, st.Ino+1): false, // stderr was redirected
-		"":                                     false, "garbage": false,
+		"":                                     false,
+		"garbage":                              false,
 	} {
 		if got := toJournal(f, env); got != want {
 			t.Errorf("toJournal(JOURNAL_STREAM=%q) = %v, want %v", env, got, want)
