@@ -97,11 +97,19 @@ func help(args []string) error {
 		return usageError{fmt.Sprintf("help takes one command, not %q", strings.Join(args, " "))}
 	}
 	if c, ok := commands[name]; ok {
-		// Every command parses its flags first: --help prints its usage
-		// and returns flag.ErrHelp before anything runs.
-		if err := c.run([]string{"--help"}); err != nil && !errors.Is(err, flag.ErrHelp) {
+		// A command parses its flags first: --help prints its usage and
+		// returns flag.ErrHelp before anything runs.
+		err := c.run([]string{"--help"})
+		if err == nil || errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		// One without flags (create-resource): its summary, and what it
+		// says when run.
+		var u usageError
+		if !errors.As(err, &u) {
 			return err
 		}
+		fmt.Printf("usage: tharsis %s\n\n%s\n\n%s\n", strings.TrimSpace(c.name+" "+c.args), c.summary, u.msg)
 		return nil
 	}
 	if isGroup(name) {

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestParseFlagsAnywhere: flags before, between and after the arguments;
@@ -90,6 +93,17 @@ func TestHelpVerb(t *testing.T) {
 			if code != exitOK || stderr != "" || got != want {
 				t.Errorf("tharsis %s %s: exit %d, stderr %q, stdout differs from help:\n%s", name, h, code, stderr, got)
 			}
+		}
+	}
+	// Every command has a usage, whoever registered it.
+	for _, name := range sortedNames() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, os.Args[0], append([]string{"help"}, strings.Fields(name)...)...)
+		cmd.Env = append(os.Environ(), "THARSIS_TEST_MAIN=1", "EDITOR=false", "VISUAL=false")
+		out, err := cmd.Output()
+		cancel()
+		if err != nil || !strings.HasPrefix(string(out), "usage: tharsis "+name) {
+			t.Errorf("tharsis help %s: %v\n%s", name, err, out)
 		}
 	}
 	// The general help: every command, flags anywhere, the exit codes.
