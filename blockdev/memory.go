@@ -1,6 +1,7 @@
 package blockdev
 
 import (
+	"bytes"
 	"fmt"
 	"sync"
 )
@@ -80,3 +81,38 @@ func (m *Memory) Close() error { return nil }
 // Bytes returns the device's contents. The caller must not write to the
 // device while it uses the slice.
 func (m *Memory) Bytes() []byte { return m.data }
+
+var _ ExtentReporter = (*Memory)(nil)
+
+// memoryExtentGrain is the granularity at which Memory reports zeros.
+const memoryExtentGrain = 4096
+
+// Extents implements ExtentReporter: aligned 4 KiB blocks that hold only
+// zeros are reported Zero (never Hole: memory is always allocated), the
+// rest as data.
+func (m *Memory) Extents(dst []Extent, off, length int64, limit int) ([]Extent, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if err := CheckRange(off, length, int64(len(m.data))); err != nil {
+		return dst, err
+	}
+	end := off + length
+	start := len(dst)
+	for off < end {
+		next := min((off/memoryExtentGrain+1)*memoryExtentGrain, end)
+		zero := isZero(m.data[off:next])
+		if n := len(dst); n > start && dst[n-1].Zero == zero {
+			dst[n-1].Length += next - off
+		} else {
+			if n-start == limit {
+				break
+			}
+			dst = append(dst, Extent{Offset: off, Length: next - off, Zero: zero})
+		}
+		off = next
+	}
+	return dst, nil
+}
+
+// isZero reports whether b (at most len(zeroBuf) bytes) holds only zeros.
+func isZero(b []byte) bool { return bytes.Equal(b, zeroBuf[:len(b)]) }

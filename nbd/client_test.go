@@ -168,15 +168,26 @@ func (k *client) info(opt uint32, name string, infos ...uint16) (final uint32, g
 	k.t.Helper()
 	k.sendOpt(opt, appendInfoRequest(nil, infoRequest{name: name, infos: infos}))
 	got = map[uint16][]byte{}
-	for {
-		typ, data := k.optReply(opt)
-		if typ != repInfo {
-			return typ, got
-		}
-		if len(data) < 2 {
-			k.t.Fatalf("short NBD_REP_INFO % x", data)
-		}
+	final, replies := k.collect(opt, repInfo, 2)
+	for _, data := range replies {
 		got[binary.BigEndian.Uint16(data)] = data[2:]
+	}
+	return final, got
+}
+
+// collect reads the replies of type typ (each at least minLen bytes) to
+// option opt up to the final reply of another type, whose type it returns.
+func (k *client) collect(opt, typ uint32, minLen int) (final uint32, replies [][]byte) {
+	k.t.Helper()
+	for {
+		t, data := k.optReply(opt)
+		if t != typ {
+			return t, replies
+		}
+		if len(data) < minLen {
+			k.t.Fatalf("short reply of type %d to option %d: % x", typ, opt, data)
+		}
+		replies = append(replies, data)
 	}
 }
 
@@ -251,6 +262,8 @@ func (k *client) recv() reply {
 				r.errno = binary.BigEndian.Uint32(p)
 				ml := binary.BigEndian.Uint16(p[4:])
 				r.msg = string(p[6 : 6+ml])
+			case replyTypeBlockStatus:
+				r.data = append(r.data, p...) // context ID and descriptors
 			case replyTypeNone:
 			default:
 				k.t.Fatalf("unexpected chunk type %d", typ)

@@ -48,6 +48,8 @@ const (
 	optInfo            = 6
 	optGo              = 7
 	optStructuredReply = 8
+	optListMetaContext = 9 // not 10 as in early drafts of the extension
+	optSetMetaContext  = 10
 )
 
 // Option reply types.
@@ -55,6 +57,7 @@ const (
 	repAck    = 1
 	repServer = 2
 	repInfo   = 3
+	repMeta   = 4 // NBD_REP_META_CONTEXT
 
 	repErrUnsup    = 1<<31 + 1
 	repErrPolicy   = 1<<31 + 2
@@ -100,15 +103,33 @@ const (
 	cmdFlagFUA    = 1 << 0
 	cmdFlagNoHole = 1 << 1
 	cmdFlagDF     = 1 << 2
+	cmdFlagReqOne = 1 << 3
 )
 
 // Structured reply flags and types.
 const (
-	replyFlagDone       = 1 << 0
-	replyTypeNone       = 0
-	replyTypeOffsetData = 1
-	replyTypeError      = 1<<15 + 1
+	replyFlagDone        = 1 << 0
+	replyTypeNone        = 0
+	replyTypeOffsetData  = 1
+	replyTypeBlockStatus = 5
+	replyTypeError       = 1<<15 + 1
 )
+
+// The one metadata context the server knows: base:allocation, its ID in
+// this server (any nonzero value would do; LIST replies carry 0), and the
+// flags of its block status descriptors.
+const (
+	metaBaseAllocation   = "base:allocation"
+	metaBaseNamespace    = "base:"
+	metaBaseAllocationID = 1
+	stateHole            = 1 << 0
+	stateZero            = 1 << 1
+)
+
+// maxBlockStatusExtents bounds the descriptors of one BLOCK_STATUS reply
+// (and the lseeks it costs); a longer map ends early, which the protocol
+// allows, and the client asks again from where it ended.
+const maxBlockStatusExtents = 2048
 
 // Error values of replies.
 const (
@@ -132,6 +153,8 @@ const (
 	maxErrorMessageLen = 128
 	maxStringLen       = 4096 // the spec's limit on export names and messages
 	maxReplyPrefixLen  = chunkHeaderLen + 6 + maxErrorMessageLen
+	blockStatusLen     = chunkHeaderLen + 4 // the chunk header and the context ID
+	descriptorLen      = 8                  // length, status flags
 )
 
 // errBadMagic is returned by decoders when a header does not start with the
@@ -328,4 +351,104 @@ func appendServerReply(b []byte, name, description string) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(name)))
 	b = append(b, name...)
 	return append(b, description...)
+}
+
+// metaRequest is the data of NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT.
+type metaRequest struct {
+	name    string
+	queries []string
+}
+
+// parseMetaRequest decodes the data of NBD_OPT_LIST_META_CONTEXT or
+// NBD_OPT_SET_META_CONTEXT:
+//
+//	name length (u32) name[length] count (u32) { query length (u32) query[length] } × count
+//
+// It returns errInvalidOption (wrapped with the reason) when a length
+// disagrees with len(data) or a string is longer than the spec allows. It
+// allocates nothing from a count before checking that the data holds it.
+// The returned value does not alias data.
+func parseMetaRequest(data []byte) (metaRequest, error) {
+	var r metaRequest
+	name, rest, err := parseString(data, "export name")
+	if err != nil {
+		return r, err
+	}
+	r.name = name
+	if len(rest) < 4 {
+		return r, fmt.Errorf("%w: no query count after the export name", errInvalidOption)
+	}
+	count := binary.BigEndian.Uint32(rest)
+	rest = rest[4:]
+	if uint64(count)*4 > uint64(len(rest)) {
+		return r, fmt.Errorf("%w: %d queries announced, %d bytes follow", errInvalidOption, count, len(rest))
+	}
+	if count > 0 {
+		r.queries = make([]string, 0, count)
+	}
+	for range count {
+		var q string
+		if q, rest, err = parseString(rest, "query"); err != nil {
+			return r, err
+		}
+		r.queries = append(r.queries, q)
+	}
+	if len(rest) != 0 {
+		return r, fmt.Errorf("%w: %d bytes after the last query", errInvalidOption, len(rest))
+	}
+	return r, nil
+}
+
+// parseString decodes a u32 length and that many bytes of string at the
+// start of b and returns the string and what follows.
+func parseString(b []byte, what string) (string, []byte, error) {
+	if len(b) < 4 {
+		return "", nil, fmt.Errorf("%w: %s length missing", errInvalidOption, what)
+	}
+	n := binary.BigEndian.Uint32(b)
+	b = b[4:]
+	if n > maxStringLen || uint64(n) > uint64(len(b)) {
+		return "", nil, fmt.Errorf("%w: %s length %d does not fit %d bytes of data", errInvalidOption, what, n, len(b))
+	}
+	return string(b[:n]), b[n:], nil
+}
+
+// appendMetaRequest encodes a metaRequest (the inverse of parseMetaRequest).
+func appendMetaRequest(b []byte, r metaRequest) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.name)))
+	b = append(b, r.name...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.queries)))
+	for _, q := range r.queries {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b
+}
+
+// appendMetaContext appends the data of an NBD_REP_META_CONTEXT reply.
+func appendMetaContext(b []byte, id uint32, name string) []byte {
+	b = binary.BigEndian.AppendUint32(b, id)
+	return append(b, name...)
+}
+
+// selectsBaseAllocation reports whether query names base:allocation: by
+// its name, or (list only) by its namespace "base:". Other namespaces, and
+// "base:" in a SET, select nothing.
+func selectsBaseAllocation(query string, list bool) bool {
+	return query == metaBaseAllocation || list && query == metaBaseNamespace
+}
+
+// appendBlockStatusPrefix appends the header of a final
+// NBD_REPLY_TYPE_BLOCK_STATUS chunk of n descriptors and the context ID;
+// the descriptors follow.
+func appendBlockStatusPrefix(b []byte, handle uint64, id uint32, n int) []byte {
+	b = appendChunkHeader(b, replyFlagDone, replyTypeBlockStatus, handle, uint32(4+descriptorLen*n))
+	return binary.BigEndian.AppendUint32(b, id)
+}
+
+// appendDescriptor appends one block status descriptor.
+func appendDescriptor(b []byte, length, flags uint32) []byte {
+	b = binary.BigEndian.AppendUint32(b, length)
+	return binary.BigEndian.AppendUint32(b, flags)
 }

@@ -46,9 +46,14 @@ type conn struct {
 	// Chosen in the handshake.
 	noZeroes   bool
 	structured bool
+	metaSet    bool   // base:allocation selected by NBD_OPT_SET_META_CONTEXT
+	metaExport string // for this export
 	exp        Export
 	size       int64
 	flags      uint16
+	// blockStatus: the chosen export is the one base:allocation was
+	// selected for, so BLOCK_STATUS is answered.
+	blockStatus bool
 
 	// Transmission.
 	budget   *budget
@@ -223,11 +228,16 @@ func (c *conn) readLoop() error {
 				opPool.Put(o)
 				return err
 			}
+		} else if r.typ == cmdBlockStatus {
+			if _, err := c.reserve(o, payloadCost(maxBlockStatusExtents*descriptorLen)); err != nil {
+				opPool.Put(o)
+				return err
+			}
 		} else {
 			c.budget.acquire(0)
 		}
 
-		if errno, msg := check(r, c.size, c.exp.ReadOnly, c.maxPayload); errno != 0 {
+		if errno, msg := check(r, c.size, c.exp.ReadOnly, c.maxPayload, c.blockStatus); errno != 0 {
 			o.errno, o.msg = errno, msg
 			c.replies <- o
 			continue
@@ -337,14 +347,20 @@ func (c *conn) fail(o *op, errno uint32, msg string) {
 	c.replies <- o
 }
 
-// check validates a request against the export before any I/O. It returns
-// the error to answer with, or 0. It is pure.
-func check(r *request, size int64, readOnly bool, maxPayload uint32) (uint32, string) {
+// check validates a request against the export before any I/O; meta says
+// the connection selected base:allocation for it. It returns the error to
+// answer with, or 0. It is pure.
+func check(r *request, size int64, readOnly bool, maxPayload uint32, meta bool) (uint32, string) {
 	var allowed uint16 = cmdFlagFUA
 	switch r.typ {
 	case cmdRead, cmdWrite, cmdTrim:
 	case cmdWriteZeroes:
 		allowed |= cmdFlagNoHole
+	case cmdBlockStatus:
+		if !meta {
+			return errInval, "BLOCK_STATUS needs a metadata context: select base:allocation with NBD_OPT_SET_META_CONTEXT"
+		}
+		allowed |= cmdFlagReqOne
 	case cmdFlush:
 		if r.offset != 0 || r.length != 0 {
 			return errInval, "FLUSH must have offset and length 0"
@@ -358,7 +374,7 @@ func check(r *request, size int64, readOnly bool, maxPayload uint32) (uint32, st
 	if r.typ == cmdFlush {
 		return 0, ""
 	}
-	write := r.typ != cmdRead
+	write := r.typ != cmdRead && r.typ != cmdBlockStatus
 	if write && readOnly {
 		return errPerm, "export is read-only"
 	}
@@ -417,8 +433,10 @@ func (c *conn) perform(o *op) {
 		err = dev.Trim(off, int64(r.length))
 	case cmdWriteZeroes:
 		err = dev.WriteZeroes(off, int64(r.length))
+	case cmdBlockStatus:
+		o.buf, err = blockStatus(dev, off, int64(r.length), r.flags&cmdFlagReqOne != 0)
 	}
-	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdRead && r.typ != cmdFlush {
+	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdRead && r.typ != cmdFlush && r.typ != cmdBlockStatus {
 		err = dev.Flush()
 	}
 	if err != nil {
@@ -426,6 +444,44 @@ func (c *conn) perform(o *op) {
 		c.log.Warn("nbd: device error", "command", r.typ, "offset", r.offset, "length", r.length, "err", err)
 	}
 	c.replies <- o
+}
+
+// extentPool holds the extent lists of BLOCK_STATUS requests.
+var extentPool = sync.Pool{New: func() any {
+	s := make([]blockdev.Extent, 0, maxBlockStatusExtents)
+	return &s
+}}
+
+// blockStatus maps [off, off+length) of dev (a range check already
+// passed) and returns the base:allocation descriptors in a buffer from
+// getBuf: at most maxBlockStatusExtents of them, one with reqOne. They
+// start at off and end at off+length at the latest.
+func blockStatus(dev blockdev.Device, off, length int64, reqOne bool) (*[]byte, error) {
+	limit := maxBlockStatusExtents
+	if reqOne {
+		limit = 1
+	}
+	es := extentPool.Get().(*[]blockdev.Extent)
+	defer extentPool.Put(es)
+	var err error
+	*es, err = blockdev.Extents(dev, (*es)[:0], off, length, limit)
+	if err != nil {
+		return nil, err
+	}
+	buf := getBuf(descriptorLen * len(*es))
+	b := (*buf)[:0]
+	for _, e := range *es {
+		var flags uint32
+		if e.Hole {
+			flags |= stateHole
+		}
+		if e.Zero {
+			flags |= stateZero
+		}
+		b = appendDescriptor(b, uint32(e.Length), flags) // ≤ length, a u32
+	}
+	*buf = b
+	return buf, nil
 }
 
 // errnoOf maps a device error to the NBD error value.
@@ -495,7 +551,7 @@ func (c *conn) writer(done chan<- struct{}) {
 					iov = append(iov, arena[start:len(arena)])
 				}
 				arenaTail = true
-				if o.errno == 0 && o.req.typ == cmdRead {
+				if o.errno == 0 && (o.req.typ == cmdRead || o.req.typ == cmdBlockStatus) {
 					iov = append(iov, *o.buf)
 					arenaTail = false
 				}
@@ -560,8 +616,11 @@ func (c *conn) appendReply(b []byte, o *op) []byte {
 	if o.errno != 0 {
 		return appendErrorChunk(b, r.handle, o.errno, o.msg)
 	}
-	if r.typ == cmdRead {
+	switch r.typ {
+	case cmdRead:
 		return appendReadChunkPrefix(b, r.handle, r.offset, r.length)
+	case cmdBlockStatus:
+		return appendBlockStatusPrefix(b, r.handle, metaBaseAllocationID, len(*o.buf)/descriptorLen)
 	}
 	return appendSimpleReply(b, 0, r.handle)
 }

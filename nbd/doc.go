@@ -22,13 +22,24 @@
 //	request          0x25609513 (u32) flags (u16) type (u16) handle (u64) offset (u64) length (u32)  [+ length bytes for WRITE]
 //	simple reply     0x67446698 (u32) error (u32) handle (u64)                                       [+ data for READ]
 //	structured chunk 0x668e33ef (u32) flags (u16) type (u16) handle (u64) length (u32) payload[length]
+//	block status     payload of a chunk of type 5: context ID (u32) { length (u32) flags (u32: HOLE 1, ZERO 2) } × n
+//
+// LIST_META_CONTEXT (9) and SET_META_CONTEXT (10) carry: export name
+// length (u32) name, query count (u32) { query length (u32) query } × count;
+// each context is answered by NBD_REP_META_CONTEXT: context ID (u32) name.
 //
 // # What the server does
 //
 // It speaks fixed newstyle with NO_ZEROES; answers NBD_OPT_EXPORT_NAME, GO,
-// INFO (with INFO_EXPORT, NAME, DESCRIPTION, BLOCK_SIZE), LIST, ABORT and
-// STRUCTURED_REPLY, and NBD_REP_ERR_UNSUP to everything else. In transmission
-// it serves READ, WRITE (FUA), DISC, FLUSH, TRIM and WRITE_ZEROES; the
+// INFO (with INFO_EXPORT, NAME, DESCRIPTION, BLOCK_SIZE), LIST, ABORT,
+// STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT, and
+// NBD_REP_ERR_UNSUP to everything else. The one metadata context is
+// base:allocation, on every export: LIST matches it by "base:allocation" or
+// "base:" (or no query), SET only by its name and only after
+// STRUCTURED_REPLY; other namespaces are ignored. In transmission it serves
+// READ, WRITE (FUA), DISC, FLUSH, TRIM, WRITE_ZEROES and BLOCK_STATUS (from
+// blockdev.Extents: a device that is no blockdev.ExtentReporter is all
+// data; REQ_ONE gives one extent, otherwise at most 2048); the
 // requests of one connection run concurrently, bounded by a per-connection
 // budget of in-flight bytes, and their replies are batched into one write
 // per burst. Every length a client sends is checked before anything is

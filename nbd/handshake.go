@@ -132,6 +132,9 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		c.structured = true
 		return false, c.optReply(opt, repAck, "")
 
+	case optListMetaContext, optSetMetaContext:
+		return false, c.metaContext(opt, data)
+
 	case optInfo, optGo:
 		req, err := parseInfoRequest(data)
 		if err != nil {
@@ -184,11 +187,56 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 	}
 }
 
-// choose selects e for the transmission phase.
+// choose selects e for the transmission phase. The metadata context set
+// for another export is dropped.
 func (c *conn) choose(e Export) {
 	c.exp = e
 	c.size = e.Device.Size()
 	c.flags = transmissionFlags(e)
+	c.blockStatus = c.metaSet && c.metaExport == e.Name
+}
+
+// metaContext answers NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT. The only context is base:allocation, offered
+// on every export (a device that cannot tell reports all data). LIST works
+// at any time; SET needs structured replies first, as the spec says, and
+// replaces the earlier selection (a failed SET leaves none).
+func (c *conn) metaContext(opt uint32, data []byte) error {
+	list := opt == optListMetaContext
+	if !list {
+		c.metaSet, c.metaExport = false, ""
+		if !c.structured {
+			return c.optReply(opt, repErrInvalid, "NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first")
+		}
+	}
+	req, err := parseMetaRequest(data)
+	if err != nil {
+		return c.optReply(opt, repErrInvalid, err.Error())
+	}
+	e, ok := c.srv.lookup(req.name)
+	if !ok {
+		return c.optReply(opt, repErrUnknown,
+			fmt.Sprintf("no export named %q; list them with nbdinfo --list", req.name))
+	}
+	found := list && len(req.queries) == 0 // an empty LIST asks for all
+	for _, q := range req.queries {
+		found = found || selectsBaseAllocation(q, list)
+	}
+	b := c.scratch[:0]
+	if found {
+		var id uint32 // LIST replies carry 0
+		if !list {
+			id = metaBaseAllocationID
+			c.metaSet, c.metaExport = true, e.Name
+		}
+		b = appendOptionReply(b, opt, repMeta, appendMetaContext(nil, id, metaBaseAllocation))
+	}
+	b = appendOptionReply(b, opt, repAck, nil)
+	c.scratch = b[:0]
+	if _, err := c.nc.Write(b); err != nil {
+		return fmt.Errorf("send metadata contexts: %w", err)
+	}
+	return nil
 }
 
 // optReply sends one option reply; for an error type msg is its text.

@@ -645,11 +645,11 @@ func TestBufPool(t *testing.T) {
 
 func TestCheck(t *testing.T) {
 	r := &request{typ: cmdRead, offset: 0, length: 512}
-	if e, _ := check(r, 1024, false, 4096); e != 0 {
+	if e, _ := check(r, 1024, false, 4096, false); e != 0 {
 		t.Fatalf("valid read rejected: %d", e)
 	}
 	r = &request{typ: cmdWrite, offset: 1024, length: 1}
-	if e, _ := check(r, 1024, false, 4096); e != errNoSpc {
+	if e, _ := check(r, 1024, false, 4096, false); e != errNoSpc {
 		t.Fatalf("write at end: %d", e)
 	}
 }

@@ -291,6 +291,20 @@ func (p *Primary) ReadAt(b []byte, off int64) (int, error) { return p.data.ReadA
 // Size implements blockdev.Device.
 func (p *Primary) Size() int64 { return p.data.Size() }
 
+var _ blockdev.ExtentReporter = (*Primary)(nil)
+
+// Extents implements blockdev.ExtentReporter by asking the data device
+// (all data if it cannot tell). That is exact because the data device holds
+// every acknowledged write: WriteAt, Trim and WriteZeroes return only after
+// their record is applied to it (write applies before finish and return;
+// in emergency mode writeEmergency applies before returning), so a hole
+// seen here is never a range with an acknowledged but unapplied write.
+// A write path that acknowledges before applying must merge its
+// unapplied ranges here (as data) first.
+func (p *Primary) Extents(dst []blockdev.Extent, off, length int64, limit int) ([]blockdev.Extent, error) {
+	return blockdev.Extents(p.data, dst, off, length, limit)
+}
+
 // WriteAt implements blockdev.Device: it returns once the write is in the
 // log and applied to the data device, and with Options.Sync durable in the
 // log (otherwise after the next Flush). A write that cannot be logged for
