@@ -61,6 +61,9 @@ func clientHandshake(c *wire.Conn, node string, secret []byte, addr string) (str
 	}
 	ch, ok := m.(*wire.Challenge)
 	if !ok {
+		if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeAuth {
+			return "", authErr("peer %s refused us: %s", addr, e.Message)
+		}
 		if e, ok := m.(*wire.Error); ok {
 			return "", fmt.Errorf("peer %s refused the connection: %s", addr, e.Message)
 		}
@@ -97,6 +100,9 @@ func serverHandshake(c *wire.Conn, node string, secret []byte, remote string) (s
 		return "", err
 	}
 	hello, ok := m.(*wire.Hello)
+	if e, isErr := m.(*wire.Error); isErr && e.Code == wire.CodeAuth {
+		return "", authErr("peer %s refused us: %s", remote, e.Message)
+	}
 	if !ok {
 		return "", authErr("peer %s opened with %s instead of hello", remote, m.Type())
 	}

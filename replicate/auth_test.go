@@ -19,10 +19,10 @@ func TestWrongSecretRefused(t *testing.T) {
 	a.startPrimary(0)
 	ctx := context.Background()
 	// The right secret works.
-	if _, err := fetchNodeStatus(ctx, "beta", testSecret, a.peer()); err != nil {
+	if _, err := fetchNodeStatus(ctx, "beta", Auth{Secret: testSecret}, a.peer()); err != nil {
 		t.Fatalf("right secret: %v", err)
 	}
-	_, err := fetchNodeStatus(ctx, "beta", []byte("another cluster"), a.peer())
+	_, err := fetchNodeStatus(ctx, "beta", Auth{Secret: []byte("another cluster")}, a.peer())
 	if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "wrong cluster secret?") {
 		t.Fatalf("client error = %v, want ErrAuth saying wrong cluster secret", err)
 	}
@@ -56,7 +56,7 @@ func TestNotATharsisPeer(t *testing.T) {
 			c.Close()
 		}
 	}()
-	_, err = fetchNodeStatus(context.Background(), "beta", testSecret, Peer{Name: "web", Addr: l.Addr().String()})
+	_, err = fetchNodeStatus(context.Background(), "beta", Auth{Secret: testSecret}, Peer{Name: "web", Addr: l.Addr().String()})
 	if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "not a tharsis replication peer") {
 		t.Fatalf("err = %v", err)
 	}

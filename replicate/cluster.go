@@ -15,8 +15,8 @@ import (
 const statusTimeout = 5 * time.Second
 
 // fetchNodeStatus asks peer p for its status over a fresh connection.
-func fetchNodeStatus(ctx context.Context, node string, secret []byte, p Peer) (NodeStatus, error) {
-	pc, err := dialPeer(ctx, node, secret, p)
+func fetchNodeStatus(ctx context.Context, node string, auth Auth, p Peer) (NodeStatus, error) {
+	pc, err := dialPeer(ctx, node, auth, p)
 	if err != nil {
 		return NodeStatus{}, err
 	}
@@ -44,6 +44,7 @@ func (pc *peerConn) status(ctx context.Context) (NodeStatus, error) {
 type ClusterOptions struct {
 	Node   string // this node's name
 	Secret []byte
+	TLS    *TLS // see Auth
 	// Peers returns every other node of the cluster (called on each poll).
 	Peers    func() []Peer
 	Interval time.Duration // between polls; 0 means 2 s
@@ -149,7 +150,7 @@ func (c *Cluster) pollOne(ctx context.Context, p Peer) {
 		}
 	}
 	if pc == nil {
-		pc, err = dialPeer(ctx, c.opts.Node, c.opts.Secret, p)
+		pc, err = dialPeer(ctx, c.opts.Node, Auth{c.opts.Secret, c.opts.TLS}, p)
 		if err == nil {
 			st, err = pc.status(ctx)
 			if err != nil {

@@ -60,7 +60,7 @@ func TestDamagedSegmentFetchedElsewhere(t *testing.T) {
 		t.Errorf("alpha logged the damage %d times, want once", n)
 	}
 	// The segment comes back from gamma's intact copy.
-	path, err := FetchSegment(t.Context(), "alpha", testSecret, c.peer(), "r0", name, a.dir)
+	path, err := FetchSegment(t.Context(), "alpha", Auth{Secret: testSecret}, c.peer(), "r0", name, a.dir)
 	if err != nil {
 		t.Fatal(err)
 	}

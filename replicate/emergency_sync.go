@@ -63,7 +63,7 @@ var errFullSyncInstead = errors.New("a full sync is needed instead")
 // not cover the mark this node stopped at, it turns the sync into a full
 // one.
 func (s *Secondary) emergencySyncFrom(ctx context.Context, p Peer) error {
-	pc, err := dialPeer(ctx, s.opts.Node, s.opts.Secret, p)
+	pc, err := dialPeer(ctx, s.opts.Node, s.opts.auth(), p)
 	if err != nil {
 		return err
 	}

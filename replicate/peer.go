@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -29,8 +30,30 @@ type peerConn struct {
 	peer Peer
 }
 
-// dialPeer connects to p and runs the handshake as node with secret.
-func dialPeer(ctx context.Context, node string, secret []byte, p Peer) (*peerConn, error) {
+// Auth is what a node authenticates itself and its peers with: the cluster
+// secret, TLS, or both. With TLS, every connection runs TLS 1.3 with mutual
+// certificate authentication first and the secret (optional then) is an
+// extra proof inside it; without TLS, the secret is required.
+type Auth struct {
+	Secret []byte // the cluster secret (contents of secret_file), or nil
+	TLS    *TLS   // nil: replication in clear text
+}
+
+// errNoAuth refuses to run replication with neither a secret nor TLS.
+var errNoAuth = errors.New("replication needs a cluster secret (secret_file) or TLS (tls_dir); neither is configured")
+
+func (a Auth) check() error {
+	if len(a.Secret) == 0 && a.TLS == nil {
+		return errNoAuth
+	}
+	return nil
+}
+
+// dialPeer connects to p and authenticates as node.
+func dialPeer(ctx context.Context, node string, auth Auth, p Peer) (*peerConn, error) {
+	if err := auth.check(); err != nil {
+		return nil, err
+	}
 	d := net.Dialer{Timeout: dialTimeout}
 	nc, err := d.DialContext(ctx, "tcp", p.Addr)
 	if err != nil {
@@ -42,11 +65,25 @@ func dialPeer(ctx context.Context, node string, secret []byte, p Peer) (*peerCon
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
 	defer stop()
 	nc.SetDeadline(time.Now().Add(dialTimeout))
+	certNode := ""
+	if auth.TLS != nil {
+		tc, err := auth.TLS.client(ctx, nc, p)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		certNode = CertNode(tc.ConnectionState().PeerCertificates[0])
+		nc = tc
+	}
 	c := wire.NewConn(nc)
-	name, err := clientHandshake(c, node, secret, p.Addr)
+	name, err := clientHandshake(c, node, auth.Secret, p.Addr)
 	if err != nil {
 		nc.Close()
 		return nil, err
+	}
+	if certNode != "" && name != certNode {
+		nc.Close()
+		return nil, authErr("peer %s says it is node %q, but its certificate names node %q", p, name, certNode)
 	}
 	if p.Name != "" && name != p.Name {
 		nc.Close()

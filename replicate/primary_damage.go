@@ -197,11 +197,11 @@ func (p *Primary) unappliedDamage(err error, names []SegmentName) error {
 }
 
 // FetchSegment fetches an intact copy of the sealed segment name of
-// resource from peer p (as node, with the cluster secret) into a file in dir
+// resource from peer p (as node, authenticated with auth) into a file in dir
 // and returns its path, for Primary.Restore. Every record is verified; the
 // copy must end with its segment-end marker.
-func FetchSegment(ctx context.Context, node string, secret []byte, p Peer, resource string, name SegmentName, dir string) (string, error) {
-	pc, err := dialPeer(ctx, node, secret, p)
+func FetchSegment(ctx context.Context, node string, auth Auth, p Peer, resource string, name SegmentName, dir string) (string, error) {
+	pc, err := dialPeer(ctx, node, auth, p)
 	if err != nil {
 		return "", err
 	}

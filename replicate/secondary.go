@@ -37,6 +37,7 @@ type SecondaryOptions struct {
 	Node     string // this node's name
 	Resource string
 	Secret   []byte // the cluster secret (contents of secret_file)
+	TLS      *TLS   // see Auth
 	// Peers returns the nodes to fetch from, most preferred first (the
 	// resource's connect list, or just the primary). It is called on every
 	// (re)connect, so it may change while running. This node must not be
@@ -205,6 +206,8 @@ type Secondary struct {
 // a crash), reads the replay position and the persisted switches. A node
 // that never synced starts out inconsistent and needing a full sync (or
 // FakeSync). The Secondary owns data and closes it in Close.
+func (o *SecondaryOptions) auth() Auth { return Auth{Secret: o.Secret, TLS: o.TLS} }
+
 func OpenSecondary(data blockdev.Device, opts SecondaryOptions) (*Secondary, error) {
 	if opts.Dir == "" || !validNode(opts.Node) {
 		return nil, fmt.Errorf("replicate: need a log directory and a node name of letters, digits, '_', '.', '-' (got dir %q node %q)", opts.Dir, opts.Node)

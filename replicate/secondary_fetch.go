@@ -252,7 +252,7 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 	if !ok {
 		return nil
 	}
-	pc, err := dialPeer(ctx, s.opts.Node, s.opts.Secret, p)
+	pc, err := dialPeer(ctx, s.opts.Node, s.opts.auth(), p)
 	if err != nil {
 		return err
 	}
@@ -355,7 +355,7 @@ func (s *Secondary) probePreferred(ctx context.Context, cancel context.CancelCau
 			if damaged && from.Seq <= d.at.Seq {
 				continue // its copy of what comes next is damaged
 			}
-			st, err := fetchNodeStatus(ctx, s.opts.Node, s.opts.Secret, p)
+			st, err := fetchNodeStatus(ctx, s.opts.Node, s.opts.auth(), p)
 			if err != nil {
 				continue
 			}

@@ -43,6 +43,9 @@ type node struct {
 	done   chan error
 	peers  func() []Peer
 	logBuf *lockedBuffer
+	// tls, if set before listen, is the node's TLS identity (server and
+	// secondary).
+	tls *TLS
 	// beforeRun, if set, is called between OpenSecondary and Run.
 	beforeRun func(*Secondary)
 }
@@ -105,7 +108,7 @@ func (n *node) listen(secret []byte) {
 		n.addr = l.Addr().String() // kept across restarts (peers read it)
 	}
 	n.l = l
-	n.srv = &ShipServer{Node: n.name, Secret: secret, Logger: n.logger()}
+	n.srv = &ShipServer{Node: n.name, Secret: secret, TLS: n.tls, Logger: n.logger()}
 	go n.srv.Serve(l)
 	n.t.Cleanup(func() { n.srv.Shutdown(context.Background()) })
 }
@@ -134,7 +137,7 @@ func (n *node) startSecondary(peers func() []Peer, mod func(*SecondaryOptions)) 
 // startSecondaryOn starts the node's secondary on dev (a view of n.data).
 func (n *node) startSecondaryOn(dev blockdev.Device, peers func() []Peer, mod func(*SecondaryOptions)) {
 	n.peers = peers
-	opts := SecondaryOptions{Dir: n.dir, Node: n.name, Resource: "r0", Secret: testSecret, Peers: peers, Logger: n.logger(),
+	opts := SecondaryOptions{Dir: n.dir, Node: n.name, Resource: "r0", Secret: n.srv.Secret, TLS: n.tls, Peers: peers, Logger: n.logger(),
 		RetryInterval: 50 * time.Millisecond, CheckpointInterval: 50 * time.Millisecond, ChunkSize: 64 << 10}
 	if mod != nil {
 		mod(&opts)

@@ -39,14 +39,20 @@ const (
 // ShipServer serves the replication protocol on a node's replication
 // address: status to every authenticated peer, and for each resource the node
 // holds a log of (as primary or secondary) the log stream (Fetch), chunk
-// checksums and chunks (full sync). Peers must prove knowledge of the cluster
-// secret first (mutual HMAC-SHA256 challenge-response); nothing is encrypted.
+// checksums and chunks (full sync). Peers authenticate first: with TLS set,
+// a TLS 1.3 handshake with certificates from the cluster CA (everything after
+// it is encrypted); with a secret, a mutual HMAC-SHA256 challenge-response
+// proving knowledge of the cluster secret (inside TLS when both are set).
+// Without TLS nothing is encrypted.
 //
 // Set the exported fields before Serve; AddResource and RemoveResource may be
 // called at any time.
 type ShipServer struct {
 	Node   string // this node's name
-	Secret []byte // the cluster secret (contents of secret_file)
+	Secret []byte // the cluster secret (contents of secret_file), or nil with TLS
+	// TLS, if set, makes every connection TLS 1.3 with mutual certificate
+	// authentication (see TLS); the secret is then an extra check.
+	TLS    *TLS
 	Logger *slog.Logger
 	// OnRole, if set, receives the role messages of authenticated peers
 	// (from names the sending node); an error is sent back to the sender.
@@ -268,7 +274,10 @@ func (s *ShipServer) Shutdown(ctx context.Context) error {
 	}
 }
 
+func (s *ShipServer) auth() Auth { return Auth{Secret: s.Secret, TLS: s.TLS} }
+
 func (s *ShipServer) serveConn(nc net.Conn) {
+	raw := nc
 	remote := nc.RemoteAddr().String()
 	log := s.logger().With("peer", remote)
 	defer func() {
@@ -276,17 +285,35 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 			log.Error("replication connection handler panicked", "panic", v, "stack", string(debug.Stack()))
 		}
 		nc.Close()
+		raw.Close()
 		s.mu.Lock()
-		delete(s.conns, nc)
+		delete(s.conns, raw)
 		s.mu.Unlock()
 		s.wg.Done()
 	}()
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	c := wire.NewConn(nc)
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
-	peer, err := serverHandshake(c, s.Node, s.Secret, remote)
+	auth := s.auth()
+	if err := auth.check(); err != nil {
+		s.handshakeFailed(remote, err, log)
+		return
+	}
+	certNode := ""
+	if auth.TLS != nil {
+		tc, name, err := auth.TLS.server(context.Background(), nc, remote)
+		if err != nil {
+			s.handshakeFailed(remote, err, log)
+			return
+		}
+		nc, certNode = tc, name
+	}
+	c := wire.NewConn(nc)
+	peer, err := serverHandshake(c, s.Node, auth.Secret, remote)
+	if err == nil && certNode != "" && peer != certNode {
+		err = authErr("peer %s says it is node %q, but its certificate names node %q", remote, peer, certNode)
+	}
 	if err != nil {
 		s.handshakeFailed(remote, err, log)
 		return

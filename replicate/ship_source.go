@@ -45,8 +45,8 @@ type Refuser interface {
 
 // SendRole delivers a role message to peer p (over a new authenticated
 // connection) and returns once p's daemon took it, or why not.
-func SendRole(ctx context.Context, node string, secret []byte, p Peer, m RoleMessage) error {
-	pc, err := dialPeer(ctx, node, secret, p)
+func SendRole(ctx context.Context, node string, auth Auth, p Peer, m RoleMessage) error {
+	pc, err := dialPeer(ctx, node, auth, p)
 	if err != nil {
 		return err
 	}

@@ -226,7 +226,7 @@ func (s *Secondary) syncFrom(ctx context.Context, p Peer) error {
 // must hold the resource, be consistent and have a data device of this
 // node's size. It returns the connection and p's status of the resource.
 func (s *Secondary) dialSource(ctx context.Context, p Peer) (*peerConn, ResourceStatus, error) {
-	pc, err := dialPeer(ctx, s.opts.Node, s.opts.Secret, p)
+	pc, err := dialPeer(ctx, s.opts.Node, s.opts.auth(), p)
 	if err != nil {
 		return nil, ResourceStatus{}, err
 	}
