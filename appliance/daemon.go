@@ -55,6 +55,7 @@ type Daemon struct {
 
 	ctx     context.Context // lives as long as Run
 	secret  []byte
+	tls     *replicate.TLS        // nil: replication without TLS
 	ship    *replicate.ShipServer // nil when no resource here has peers
 	shipLn  net.Listener
 	cluster *replicate.Cluster

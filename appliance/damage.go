@@ -32,7 +32,7 @@ func (d *Daemon) restoreSegments(r *resource, p *replicate.Primary) {
 			restored := false
 			for _, peer := range d.others(r.config()) {
 				ctx, cancel := context.WithTimeout(d.ctx, 30*time.Second)
-				path, err := replicate.FetchSegment(ctx, d.node.Name, d.secret, d.peer(peer), r.name, name, r.dir)
+				path, err := replicate.FetchSegment(ctx, d.node.Name, d.auth(), d.peer(peer), r.name, name, r.dir)
 				cancel()
 				if err != nil {
 					log.Debug("no intact copy of the damaged segment from this peer", "segment", name.String(), "peer", peer, "err", err)

@@ -34,7 +34,7 @@ import (
 //   - [limits] sync_rate and fetch_rate.
 //
 // What does not (refused, with the reason): this node's own replication,
-// control or state_dir; secret_file; a held resource's disk path, size (use
+// control or state_dir; secret_file; tls_dir; a held resource's disk path, size (use
 // `tharsis resize`), log_dir, replicated, segment_size or sync; the other
 // [limits] (they size listeners and buffers made at start).
 
@@ -218,6 +218,8 @@ func (d *Daemon) refusals(old, cfg *config.Config, changes []config.Change) []st
 		switch c.What {
 		case config.WhatSecret:
 			out = append(out, "secret_file changed: the secret is read at start; restart every node with the new secret")
+		case config.WhatTLS:
+			out = append(out, "tls_dir changed: TLS is set up at start; restart every node (a cluster switches to or from TLS all at once)")
 		case config.WhatNode:
 			if c.Name == me {
 				out = append(out, fmt.Sprintf("node %s (this node): %s cannot change while the daemon runs; restart it", me, strings.Join(c.Fields, ", ")))

@@ -32,7 +32,7 @@ var errNotReplicated = errors.New("the resource is not replicated (replicated = 
 var errNotSecondary = errors.New("this node is the resource's primary: the verb applies to secondaries")
 
 // hasPeers reports whether this node shares a replicated resource with
-// another node, which needs the replication server and the secret.
+// another node, which needs the replication server and the secret or TLS.
 func (d *Daemon) hasPeers() bool {
 	for _, rc := range d.config().Resources {
 		if _, ok := rc.Disks[d.node.Name]; ok && rc.Replicated && len(rc.Disks) > 1 {
@@ -42,29 +42,56 @@ func (d *Daemon) hasPeers() bool {
 	return false
 }
 
-// setupReplication reads the cluster secret and prepares the replication
-// server and the cluster poller when this node has peers.
+// setupReplication reads the cluster secret and the node's TLS certificate
+// (whichever the config has) and prepares the replication server and the
+// cluster poller when this node has peers.
 func (d *Daemon) setupReplication() error {
 	if !d.hasPeers() {
 		return nil
 	}
-	if d.config().SecretFile == "" {
-		return fmt.Errorf("%s has no secret_file, but node %s replicates with other nodes: create a secret (e.g. `head -c 32 /dev/urandom > /etc/tharsis/secret`), copy it to every node and set secret_file", d.config().File, d.node.Name)
+	cfg := d.config()
+	if cfg.SecretFile == "" && cfg.TLSDir == "" {
+		return fmt.Errorf("%s has neither tls_dir nor secret_file, but node %s replicates with other nodes: set tls_dir (encrypted, certificates from `tharsis cert`; see the README) or create a secret (e.g. `head -c 32 /dev/urandom > /etc/tharsis/secret`), copy it to every node and set secret_file", cfg.File, d.node.Name)
 	}
-	secret, err := os.ReadFile(d.config().SecretFile)
-	if err != nil {
-		return fmt.Errorf("read the cluster secret: %w", err)
+	var secret []byte
+	if cfg.SecretFile != "" {
+		var err error
+		if secret, err = os.ReadFile(cfg.SecretFile); err != nil {
+			return fmt.Errorf("read the cluster secret: %w", err)
+		}
+		if len(secret) < 16 {
+			return fmt.Errorf("cluster secret %s holds %d bytes; use at least 16 random bytes", cfg.SecretFile, len(secret))
+		}
 	}
-	if len(secret) < 16 {
-		return fmt.Errorf("cluster secret %s holds %d bytes; use at least 16 random bytes", d.config().SecretFile, len(secret))
+	if cfg.TLSDir != "" {
+		id, err := replicate.LoadTLS(cfg.TLSDir, d.node.Name, d.isNode)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", d.node.Name, err)
+		}
+		d.tls = id
+		left := time.Until(id.Leaf.NotAfter)
+		d.log.Info("replication over mutual TLS 1.3", "tls_dir", cfg.TLSDir, "certificate_expires", id.Leaf.NotAfter.UTC().Format(time.RFC3339), "secret_too", secret != nil)
+		if left < 30*24*time.Hour {
+			d.log.Warn("this node's replication certificate expires soon; make a new one with `tharsis cert create-node --force` and restart", "expires", id.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
 	}
 	d.secret = secret
-	d.ship = &replicate.ShipServer{Node: d.node.Name, Secret: secret, Logger: d.log.With("component", "ship"), OnRole: d.onRole}
+	d.ship = &replicate.ShipServer{Node: d.node.Name, Secret: secret, TLS: d.tls, Logger: d.log.With("component", "ship"), OnRole: d.onRole}
 	d.cluster = replicate.NewCluster(replicate.ClusterOptions{
-		Node: d.node.Name, Secret: secret, Logger: d.log.With("component", "cluster"),
+		Node: d.node.Name, Secret: secret, TLS: d.tls, Logger: d.log.With("component", "cluster"),
 		Peers: d.otherNodes, OnPoll: d.onPoll, Interval: time.Second,
 	})
 	return nil
+}
+
+// auth is how this node authenticates replication connections.
+func (d *Daemon) auth() replicate.Auth { return replicate.Auth{Secret: d.secret, TLS: d.tls} }
+
+// isNode reports whether name is a node of the config in force (a peer's
+// certificate must name one).
+func (d *Daemon) isNode(name string) bool {
+	_, ok := d.config().Nodes[name]
+	return ok
 }
 
 // otherNodes is every other node of the cluster.
@@ -160,7 +187,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 	}
 	log := d.log.With("resource", rc.Name)
 	opts := replicate.SecondaryOptions{
-		Dir: r.dir, Node: d.node.Name, Resource: rc.Name, Secret: d.secret, Logger: d.log, // replicate adds the resource
+		Dir: r.dir, Node: d.node.Name, Resource: rc.Name, Secret: d.secret, TLS: d.tls, Logger: d.log, // replicate adds the resource
 		Peers: func() []replicate.Peer {
 			var out []replicate.Peer
 			for _, n := range r.role.fetchList() {

@@ -469,7 +469,7 @@ func (d *Daemon) sendRole(r *resource, m replicate.RoleMessage) {
 		err = errors.New("no replication configured")
 	} else {
 		ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
-		err = replicate.SendRole(ctx, d.node.Name, d.secret, d.peer(m.To), m)
+		err = replicate.SendRole(ctx, d.node.Name, d.auth(), d.peer(m.To), m)
 		cancel()
 	}
 	if err != nil {

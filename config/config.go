@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -31,11 +32,14 @@ type Config struct {
 	File       string // path it was loaded from (or the name given to Parse)
 	Dir        string // directory relative paths were resolved against
 	SecretFile string // "" when not set
-	Nodes      map[string]*Node
-	Resources  map[string]*Resource
-	AoE        []*AoEExport // in file order
-	NBD        []*NBDExport // in file order
-	Limits     Limits       // the [limits] table, defaults applied
+	// TLSDir, when set, turns on replication over mutual TLS 1.3: it holds
+	// ca.crt and each node's NODE.crt and NODE.key (`tharsis cert`).
+	TLSDir    string
+	Nodes     map[string]*Node
+	Resources map[string]*Resource
+	AoE       []*AoEExport // in file order
+	NBD       []*NBDExport // in file order
+	Limits    Limits       // the [limits] table, defaults applied
 }
 
 // Node is one [nodes.NAME] table.
@@ -102,7 +106,8 @@ type NBDExport struct {
 
 // Load reads and validates the configuration file at path. Relative paths in
 // the file are resolved against the file's directory (made absolute). It
-// returns Errors when the file is not valid, or the read error.
+// returns Errors when the file is not valid (including a tls_dir that is not
+// a directory on this host), or the read error.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -112,7 +117,30 @@ func Load(path string) (*Config, error) {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	return Parse(path, data, dir)
+	c, err := Parse(path, data, dir)
+	if err != nil {
+		return nil, err
+	}
+	if c.TLSDir != "" {
+		if err := checkTLSDir(c.TLSDir); err != nil {
+			return nil, Errors{{File: path, Line: locate(data).line("tls_dir"), Key: "tls_dir", Msg: err.Error()}}
+		}
+	}
+	return c, nil
+}
+
+// checkTLSDir says what is wrong with dir as a tls_dir on this host.
+func checkTLSDir(dir string) error {
+	st, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%s does not exist; make the cluster CA there with `tharsis cert create-ca --dir %s` and each node's certificate with `tharsis cert create-node`, or copy the directory from where they were made", dir, dir)
+	case err != nil:
+		return fmt.Errorf("%w (is it readable by the daemon?)", err)
+	case !st.IsDir():
+		return fmt.Errorf("%s is not a directory; tls_dir names the directory holding ca.crt and the nodes' certificates and keys", dir)
+	}
+	return nil
 }
 
 // NodeNames returns the node names, sorted.
@@ -189,6 +217,12 @@ func (c *Config) Summary() string {
 	fmt.Fprintf(&b, "%s: %s, %s, %s, %s\n", c.File,
 		plural(len(c.Nodes), "node"), plural(len(c.Resources), "resource"),
 		plural(len(c.AoE), "AoE export"), plural(len(c.NBD), "NBD export"))
+	switch {
+	case c.TLSDir != "" && c.SecretFile != "":
+		fmt.Fprintf(&b, "replication: mutual TLS 1.3 (tls_dir %s), and the cluster secret checked inside it\n", c.TLSDir)
+	case c.TLSDir != "":
+		fmt.Fprintf(&b, "replication: mutual TLS 1.3 (tls_dir %s)\n", c.TLSDir)
+	}
 	for _, name := range c.NodeNames() {
 		n := c.Nodes[name]
 		fmt.Fprintf(&b, "node %s: replication %s, state %s, control %s", name, n.Replication, n.StateDir, n.Control)

@@ -32,6 +32,7 @@ func (k ChangeKind) String() string {
 // The things a Change can be about.
 const (
 	WhatSecret   = "secret_file"
+	WhatTLS      = "tls_dir"
 	WhatNode     = "node"
 	WhatResource = "resource"
 	WhatAoE      = "aoe export"
@@ -42,10 +43,10 @@ const (
 // Change is one difference between two configurations.
 type Change struct {
 	Kind ChangeKind
-	What string // WhatSecret, WhatNode, WhatResource, WhatAoE, WhatNBD or WhatLimits
+	What string // WhatSecret, WhatTLS, WhatNode, WhatResource, WhatAoE, WhatNBD or WhatLimits
 	// Name identifies the thing: a node or resource name, an AoE export's
 	// "shelf.slot" (e.g. "1.1"), an NBD export's "listen/name"; "" for
-	// secret_file and limits.
+	// secret_file, tls_dir and limits.
 	Name string
 	// Fields lists the TOML keys whose values differ (Modified only), sorted.
 	Fields []string
@@ -66,7 +67,7 @@ func (c Change) String() string {
 // Diff lists what changed from old to new, for live reload: nodes, resources
 // and exports added, removed or modified (with the keys that changed). AoE
 // exports are matched by shelf.slot, NBD exports by listen address and name.
-// The result is ordered: secret_file, nodes, resources, AoE, NBD exports, each
+// The result is ordered: secret_file, tls_dir, nodes, resources, AoE, NBD exports, each
 // by name, then limits (Modified, with the keys that changed). Either argument may be nil (meaning an empty configuration).
 func Diff(old, new *Config) []Change {
 	if old == nil {
@@ -78,6 +79,9 @@ func Diff(old, new *Config) []Change {
 	var out []Change
 	if old.SecretFile != new.SecretFile {
 		out = append(out, Change{Kind: Modified, What: WhatSecret})
+	}
+	if old.TLSDir != new.TLSDir {
+		out = append(out, Change{Kind: Modified, What: WhatTLS})
 	}
 	out = append(out, diffMap(WhatNode, old.Nodes, new.Nodes, nodeFields)...)
 	out = append(out, diffMap(WhatResource, old.Resources, new.Resources, resourceFields)...)

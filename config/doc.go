@@ -5,7 +5,9 @@
 // Schema (keys marked * are required; relative paths are relative to the
 // directory of the file):
 //
-//	secret_file = PATH             shared cluster secret
+//	secret_file = PATH             shared cluster secret (required for replication unless tls_dir)
+//	tls_dir = PATH                 replication over mutual TLS 1.3: ca.crt, NODE.crt, NODE.key
+//	                               (`tharsis cert`); Load checks that it is a directory
 //	[nodes.NAME]                   one per machine; NAME: [a-z0-9][a-z0-9_-]*, <= 63 chars
 //	  replication* = "HOST:PORT"   address peers connect to (a specific host, port 1-65535)
 //	  state_dir = PATH             default /var/lib/tharsis/NAME

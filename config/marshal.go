@@ -16,6 +16,9 @@ func (c *Config) Marshal() []byte {
 	if c.SecretFile != "" {
 		kv("secret_file", q(c.SecretFile))
 	}
+	if c.TLSDir != "" {
+		kv("tls_dir", q(c.TLSDir))
+	}
 	for _, name := range c.NodeNames() {
 		n := c.Nodes[name]
 		fmt.Fprintf(&b, "\n[nodes.%s]\n", keySeg(name))

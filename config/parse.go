@@ -16,7 +16,7 @@ import (
 
 // The keys valid at each level of the file.
 var (
-	topKeys      = []string{"secret_file", "nodes", "resources", "exports", "limits"}
+	topKeys      = []string{"secret_file", "tls_dir", "nodes", "resources", "exports", "limits"}
 	nodeKeys     = []string{"replication", "state_dir", "control", "metrics_listen"}
 	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
 	exportKeys   = []string{"aoe", "nbd"}
@@ -51,6 +51,7 @@ var keyHome = func() map[string]string {
 // examples shows a correct line for each key, used in error messages.
 var examples = map[string]string{
 	"secret_file":       `secret_file = "/etc/tharsis/secret"`,
+	"tls_dir":           `tls_dir = "/etc/tharsis/tls"`,
 	"nodes":             `[nodes.alpha]`,
 	"resources":         `[resources.data]`,
 	"exports":           `[[exports.nbd]]`,
@@ -476,6 +477,9 @@ func (p *parser) build(raw map[string]any) *Config {
 	p.checkKeys(raw, "", topKeys, "the top level")
 	if s, ok := p.getPath(raw, "", "secret_file"); ok {
 		c.SecretFile = s
+	}
+	if s, ok := p.getPath(raw, "", "tls_dir"); ok {
+		c.TLSDir = s
 	}
 	repl := map[string]hostPort{}
 	if nodes, ok := p.getTable(raw, "", "nodes"); ok {

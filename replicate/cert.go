@@ -87,7 +87,7 @@ func NewCA(name string, now time.Time, validity time.Duration) (ca *CA, certPEM,
 
 // ParseCA reads a CA from its certificate and key in PEM.
 func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
-	cert, err := parseCertPEM(certPEM)
+	cert, err := ParseCertPEM(certPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +161,8 @@ func NewNodeCert(ca *CA, node string, hosts []string, now time.Time, validity ti
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
 }
 
-func parseCertPEM(b []byte) (*x509.Certificate, error) {
+// ParseCertPEM parses the first PEM certificate in b.
+func ParseCertPEM(b []byte) (*x509.Certificate, error) {
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "CERTIFICATE" {
 		return nil, errors.New("no PEM certificate found")
