@@ -98,6 +98,9 @@ type Options struct {
 	// AoE adds an AoE export of r0, target e1.1 on every node's veth
 	// (nodeDev): whichever node is primary serves it (see aoe_test.go).
 	AoE bool
+	// TLS replaces secret_file by tls_dir = "tls": a CA and every node's
+	// certificate are made there with `tharsis cert` (see tls_test.go).
+	TLS bool
 }
 
 // Cluster is a tharsis cluster, one node per network namespace, each joined
@@ -228,13 +231,20 @@ func NewCluster(t testing.TB, opt Options) *Cluster {
 			t.Fatal(err)
 		}
 	}
+	if opt.TLS {
+		c.makeCerts()
+	}
 	return c
 }
 
 // config renders the cluster's TOML with the given secret_file.
 func (c *Cluster) config(secret, primary string, opt Options) []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "secret_file = %q\n", secret)
+	if opt.TLS {
+		b.WriteString("tls_dir = \"tls\"\n")
+	} else {
+		fmt.Fprintf(&b, "secret_file = %q\n", secret)
+	}
 	for _, n := range c.nodes() {
 		fmt.Fprintf(&b, "\n[nodes.%s]\nreplication = \"%s:%d\"\nstate_dir = %q\n", n.Name, n.IP, replPort, n.Name)
 	}
