@@ -10,15 +10,27 @@ import (
 )
 
 // BenchmarkCatchUp measures how fast a secondary that is behind fetches
-// and replays the primary's log over loopback (MB/s of log).
+// and replays the primary's log over loopback (MB/s of log), with the
+// cluster secret or over TLS 1.3.
 func BenchmarkCatchUp(b *testing.B) {
-	b.Run("1MiB-writes", func(b *testing.B) { benchCatchUp(b, 1<<20) })
-	b.Run("4KiB-writes", func(b *testing.B) { benchCatchUp(b, 4<<10) })
+	b.Run("1MiB-writes", func(b *testing.B) { benchCatchUp(b, 1<<20, false) })
+	b.Run("4KiB-writes", func(b *testing.B) { benchCatchUp(b, 4<<10, false) })
+	b.Run("1MiB-writes-TLS", func(b *testing.B) { benchCatchUp(b, 1<<20, true) })
+	b.Run("4KiB-writes-TLS", func(b *testing.B) { benchCatchUp(b, 4<<10, true) })
 }
 
-func benchCatchUp(b *testing.B, wsize int) {
+func benchCatchUp(b *testing.B, wsize int, withTLS bool) {
 	const size = 64 << 20
-	a := newNode(b, "alpha", size)
+	var a *node
+	opts := SecondaryOptions{Node: "beta", Resource: "r0", Secret: testSecret, RetryInterval: 50 * time.Millisecond}
+	if withTLS {
+		ca := newTestCA(b, "alpha", "beta")
+		a = newTLSNode(b, "alpha", size, ca.identity("alpha"))
+		opts.Secret, opts.TLS = nil, ca.identity("beta")
+	} else {
+		a = newNode(b, "alpha", size)
+	}
+	opts.Peers = func() []Peer { return []Peer{a.peer()} }
 	a.startPrimary(16 << 20)
 	buf := make([]byte, wsize)
 	for i := range buf {
@@ -51,8 +63,8 @@ func benchCatchUp(b *testing.B, wsize int) {
 	b.ResetTimer()
 	for i := range b.N {
 		dir := b.TempDir()
-		s, err := OpenSecondary(blockdev.NewMemory(size), SecondaryOptions{Dir: dir, Node: "beta", Resource: "r0", Secret: testSecret,
-			Peers: func() []Peer { return []Peer{a.peer()} }, RetryInterval: 50 * time.Millisecond})
+		opts.Dir = dir
+		s, err := OpenSecondary(blockdev.NewMemory(size), opts)
 		if err != nil {
 			b.Fatal(err)
 		}

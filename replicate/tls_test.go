@@ -22,13 +22,13 @@ import (
 
 // testCA is a cluster CA made for a test, with its files in dir.
 type testCA struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	ca    *CA
 	nodes []string // the nodes of the "config"
 }
 
-func newTestCA(t *testing.T, nodes ...string) *testCA {
+func newTestCA(t testing.TB, nodes ...string) *testCA {
 	t.Helper()
 	ca, certPEM, _, err := NewCA("test cluster CA", time.Now(), CAValidity)
 	if err != nil {
@@ -84,7 +84,7 @@ func (c *testCA) identity(node string) *TLS {
 func (c *testCA) isNode(name string) bool { return slices.Contains(c.nodes, name) }
 
 // newTLSNode is newNode with TLS and no cluster secret.
-func newTLSNode(t *testing.T, name string, size int64, id *TLS) *node {
+func newTLSNode(t testing.TB, name string, size int64, id *TLS) *node {
 	n := &node{t: t, name: name, dir: filepath.Join(t.TempDir(), name), data: blockdev.NewMemory(size), logBuf: &lockedBuffer{}, tls: id}
 	n.listen(nil)
 	t.Cleanup(func() {
