@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -22,37 +21,14 @@ import (
 // tharsis://node/NODE and the CN, and its hosts are DNS/IP SANs.
 
 func init() {
-	register(&command{name: "cert", args: "create-ca|create-node [flags]",
-		summary: "make the cluster CA and node certificates for replication over TLS (tls_dir)",
-		run:     func(args []string) error { return runCert(os.Stdout, args) }})
-}
-
-func certUsage(w io.Writer) {
-	fmt.Fprint(w, `usage:
-  tharsis cert create-ca --dir DIR [--force] [--lifetime D]
-      write DIR/ca.crt and DIR/ca.key (keep ca.key safe; only ca.crt goes to every node)
-  tharsis cert create-node --dir DIR [--config FILE] [--host NAME_OR_IP ...] [--force] [--lifetime D] NODE
-      write DIR/NODE.crt and DIR/NODE.key signed by DIR/ca.key, naming NODE, its
-      replication host (from --config) and every --host
-`)
-}
-
-func runCert(w io.Writer, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		certUsage(w)
-		if len(args) == 0 {
-			return usageError{"cert: name a subcommand: create-ca or create-node"}
-		}
-		return nil
-	}
-	switch args[0] {
-	case "create-ca":
-		return certCreateCA(w, args[1:])
-	case "create-node":
-		return certCreateNode(w, args[1:])
-	}
-	certUsage(os.Stderr)
-	return usageError{fmt.Sprintf("cert: unknown subcommand %q (create-ca or create-node)", args[0])}
+	ca := &command{name: "cert create-ca", args: "--dir DIR",
+		summary: "make the cluster CA for replication over TLS (tls_dir): DIR/ca.crt and DIR/ca.key (ECDSA P-256, key mode 0600)"}
+	ca.run = func(args []string) error { return certCreateCA(os.Stdout, ca, args) }
+	register(ca)
+	node := &command{name: "cert create-node", args: "[--config FILE] [--host H]... NODE",
+		summary: "make NODE's certificate and key signed by DIR/ca.key, naming the node, its replication host (from --config) and every --host"}
+	node.run = func(args []string) error { return certCreateNode(os.Stdout, node, args) }
+	register(node)
 }
 
 // hostList is a repeatable --host flag.
@@ -66,23 +42,6 @@ func (h *hostList) Set(s string) error {
 		}
 	}
 	return nil
-}
-
-// parseInterleaved parses flags that may follow positional arguments
-// (`create-node NODE --host x`) and returns the positional ones.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
 }
 
 // refuseOverwrite returns an error naming the files of paths that exist;
@@ -132,16 +91,15 @@ type certFile struct {
 	mode os.FileMode
 }
 
-func certCreateCA(w io.Writer, args []string) error {
-	fs := flag.NewFlagSet("tharsis cert create-ca", flag.ContinueOnError)
+func certCreateCA(w io.Writer, c *command, args []string) error {
+	fs := newFlagSet(c)
 	dir := fs.String("dir", "", "directory for ca.crt and ca.key (created, mode 0700)")
 	force := fs.Bool("force", false, "replace an existing CA (every node certificate must then be made again)")
 	lifetime := fs.Duration("lifetime", replicate.CAValidity, "validity of the CA certificate")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return usageError{err.Error()}
+	if err := parse(fs, args); err != nil {
+		return err
 	}
-	if *dir == "" || len(pos) > 0 {
+	if *dir == "" || fs.NArg() > 0 {
 		return usageError{"usage: tharsis cert create-ca --dir DIR [--force] [--lifetime D]"}
 	}
 	crt, key := filepath.Join(*dir, replicate.CACertFile), filepath.Join(*dir, replicate.CAKeyFile)
@@ -165,22 +123,21 @@ func certCreateCA(w io.Writer, args []string) error {
 	return nil
 }
 
-func certCreateNode(w io.Writer, args []string) error {
-	fs := flag.NewFlagSet("tharsis cert create-node", flag.ContinueOnError)
+func certCreateNode(w io.Writer, c *command, args []string) error {
+	fs := newFlagSet(c)
 	dir := fs.String("dir", "", "directory holding ca.crt and ca.key; NODE.crt and NODE.key are written there (default: the config's tls_dir)")
 	cfgPath := fs.String("config", "", "cluster config: the node must be in it, and its replication host goes into the certificate")
 	var hosts hostList
 	fs.Var(&hosts, "host", "a host name or IP address the node is reached at (repeatable, or comma-separated)")
 	force := fs.Bool("force", false, "replace the node's existing certificate and key")
 	lifetime := fs.Duration("lifetime", replicate.NodeValidity, "validity of the certificate (at most until the CA expires)")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return usageError{err.Error()}
+	if err := parse(fs, args); err != nil {
+		return err
 	}
-	if len(pos) != 1 {
+	if fs.NArg() != 1 {
 		return usageError{"usage: tharsis cert create-node --dir DIR [--config FILE] [--host NAME_OR_IP ...] [--force] NODE"}
 	}
-	node := pos[0]
+	node := fs.Arg(0)
 	if *cfgPath != "" {
 		cfg, err := config.Load(*cfgPath)
 		if err != nil {

@@ -142,7 +142,7 @@ func TestCertCommands(t *testing.T) {
 	if out, code = run2(t, "cert", "create-node", "--dir", tlsDir, "gamma"); code != 2 || !strings.Contains(out, "--host") {
 		t.Errorf("create-node without a host: exit %d: %s", code, out)
 	}
-	if out, code = run2(t, "cert", "create-nod"); code != 2 || !strings.Contains(out, "unknown subcommand") {
+	if out, code = run2(t, "cert", "create-nod"); code != 2 || !strings.Contains(out, `did you mean "cert create-node"`) {
 		t.Errorf("unknown subcommand: exit %d: %s", code, out)
 	}
 }
