@@ -21,8 +21,9 @@ import (
 // up and down are marsadm's composites: up = attach + connect, down =
 // disconnect + detach.
 
-// setDetached detaches or attaches r's disk. The data path must be closed
-// (or, for a secondary, about to be opened detached).
+// setDetached detaches or attaches r's disk (markDetached records it once
+// the data path follows). The data path must be closed (or, for a
+// secondary, about to be opened detached).
 func (d *Daemon) setDetached(r *resource, detached bool) error {
 	var err error
 	changed := detached != r.disk.Detached()
@@ -37,8 +38,6 @@ func (d *Daemon) setDetached(r *resource, detached bool) error {
 	r.attachErr = ""
 	if err != nil {
 		r.attachErr = err.Error()
-	} else {
-		r.detached = detached
 	}
 	r.mu.Unlock()
 	switch {
@@ -50,6 +49,15 @@ func (d *Daemon) setDetached(r *resource, detached bool) error {
 		d.log.Info("disk attached", "resource", r.name, "disk", r.disk.Name())
 	}
 	return nil
+}
+
+// markDetached records that r's data path now runs detached (or
+// attached): after the disk was detached or attached and, for a replicated
+// resource, the data path reopened (waitAttached waits for it).
+func (r *resource) markDetached(detached bool) {
+	r.mu.Lock()
+	r.detached = detached
+	r.mu.Unlock()
 }
 
 // isDetached reports whether r's disk is detached.
@@ -89,11 +97,13 @@ func (d *Daemon) attachUnreplicated(r *resource, attach bool) (string, error) {
 		if err := d.setDetached(r, true); err != nil {
 			return "", err
 		}
+		r.markDetached(true)
 		return r.name + ": detached; the exports stopped and the disk is closed (`tharsis attach " + r.name + "` serves again)", nil
 	}
 	if err := d.setDetached(r, false); err != nil {
 		return "", err
 	}
+	r.markDetached(false)
 	if err := os.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("clear the detached state: %w", err)
 	}

@@ -273,6 +273,7 @@ func (d *Daemon) openResource(rc *config.Resource) error {
 			disk.Close()
 			return err
 		}
+		r.markDetached(true)
 	}
 	d.mu.Lock()
 	d.resources[rc.Name] = r

@@ -201,7 +201,7 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 		FetchLimiter:      d.rates.fetch,
 		WasPrimary:        wasPrimary,
 		VerifyInterval:    rc.VerifyInterval,
-		Detached:          r.detached,
+		Detached:          r.disk.Detached(),
 	}
 	s, err := replicate.OpenSecondary(keepOpen{r.disk, r.dir}, opts)
 	if err != nil {

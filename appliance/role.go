@@ -381,6 +381,7 @@ func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
 				r.role.retryAt = time.Now().Add(5 * time.Second)
 				return false
 			}
+			r.markDetached(rd.Detached)
 		}
 		if rd.Serve && !r.serving {
 			d.serveExports(r)
@@ -404,6 +405,9 @@ func (d *Daemon) reconcile(r *resource, rd replicate.Ready) bool {
 		ev.Exports = r.role.finalExports()
 	}
 	r.role.peerExports = nil // this node's own state may differ now
+	if err == nil {
+		r.markDetached(rd.Detached)
+	}
 	if err != nil {
 		ev.Err = err.Error()
 		r.role.retryAt = time.Now().Add(5 * time.Second)
