@@ -13,9 +13,9 @@ import (
 
 // startNode runs `tharsis run` on cfg until the test ends (or stop) and
 // waits until addr listens ("": until the control socket answers).
-func startNode(t *testing.T, cfg, addr string) (stop func()) {
+func startNode(t *testing.T, cfg, addr string) (cmd *exec.Cmd, stop func()) {
 	t.Helper()
-	cmd := tharsis("run", "--config", cfg, "--node", "alpha")
+	cmd = tharsis("run", "--config", cfg, "--node", "alpha")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func startNode(t *testing.T, cfg, addr string) (stop func()) {
 	t.Cleanup(stop)
 	if addr != "" {
 		testutil.WaitListening(t, addr, 20*time.Second)
-		return stop
+		return cmd, stop
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for tharsis("view", "--config", cfg, "--node", "alpha").Run() != nil {
@@ -39,7 +39,7 @@ func startNode(t *testing.T, cfg, addr string) (stop func()) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return stop
+	return cmd, stop
 }
 
 // nbdInfo runs nbdinfo on export r0 at addr.
@@ -54,7 +54,7 @@ func nbdInfo(t *testing.T, addr string) (string, error) {
 func TestAttachDetachUnreplicated(t *testing.T) {
 	addr := testutil.FreePort(t)
 	dir, cfg := writeConfig(t, addr, "replicated = false\n")
-	stop := startNode(t, cfg, addr)
+	_, stop := startNode(t, cfg, addr)
 	verb := func(args ...string) (string, error) {
 		out, err := tharsis(append(args, "--config", cfg, "--node", "alpha")...).CombinedOutput()
 		return strings.TrimSpace(string(out)), err

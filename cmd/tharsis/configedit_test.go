@@ -98,12 +98,7 @@ func TestConfigEdit(t *testing.T) {
 func TestConfigEditReloads(t *testing.T) {
 	addr, addr2 := testutil.FreePort(t), testutil.FreePort(t)
 	_, cfg := writeConfig(t, addr, "")
-	cmd := tharsis("run", "--config", cfg, "--node", "alpha")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	testutil.WaitListening(t, addr, 20*time.Second)
+	startNode(t, cfg, addr)
 
 	script, _ := editor(t, `printf '\n[[exports.nbd]]\nresource = "r0"\nlisten = "`+addr2+`"\nname = "two"\n' >> "$1"`)
 	out, err := runEdit(t, script, cfg)
@@ -123,12 +118,7 @@ func TestConfigEditReloads(t *testing.T) {
 func TestSIGHUPReloads(t *testing.T) {
 	addr, addr2 := testutil.FreePort(t), testutil.FreePort(t)
 	_, cfg := writeConfig(t, addr, "")
-	cmd := tharsis("run", "--config", cfg, "--node", "alpha")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	testutil.WaitListening(t, addr, 20*time.Second)
+	cmd, _ := startNode(t, cfg, addr)
 	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
