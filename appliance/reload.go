@@ -80,6 +80,7 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 	me := d.node.Name
 
 	// Withdraw what goes away or changes, under the old config.
+	var restart []*resource // exports stopped for a new service address
 	for _, c := range changes {
 		switch {
 		case c.What == config.WhatNBD && c.Kind != config.Added:
@@ -97,6 +98,7 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 		case c.What == config.WhatResource && c.Kind == config.Modified && slices.ContainsFunc(c.Fields, isServiceField):
 			if r := d.serving(c.Name); r != nil {
 				d.stopExports(r) // they restart below with the new address
+				restart = append(restart, r)
 			}
 		}
 	}
@@ -154,9 +156,8 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 				say("resource %s: this node is no longer its primary: exports stopped", c.Name)
 			}
 		}
-		if slices.ContainsFunc(c.Fields, isServiceField) && r.role != nil && r.role.snapshot().Phase == replicate.PhasePrimary && !r.isDetached() ||
-			slices.ContainsFunc(c.Fields, isServiceField) && r.role == nil && rc.Primary == me && !r.isDetached() {
-			d.serveExports(r)
+		if slices.Contains(restart, r) && (r.role != nil || rc.Primary == me) {
+			d.serveExports(r) // the new primary of an unreplicated one serves above
 		}
 		if c.Kind == config.Modified && len(c.Fields) > 0 {
 			note := ""
