@@ -77,6 +77,9 @@ type Primary struct {
 	closed    bool
 	replayed  int
 
+	idxMu   sync.Mutex
+	indexed []byte // content of the segment index file last written
+
 	inflight sync.WaitGroup
 	ckMu     sync.Mutex
 	kick     chan struct{}
@@ -111,7 +114,10 @@ type pendingRange struct {
 // segment, replays every record after the persisted applied position,
 // flushes data, persists the new position, seals the newest segment and
 // starts a new one. Every retained segment is read and checked (sealed
-// segments are shipped to peers, so damage must surface). Damage in the log returns an error wrapping ErrCorrupt
+// segments are shipped to peers, so damage must surface), except those the
+// segment index (segindex.go) lists as checked before and wholly applied:
+// so start-up time does not grow with retention. Damage in the log returns
+// an error wrapping ErrCorrupt
 // that names the segment, the offset and what to do. The Primary owns data
 // and closes it in Close.
 func OpenPrimary(data blockdev.Device, opts Options) (*Primary, error) {
@@ -179,8 +185,12 @@ func (p *Primary) recover() error {
 	if err != nil {
 		return err
 	}
+	idx, err := readIndex(fsys, dir)
+	if err != nil {
+		p.logger.Warn("reading and checking every log segment: the segment index is unusable", "err", err)
+	}
 	start := time.Now()
-	res, err := replayLog(dir, p.data, from, ReplayOptions{FS: fsys, Resource: p.opts.Resource, Logger: p.logger, CutTornTail: true, VerifyAll: true, SkipDamagedApplied: true})
+	res, err := replayLog(dir, p.data, from, ReplayOptions{FS: fsys, Resource: p.opts.Resource, Logger: p.logger, CutTornTail: true, VerifyAll: true, SkipDamagedApplied: true, index: idx})
 	if err != nil {
 		return p.unappliedDamage(err, names)
 	}
@@ -189,6 +199,7 @@ func (p *Primary) recover() error {
 		p.logger.Info("transaction log replayed", "records", res.n, "bytes", res.bytes, "from", from.String(), "to", res.last.String(),
 			"torn_bytes_cut", res.cut, "took", time.Since(start).Round(time.Millisecond))
 	}
+	p.logger.Debug("transaction log opened", "segments", len(res.segs), "trusted_from_index", res.trusted, "took", time.Since(start).Round(time.Millisecond))
 	if err := p.data.Flush(); err != nil {
 		return fmt.Errorf("flush data device after replay: %w", err)
 	}
@@ -243,8 +254,10 @@ func (p *Primary) recover() error {
 	p.w = startWriter(&logWriter{
 		fsys: fsys, dir: dir, node: p.opts.Node, segSize: p.opts.SegmentSize, minFree: p.opts.MinFree,
 		resource: resName(p.opts.Resource), logger: p.logger, onRotate: func(SegmentInfo) { p.kickCheckpoint() },
-		syncEvery: p.opts.Sync,
+		syncEvery: p.opts.Sync, afterRotate: p.writeIndex,
 	}, cur, segs, last.Seq, last)
+	p.indexed = idx.encode()
+	p.writeIndex()
 	return nil
 }
 

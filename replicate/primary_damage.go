@@ -68,6 +68,7 @@ func (p *Primary) quarantineDamaged(damaged []*CorruptError, segs []SegmentInfo)
 // noteDamage is called by the ship server when it finds a damaged record
 // in this log.
 func (p *Primary) noteDamage(cerr *CorruptError) {
+	defer p.writeIndex() // not the damaged segment any more
 	name, ok := segmentOf(cerr)
 	res := resName(p.opts.Resource)
 	w := p.w
@@ -139,6 +140,7 @@ func (p *Primary) Restore(name SegmentName, path string) error {
 		return fmt.Errorf("restore log segment %s: %w", name, err)
 	}
 	p.damage.update(name.String(), func(d *Damage) { d.Restored, d.Action = true, "restored from a peer's intact copy" })
+	p.writeIndex()
 	p.logger.Info("damaged log segment restored from a peer's intact copy", "segment", name.String())
 	return nil
 }

@@ -66,6 +66,9 @@ type ReplayOptions struct {
 	// already (before from): such segments are reported in
 	// replayResult.damaged instead of failing the replay.
 	SkipDamagedApplied bool
+	// index, with VerifyAll, lists sealed segments checked before: those
+	// wholly applied are not read if they still match (trustIndexed).
+	index segIndex
 }
 
 // replayResult is what replayLog found.
@@ -75,6 +78,8 @@ type replayResult struct {
 	last  Position      // end of the last record of the log (from if none)
 	segs  []SegmentInfo // every segment; Records -1 where not scanned
 	cut   int64         // torn bytes cut (or ignored) at the end
+	// trusted counts the segments taken from the index without a scan.
+	trusted int
 	// damaged lists damage in applied records (SkipDamagedApplied).
 	damaged []*CorruptError
 }
@@ -107,6 +112,15 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 	var buf []byte
 	prev := uint64(0)   // last sequence number seen in scanned segments
 	maxSeq := uint64(0) // highest record of the scanned segments
+	found := func(info SegmentInfo) {
+		if info.LastSeq != 0 {
+			maxSeq = max(maxSeq, info.LastSeq)
+			if info.LastSeq > res.last.Seq {
+				res.last = Position{Segment: info.Name.Seq, Offset: info.End, Seq: info.LastSeq}
+			}
+			prev = info.LastSeq
+		}
+	}
 	for i, name := range names {
 		path := filepath.Join(dir, name.String())
 		if name.Seq < from.Segment && !opt.VerifyAll {
@@ -119,6 +133,15 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 			res.segs = append(res.segs, info)
 			continue
 		}
+		newest := i == len(names)-1
+		if e, ok := opt.index[name]; ok && opt.VerifyAll && !newest && whollyApplied(name, e, from) && (prev == 0 || e.FirstSeq == prev+1) {
+			if info, ok := trustIndexed(fsys, path, name, e, &buf); ok {
+				res.trusted++
+				res.segs = append(res.segs, info)
+				found(info)
+				continue
+			}
+		}
 		f, err := fsys.Open(path)
 		if err != nil {
 			return res, fmt.Errorf("open log segment: %w", err)
@@ -128,7 +151,6 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 			f.Close()
 			return res, fmt.Errorf("stat log segment %s: %w", path, err)
 		}
-		newest := i == len(names)-1
 		first := true
 		var durable int64 // the applied position is durable (see "Invariants")
 		if name.Seq == from.Segment {
@@ -173,13 +195,7 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 			f.Close()
 			return res, err
 		}
-		if info.LastSeq != 0 {
-			maxSeq = max(maxSeq, info.LastSeq)
-			if info.LastSeq > res.last.Seq {
-				res.last = Position{Segment: name.Seq, Offset: info.End, Seq: info.LastSeq}
-			}
-			prev = info.LastSeq
-		}
+		found(info)
 		if info.Torn > 0 {
 			res.cut = info.Torn
 			if opt.CutTornTail {

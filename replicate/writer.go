@@ -62,15 +62,18 @@ type entry struct {
 // rotates the segment, at the size threshold and when asked, once every
 // record in flight is written; appenders wait for the rotation.
 type logWriter struct {
-	fsys      FS
-	dir       string
-	node      string
-	segSize   int64
-	minFree   int64
-	resource  string
-	logger    *slog.Logger
-	onRotate  func(sealed SegmentInfo)
-	syncEvery bool // every written record is synced at once (Options.Sync)
+	fsys     FS
+	dir      string
+	node     string
+	segSize  int64
+	minFree  int64
+	resource string
+	logger   *slog.Logger
+	onRotate func(sealed SegmentInfo)
+	// afterRotate, if set, runs after each rotation, once appenders may
+	// go on (in flushLoop, without mu).
+	afterRotate func()
+	syncEvery   bool // every written record is synced at once (Options.Sync)
 
 	mu       sync.Mutex
 	cond     *sync.Cond // flushLoop waits here for rotations, and for the records in flight
@@ -552,6 +555,11 @@ func (w *logWriter) flushLoop() {
 		w.rotating = false
 		close(w.rotDone)
 		w.rotFailed = rotErr != nil && w.written >= w.segSize
+		if rotErr == nil && w.afterRotate != nil {
+			w.mu.Unlock()
+			w.afterRotate()
+			w.mu.Lock()
+		}
 	}
 }
 

@@ -347,6 +347,12 @@ func TestCrashCorruptSegment(t *testing.T) {
 	if err := os.WriteFile(sealed, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A start does not read applied segments the segment index lists (rot
+	// there is found when they are shipped); without the index it reads
+	// and checks every one.
+	if err := os.Remove(filepath.Join(c.logDir, "segments.json")); err != nil {
+		t.Fatal(err)
+	}
 	c.start()
 	if err := c.check(m, at, at); err != nil {
 		t.Fatalf("after restart with a damaged applied segment: %v\n%s", err, c.out)
