@@ -142,6 +142,8 @@ func whollyApplied(n SegmentName, e indexEntry, from Position) bool {
 // found damaged) if it changed. A failure is only logged: the next start
 // then reads more.
 func (p *Primary) writeIndex() {
+	p.idxMu.Lock() // before the snapshot: a later one is never overwritten by an older
+	defer p.idxMu.Unlock()
 	w := p.w
 	w.mu.Lock()
 	segs := slices.Clone(w.segs)
@@ -150,8 +152,6 @@ func (p *Primary) writeIndex() {
 	b := indexOf(segs, func(n SegmentName) bool {
 		return slices.ContainsFunc(damaged, func(d Damage) bool { return d.Segment == n.String() && !d.Restored })
 	}).encode()
-	p.idxMu.Lock()
-	defer p.idxMu.Unlock()
 	if bytes.Equal(b, p.indexed) {
 		return
 	}
