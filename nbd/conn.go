@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +22,8 @@ import (
 // conn is one client connection.
 type conn struct {
 	srv        *Server
-	nc         net.Conn
+	nc         net.Conn  // the TCP connection: deadlines and Close
+	w          io.Writer // where the handshake writes: nc, or tc after STARTTLS
 	log        *slog.Logger
 	br         *bufio.Reader
 	maxPayload uint32
@@ -42,6 +44,12 @@ type conn struct {
 
 	scratch []byte // handshake replies
 	optBuf  []byte // handshake option data
+
+	// TLS, fixed when the connection is accepted; tc is set by STARTTLS.
+	tlsConfig      *tls.Config
+	tlsMode        connTLS
+	tc             *tls.Conn
+	clientVerified bool // tc's client presented a certificate that verified
 
 	// Chosen in the handshake.
 	noZeroes   bool
@@ -80,9 +88,13 @@ var opPool = sync.Pool{New: func() any { return new(op) }}
 
 func newConn(s *Server, nc net.Conn, gate *netlimit.Gate, mem *MemoryBudget) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
+	tlsConfig, tlsMode := s.tlsState()
 	return &conn{
 		srv:        s,
 		nc:         nc,
+		w:          nc,
+		tlsConfig:  tlsConfig,
+		tlsMode:    tlsMode,
 		log:        s.logger().With("remote", nc.RemoteAddr().String()),
 		br:         bufio.NewReaderSize(nc, 64<<10),
 		maxPayload: s.maxPayload(),
@@ -114,7 +126,7 @@ func (c *conn) serve() {
 	defer c.srv.trackConn(c, false)
 	defer c.gate.Leave()
 	defer c.cancel()
-	defer c.nc.Close()
+	defer c.close()
 	defer func() {
 		if v := recover(); v != nil {
 			c.log.Error("nbd: connection panicked; closing it", "panic", v, "stack", string(debug.Stack()))
@@ -134,6 +146,16 @@ func (c *conn) serve() {
 	}
 	c.log.Debug("nbd: client connected", "export", c.exp.Name, "structured", c.structured)
 	c.transmit()
+}
+
+// close closes the connection; over TLS it first sends close_notify, as the
+// spec asks (tls.Conn.Close bounds that write), unless sending failed.
+func (c *conn) close() {
+	if c.tc != nil && !c.failed.Load() {
+		c.tc.Close()
+		return
+	}
+	c.nc.Close()
 }
 
 // isClosed reports errors that only say the peer went away.
@@ -523,6 +545,14 @@ func (c *conn) writer(done chan<- struct{}) {
 	arena := make([]byte, 0, maxBatch*maxReplyPrefixLen)
 	iov := make([][]byte, 0, 2*maxBatch)
 	batch := make([]*op, 0, maxBatch)
+	// Over TLS every Write is at least one record and one system call, so
+	// a batch is gathered in a buffer first and sealed in few records.
+	var out io.Writer = c.nc
+	var bw *bufio.Writer
+	if c.tc != nil {
+		bw = bufio.NewWriterSize(c.tc, 256<<10)
+		out = bw
+	}
 	for o := range c.replies {
 		batch = append(batch[:0], o)
 	fill:
@@ -558,7 +588,11 @@ func (c *conn) writer(done chan<- struct{}) {
 			}
 			c.bufs = iov
 			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if _, err := c.bufs.WriteTo(c.nc); err != nil {
+			_, err := c.bufs.WriteTo(out)
+			if err == nil && bw != nil {
+				err = bw.Flush()
+			}
+			if err != nil {
 				c.failed.Store(true)
 				if !isClosed(err) {
 					c.log.Info("nbd: cannot send replies; closing connection", "err", err)

@@ -162,9 +162,27 @@ func FuzzServe(f *testing.F) {
 	list := appendMetaRequest(nil, metaRequest{queries: []string{"base:", "x-other:thing"}})
 	f.Add(byte(0), append(append(handshakePrefix(true)[:4], (&optionHeader{option: optListMetaContext, length: uint32(len(list))}).appendBinary(nil)...), list...))
 
+	// Bits 8 and 16 of mode serve the export with tls = "on" or "require"
+	// (STARTTLS, then whatever the fuzzer sends as a TLS handshake).
+	starttls := binary.BigEndian.AppendUint32(nil, flagCFixedNewstyle)
+	starttls = (&optionHeader{option: optStartTLS}).appendBinary(starttls)
+	f.Add(byte(8), append(starttls, 0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5))
+	f.Add(byte(16), append(starttls, (&optionHeader{option: optStartTLS}).appendBinary(nil)...))
+	f.Add(byte(16), handshakePrefix(true))
+	f.Add(byte(24), append(handshakePrefix(false)[:4], (&optionHeader{option: optExportName, length: 1}).appendBinary(nil)...))
+	pki := newTestPKI(f)
+
 	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
 		srv := &Server{Logger: quietLog, MaxPayload: 64 << 10, MaxInflight: 256 << 10}
-		srv.SetExports([]Export{{Device: blockdev.NewMemory(1 << 20)}})
+		e := Export{Device: blockdev.NewMemory(1 << 20)}
+		if mode&24 != 0 {
+			srv.SetTLSConfig(pki.server)
+			e.TLS = TLSOn
+			if mode&16 != 0 {
+				e.TLS = TLSRequire
+			}
+		}
+		srv.SetExports([]Export{e})
 		l := newPipeListener()
 		go srv.Serve(l)
 

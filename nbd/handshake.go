@@ -31,7 +31,7 @@ func (c *conn) handshake() error {
 	b = binary.BigEndian.AppendUint64(b, magicInit)
 	b = binary.BigEndian.AppendUint64(b, magicOpt)
 	b = binary.BigEndian.AppendUint16(b, flagFixedNewstyle|flagNoZeroes)
-	if _, err := c.nc.Write(b); err != nil {
+	if _, err := c.w.Write(b); err != nil {
 		return fmt.Errorf("send greeting: %w", err)
 	}
 	var hdr [optionHeaderLen]byte
@@ -89,11 +89,20 @@ func (c *conn) optData(n int) []byte {
 // option handles one option. done reports that the transmission phase
 // begins.
 func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
+	if r := c.tlsRefusal(opt); r.typ != 0 {
+		if opt == optExportName {
+			return false, fmt.Errorf("plain client asked for export %q on a TLS-only server (NBD_OPT_EXPORT_NAME cannot be refused politely); it needs a TLS client", data)
+		}
+		return false, c.optReply(opt, r.typ, r.msg)
+	}
 	switch opt {
 	case optExportName:
-		e, ok := c.srv.pick(c, string(data))
+		e, r, ok := c.srv.pick(c, string(data))
 		if !ok {
 			return false, fmt.Errorf("client asked for unknown export %q (NBD_OPT_EXPORT_NAME cannot be refused politely)", data)
+		}
+		if r.typ != 0 {
+			return false, fmt.Errorf("client asked for export %q, refused (NBD_OPT_EXPORT_NAME cannot be refused politely): %s", data, r.msg)
 		}
 		c.choose(e)
 		b := binary.BigEndian.AppendUint64(c.scratch[:0], uint64(c.size))
@@ -101,10 +110,13 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		if !c.noZeroes {
 			b = append(b, make([]byte, 124)...)
 		}
-		if _, err := c.nc.Write(b); err != nil {
+		if _, err := c.w.Write(b); err != nil {
 			return false, fmt.Errorf("send export info: %w", err)
 		}
 		return true, nil
+
+	case optStartTLS:
+		return false, c.startTLS(data)
 
 	case optAbort:
 		c.optReply(opt, repAck, "") // the client may already be gone
@@ -117,12 +129,15 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		b := c.scratch[:0]
 		var d []byte
 		for _, e := range c.srv.exportList() {
+			if !c.listed(e) {
+				continue
+			}
 			d = appendServerReply(d[:0], e.Name, e.Description)
 			b = appendOptionReply(b, opt, repServer, d)
 		}
 		b = appendOptionReply(b, opt, repAck, nil)
 		c.scratch = b[:0]
-		_, err := c.nc.Write(b)
+		_, err := c.w.Write(b)
 		return false, err
 
 	case optStructuredReply:
@@ -141,15 +156,19 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 			return false, c.optReply(opt, repErrInvalid, err.Error())
 		}
 		var e Export
+		var r refusal
 		var ok bool
 		if opt == optGo {
-			e, ok = c.srv.pick(c, req.name)
-		} else {
-			e, ok = c.srv.lookup(req.name)
+			e, r, ok = c.srv.pick(c, req.name)
+		} else if e, ok = c.srv.lookup(req.name); ok {
+			r = c.exportRefusal(e)
 		}
 		if !ok {
 			return false, c.optReply(opt, repErrUnknown,
 				fmt.Sprintf("no export named %q; list them with nbdinfo --list", req.name))
+		}
+		if r.typ != 0 {
+			return false, c.optReply(opt, r.typ, r.msg)
 		}
 		flags := transmissionFlags(e)
 		size := e.Device.Size()
@@ -173,7 +192,7 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		b = appendOptionReply(b, opt, repInfo, d)
 		b = appendOptionReply(b, opt, repAck, nil)
 		c.scratch = b[:0]
-		if _, err := c.nc.Write(b); err != nil {
+		if _, err := c.w.Write(b); err != nil {
 			return false, fmt.Errorf("send export info: %w", err)
 		}
 		if opt == optGo {
@@ -218,6 +237,9 @@ func (c *conn) metaContext(opt uint32, data []byte) error {
 		return c.optReply(opt, repErrUnknown,
 			fmt.Sprintf("no export named %q; list them with nbdinfo --list", req.name))
 	}
+	if r := c.exportRefusal(e); r.typ != 0 {
+		return c.optReply(opt, r.typ, r.msg)
+	}
 	found := list && len(req.queries) == 0 // an empty LIST asks for all
 	for _, q := range req.queries {
 		found = found || selectsBaseAllocation(q, list)
@@ -233,7 +255,7 @@ func (c *conn) metaContext(opt uint32, data []byte) error {
 	}
 	b = appendOptionReply(b, opt, repAck, nil)
 	c.scratch = b[:0]
-	if _, err := c.nc.Write(b); err != nil {
+	if _, err := c.w.Write(b); err != nil {
 		return fmt.Errorf("send metadata contexts: %w", err)
 	}
 	return nil
@@ -250,7 +272,7 @@ func (c *conn) optReply(opt, typ uint32, msg string) error {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(msg)))
 	b = append(b, msg...)
 	c.scratch = b[:0]
-	if _, err := c.nc.Write(b); err != nil {
+	if _, err := c.w.Write(b); err != nil {
 		return fmt.Errorf("send option reply: %w", err)
 	}
 	return nil

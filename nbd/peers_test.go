@@ -40,11 +40,16 @@ func needTools(t *testing.T, tools ...string) {
 // serveTCP serves exports on 127.0.0.1 and returns "host:port".
 func serveTCP(t *testing.T, exports ...Export) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return serveTCPWith(t, newServer(), "127.0.0.1:0", exports...)
+}
+
+// serveTCPWith serves exports with srv on addr and returns "host:port".
+func serveTCPWith(t *testing.T, srv *Server, addr string, exports ...Export) string {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := newServer()
 	srv.SetExports(exports)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()

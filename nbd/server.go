@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -54,6 +55,15 @@ type Export struct {
 	// arrival until its reply is sent. Several exports (or servers) may
 	// share one; the caller reads it.
 	Stats *blockdev.Stats
+	// TLS says whether the export is served over TLS; TLS needs the
+	// Server's TLS config (SetTLSConfig), without which every export is
+	// plain and NBD_OPT_STARTTLS is answered NBD_REP_ERR_UNSUP.
+	TLS TLSMode
+	// VerifyClient serves the export only to TLS clients that presented a
+	// certificate the Server's TLS config verified (ClientAuth
+	// VerifyClientCertIfGiven and ClientCAs); others are answered
+	// NBD_REP_ERR_POLICY. It implies TLSRequire.
+	VerifyClient bool
 }
 
 // Server serves NBD exports. Set the exported fields before Serve; the zero
@@ -94,6 +104,7 @@ type Server struct {
 	IdleTimeout time.Duration
 
 	mu        sync.Mutex
+	tlsConfig *tls.Config
 	gate      *netlimit.Gate // from MaxConns, made by the first Serve
 	mem       *MemoryBudget  // Memory, or the Server's own
 	exports   []Export
@@ -204,6 +215,24 @@ func (s *Server) Withdraw(ctx context.Context, names ...string) error {
 	return nil
 }
 
+// SetTLSConfig sets the TLS configuration of NBD_OPT_STARTTLS: the server's
+// certificate and, to verify client certificates, ClientAuth
+// VerifyClientCertIfGiven with ClientCAs. nil turns TLS off. Connections
+// accepted from now on use it; those already accepted keep what they had.
+func (s *Server) SetTLSConfig(cfg *tls.Config) {
+	s.mu.Lock()
+	s.tlsConfig = cfg
+	s.mu.Unlock()
+}
+
+// tlsState returns the TLS configuration and the TLS mode for a new
+// connection.
+func (s *Server) tlsState() (*tls.Config, connTLS) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tlsConfig, tlsModeOf(s.tlsConfig, s.exports)
+}
+
 // lookup returns the export called name, or the first export for the
 // empty name.
 func (s *Server) lookup(name string) (Export, bool) {
@@ -215,15 +244,20 @@ func (s *Server) lookup(name string) (Export, bool) {
 // pick is lookup for a connection that is about to choose the export: in
 // the same critical section it records the choice in c, so that Withdraw,
 // which holds s.mu too, either removed the export before (and pick fails)
-// or sees c's choice (and ends c).
-func (s *Server) pick(c *conn, name string) (Export, bool) {
+// or sees c's choice (and ends c). An export c may not choose (TLS) is
+// returned with its refusal and not recorded.
+func (s *Server) pick(c *conn, name string) (Export, refusal, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.lookupLocked(name)
-	if ok {
-		c.picked, c.hasPick = e.Name, true
+	if !ok {
+		return e, refusal{}, false
 	}
-	return e, ok
+	if r := c.exportRefusal(e); r.typ != 0 {
+		return e, r, true
+	}
+	c.picked, c.hasPick = e.Name, true
+	return e, refusal{}, true
 }
 
 func (s *Server) lookupLocked(name string) (Export, bool) {

@@ -119,25 +119,8 @@ func NewNodeCert(ca *CA, node string, hosts []string, now time.Time, validity ti
 	if node == "" {
 		return nil, nil, errors.New("no node name")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	notAfter := now.Add(validity)
-	if notAfter.After(ca.Cert.NotAfter) {
-		notAfter = ca.Cert.NotAfter
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:   serial(),
-		Subject:        pkix.Name{CommonName: node, Organization: []string{"tharsis"}},
-		NotBefore:      now.Add(-time.Hour),
-		NotAfter:       notAfter,
-		KeyUsage:       x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:           []*url.URL{NodeURI(node)},
-		SubjectKeyId:   keyID(&key.PublicKey),
-		AuthorityKeyId: ca.Cert.SubjectKeyId,
-	}
+	var ips []net.IP
+	var dns []string
 	seen := map[string]bool{}
 	for _, h := range hosts {
 		if h == "" || seen[h] {
@@ -145,20 +128,81 @@ func NewNodeCert(ca *CA, node string, hosts []string, now time.Time, validity ti
 		}
 		seen[h] = true
 		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			ips = append(ips, ip)
 		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
+			dns = append(dns, h)
 		}
 	}
+	return issue(ca, "node "+node, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: node, Organization: []string{"tharsis"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{NodeURI(node)},
+		IPAddresses: ips,
+		DNSNames:    dns,
+	}, now, validity)
+}
+
+// issue fills in tmpl's serial, validity (from now, at most until the CA
+// expires), key usage and key IDs, makes a new ECDSA P-256 key and signs the
+// certificate with ca. what names the certificate in errors.
+func issue(ca *CA, what string, tmpl *x509.Certificate, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl.SerialNumber = serial()
+	tmpl.NotBefore = now.Add(-time.Hour) // tolerate clocks a little behind
+	tmpl.NotAfter = now.Add(validity)
+	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
+		tmpl.NotAfter = ca.Cert.NotAfter
+	}
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.SubjectKeyId = keyID(&key.PublicKey)
+	tmpl.AuthorityKeyId = ca.Cert.SubjectKeyId
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create the certificate of node %s: %w", node, err)
+		return nil, nil, fmt.Errorf("create the certificate of %s: %w", what, err)
 	}
 	keyPEM, err = marshalKey(key)
 	if err != nil {
 		return nil, nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+}
+
+// clientURIPrefix starts the URI SAN that names an NBD client in its
+// certificate: tharsis://client/NAME. It is not a node's URI, so a client
+// certificate is never taken for a node on a replication link.
+const clientURIPrefix = "tharsis://client/"
+
+// ClientValidity is the validity of the certificates NewClientCert makes.
+const ClientValidity = NodeValidity
+
+// NewClientCert makes the certificate of an NBD client called name, signed
+// by ca, valid from now for validity (at most until the CA expires), for
+// client auth only. The client is named by the URI SAN
+// tharsis://client/NAME and the CN. It returns the certificate and its new
+// ECDSA P-256 key in PEM.
+func NewClientCert(ca *CA, name string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	if name == "" {
+		return nil, nil, errors.New("no client name")
+	}
+	return issue(ca, "client "+name, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name, Organization: []string{"tharsis"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{{Scheme: "tharsis", Host: "client", Path: "/" + name}},
+	}, now, validity)
+}
+
+// CertClient returns the NBD client a certificate names (its
+// tharsis://client/NAME URI SAN), or "".
+func CertClient(c *x509.Certificate) string {
+	for _, u := range c.URIs {
+		if s := u.String(); strings.HasPrefix(s, clientURIPrefix) && len(s) > len(clientURIPrefix) {
+			return s[len(clientURIPrefix):]
+		}
+	}
+	return ""
 }
 
 // ParseCertPEM parses the first PEM certificate in b.
