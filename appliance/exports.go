@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"github.com/tharsis/tharsis/config"
 	"github.com/tharsis/tharsis/internal/netlimit"
 	"github.com/tharsis/tharsis/nbd"
+	"github.com/tharsis/tharsis/replicate"
 )
 
 // Exports have a lifecycle per resource: serveExports starts the NBD and
@@ -35,16 +37,7 @@ func (d *Daemon) serveExports(r *resource) {
 		if e.Resource != r.name {
 			continue
 		}
-		l, err := d.nbdListen(e.Listen)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		l.srv.AddExport(d.nbdExport(r, e))
-		if !slices.Contains(l.names, e.Name) {
-			l.names = append(l.names, e.Name)
-		}
-		d.log.Info("nbd export serving", "resource", r.name, "listen", l.addr, "export", e.Name)
+		errs = append(errs, d.addNBDLocked(r, e))
 	}
 	if err := d.addAoE(r, nil); err != nil {
 		errs = append(errs, err)
@@ -59,13 +52,66 @@ func (d *Daemon) serveExports(r *resource) {
 	}
 }
 
+// addNBDLocked serves NBD export e of r, listening first if needed. An
+// export with tls on first (re)loads the node's certificate from tls_dir
+// into its listener's server, so a certificate renewed with `tharsis cert
+// create-node --force` is served from the next restart of the export on.
+// Call with d.expMu held.
+func (d *Daemon) addNBDLocked(r *resource, e *config.NBDExport) error {
+	var tlsConfig *tls.Config
+	if e.TLS != "" {
+		var err error
+		if tlsConfig, err = d.nbdTLSConfig(); err != nil {
+			return fmt.Errorf("nbd export %s on %s (tls = %q): %w", e.Name, e.Listen, e.TLS, err)
+		}
+	}
+	l, err := d.nbdListen(e.Listen)
+	if err != nil {
+		return err
+	}
+	if tlsConfig != nil {
+		l.srv.SetTLSConfig(tlsConfig)
+	}
+	l.srv.AddExport(d.nbdExport(r, e))
+	if !slices.Contains(l.names, e.Name) {
+		l.names = append(l.names, e.Name)
+	}
+	d.log.Info("nbd export serving", "resource", r.name, "listen", l.addr, "export", e.Name, "tls", e.TLSMode(), "tls_verify_client", e.TLSVerifyClient)
+	return nil
+}
+
+// nbdTLSConfig is the TLS configuration of NBD exports with tls on: this
+// node's certificate and key from tls_dir, and client certificates checked
+// against the cluster CA there.
+func (d *Daemon) nbdTLSConfig() (*tls.Config, error) {
+	dir := d.config().TLSDir
+	if dir == "" {
+		return nil, errors.New("no tls_dir in the config")
+	}
+	id, err := replicate.LoadTLS(dir, d.node.Name, nil)
+	if err != nil {
+		return nil, err
+	}
+	if left := time.Until(id.Leaf.NotAfter); left < 30*24*time.Hour {
+		d.log.Warn("this node's certificate, which NBD over TLS serves, expires soon; make a new one with `tharsis cert create-node --force`", "expires", id.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nbd.ServerTLSConfig(id.Cert, id.CA), nil
+}
+
 // nbdExport is what the NBD server serves of export e of r.
 func (d *Daemon) nbdExport(r *resource, e *config.NBDExport) nbd.Export {
 	r.mu.Lock()
 	dev := r.dev
 	r.mu.Unlock()
-	return nbd.Export{Name: e.Name, Description: e.Description, Device: dev, ReadOnly: e.ReadOnly,
-		Stats: d.counters.get("nbd", e.Name, r.name)}
+	x := nbd.Export{Name: e.Name, Description: e.Description, Device: dev, ReadOnly: e.ReadOnly,
+		Stats: d.counters.get("nbd", e.Name, r.name), VerifyClient: e.TLSVerifyClient}
+	switch e.TLS {
+	case config.TLSOn:
+		x.TLS = nbd.TLSOn
+	case config.TLSRequire:
+		x.TLS = nbd.TLSRequire
+	}
+	return x
 }
 
 // nbdListen returns the NBD listener of addr, listening first if needed.

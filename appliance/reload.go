@@ -345,16 +345,7 @@ func (d *Daemon) serving(name string) *resource {
 func (d *Daemon) addNBD(r *resource, e *config.NBDExport) error {
 	d.expMu.Lock()
 	defer d.expMu.Unlock()
-	l, err := d.nbdListen(e.Listen)
-	if err != nil {
-		return err
-	}
-	l.srv.AddExport(d.nbdExport(r, e))
-	if !slices.Contains(l.names, e.Name) {
-		l.names = append(l.names, e.Name)
-	}
-	d.log.Info("nbd export serving", "resource", r.name, "listen", l.addr, "export", e.Name)
-	return nil
+	return d.addNBDLocked(r, e)
 }
 
 // withdrawNBD stops one NBD export: its connections answer what they read

@@ -102,7 +102,30 @@ type NBDExport struct {
 	Name        string // default: the resource name
 	Description string
 	ReadOnly    bool
+	// TLS is "" (off), TLSOn or TLSRequire: whether clients may or must
+	// upgrade to TLS (NBD_OPT_STARTTLS) with the node's certificate from
+	// tls_dir.
+	TLS string
+	// TLSVerifyClient serves the export only to clients presenting a
+	// certificate signed by the cluster CA (tharsis cert create-client);
+	// it needs TLS = TLSRequire.
+	TLSVerifyClient bool
 }
+
+// TLSMode returns the export's tls key: TLSOff, TLSOn or TLSRequire.
+func (e *NBDExport) TLSMode() string {
+	if e.TLS == "" {
+		return TLSOff
+	}
+	return e.TLS
+}
+
+// Values of an NBD export's tls key.
+const (
+	TLSOff     = "off"     // plain clients only (the default)
+	TLSOn      = "on"      // plain or TLS, as the client likes
+	TLSRequire = "require" // TLS only
+)
 
 // Load reads and validates the configuration file at path. Relative paths in
 // the file are resolved against the file's directory (made absolute). It
@@ -191,6 +214,32 @@ func (c *Config) ConnectList(res, node string) []string {
 		return nil
 	}
 	return []string{r.Primary}
+}
+
+// NBDTLSHosts returns the hosts NBD clients may dial to reach node's
+// exports with tls on, which its certificate must name: the listen host
+// of every such export of a resource with a disk on node (unless it is a
+// wildcard address) and the resource's service address.
+func (c *Config) NBDTLSHosts(node string) []string {
+	var hosts []string
+	for _, e := range c.NBD {
+		r := c.Resources[e.Resource]
+		if e.TLS == "" || r == nil {
+			continue
+		}
+		if _, ok := r.Disks[node]; !ok {
+			continue
+		}
+		if h, _, err := net.SplitHostPort(e.Listen); err == nil {
+			if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
+				hosts = append(hosts, h)
+			}
+		}
+		if r.ServiceAddress.IsValid() {
+			hosts = append(hosts, r.ServiceAddress.Addr().String())
+		}
+	}
+	return hosts
 }
 
 // ExportsOf returns the AoE and NBD exports of resource res, in file order.

@@ -155,7 +155,7 @@ func aoeFields(a, b *AoEExport) []string {
 
 func nbdFields(a, b *NBDExport) []string {
 	return fieldDiff("resource", a.Resource, b.Resource, "description", a.Description, b.Description,
-		"read_only", a.ReadOnly, b.ReadOnly)
+		"read_only", a.ReadOnly, b.ReadOnly, "tls", a.TLS, b.TLS, "tls_verify_client", a.TLSVerifyClient, b.TLSVerifyClient)
 }
 
 func aoeIndex(l []*AoEExport) map[string]*AoEExport {

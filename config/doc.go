@@ -46,6 +46,8 @@
 //	  name = STRING                1..4096 bytes, default the resource name
 //	  description = STRING
 //	  read_only = BOOL
+//	  tls = "off"|"on"|"require"   NBD over TLS with the node's certificate (needs tls_dir); default "off"
+//	  tls_verify_client = BOOL     only clients with a certificate of the cluster CA; needs tls = "require"
 //	[limits]                       what clients may hold of a node; same on every node
 //	  nbd_memory = SIZE            NBD payloads in memory, all listeners together; default 256MiB, >= 32MiB
 //	  nbd_max_connections = N      per NBD listen address, 1..65535, default 128

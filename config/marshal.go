@@ -91,6 +91,12 @@ func (c *Config) Marshal() []byte {
 			kv("description", q(e.Description))
 		}
 		kv("read_only", fmt.Sprint(e.ReadOnly))
+		if e.TLS != "" {
+			kv("tls", q(e.TLS))
+		}
+		if e.TLSVerifyClient {
+			kv("tls_verify_client", "true")
+		}
 	}
 	c.Limits.marshal(&b)
 	return []byte(b.String())

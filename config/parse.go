@@ -21,7 +21,7 @@ var (
 	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
 	exportKeys   = []string{"aoe", "nbd"}
 	aoeKeys      = []string{"resource", "shelf", "slot", "interfaces", "allow_macs", "read_only", "bufcnt", "write_cache"}
-	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only"}
+	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only", "tls", "tls_verify_client"}
 	limitKeys    = []string{"nbd_memory", "nbd_max_connections", "nbd_handshake_timeout", "nbd_request_timeout",
 		"nbd_idle_timeout", "replication_max_connections", "replication_auth_timeout", "control_max_connections",
 		"control_idle_timeout", "sync_rate", "fetch_rate"}
@@ -52,6 +52,8 @@ var keyHome = func() map[string]string {
 var examples = map[string]string{
 	"secret_file":       `secret_file = "/etc/tharsis/secret"`,
 	"tls_dir":           `tls_dir = "/etc/tharsis/tls"`,
+	"tls":               `tls = "require"`,
+	"tls_verify_client": `tls_verify_client = true`,
 	"nodes":             `[nodes.alpha]`,
 	"resources":         `[resources.data]`,
 	"exports":           `[[exports.nbd]]`,
@@ -892,6 +894,22 @@ func (p *parser) nbd(path string, m map[string]any) (*NBDExport, hostPort, bool)
 		e.Description = s
 	}
 	e.ReadOnly = p.getBool(m, path, "read_only", false)
+	if s, good := p.getString(m, path, "tls"); good {
+		switch s {
+		case TLSOff: // the zero value
+		case TLSOn, TLSRequire:
+			e.TLS = s
+		default:
+			p.errorf(joinPath(path, "tls"), "is %q; use \"off\" (plain), \"on\" (plain or TLS, as the client likes) or \"require\" (TLS only)", s)
+		}
+	}
+	e.TLSVerifyClient = p.getBool(m, path, "tls_verify_client", false)
+	switch {
+	case e.TLS != "" && p.cfg.TLSDir == "":
+		p.errorf(joinPath(path, "tls"), "is %q but there is no tls_dir: the node serves TLS with its certificate from tls_dir; set tls_dir (see `tharsis cert create-ca`) or use tls = \"off\"", e.TLS)
+	case e.TLSVerifyClient && e.TLS != TLSRequire:
+		p.errorf(joinPath(path, "tls_verify_client"), "needs tls = \"require\" (tls is %q): a plain client could not be asked for a certificate", e.TLSMode())
+	}
 	return e, hp, ok
 }
 

@@ -2,9 +2,11 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -58,6 +60,45 @@ func TestTLSDir(t *testing.T) {
 	} {
 		if _, err := Parse("t.toml", []byte(tc.doc), "/"); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("Parse(%q) = %v, want prefix %s", tc.doc[:14], err, tc.want)
+		}
+	}
+}
+
+func TestNBDTLS(t *testing.T) {
+	base := "secret_file = \"s\"\ntls_dir = \"/tls\"\n" + diffBase // its last table is [[exports.nbd]] resource = "r"
+	c := mustParse(t, base+"tls = \"require\"\ntls_verify_client = true\n")
+	e := c.NBD[0]
+	if e.TLS != TLSRequire || !e.TLSVerifyClient || e.TLSMode() != TLSRequire {
+		t.Fatalf("parsed %+v", e)
+	}
+	// Marshal keeps it; Diff shows the export changed, which restarts it.
+	c2, err := Parse("t.toml", c.Marshal(), "/")
+	if err != nil || !reflect.DeepEqual(c2.NBD, c.NBD) {
+		t.Fatalf("round trip: %v, %+v", err, c2.NBD[0])
+	}
+	on := mustParse(t, base+"tls = \"on\"\n")
+	if got := Diff(on, c); len(got) != 1 || got[0].String() != "nbd export 0.0.0.0:10809/r modified: tls, tls_verify_client" {
+		t.Errorf("Diff(on, require) = %v", got)
+	}
+	if off := mustParse(t, base+"tls = \"off\"\n"); off.NBD[0].TLS != "" || off.NBD[0].TLSMode() != TLSOff || len(Diff(off, mustParse(t, base))) != 0 {
+		t.Errorf("tls = \"off\" is not the default: %+v", off.NBD[0])
+	}
+	for _, tc := range []struct{ doc, want string }{
+		{base + "tls = \"yes\"\n", "tls: is \"yes\"; use \"off\""},
+		{base + "tls = true\n", "tls: must be a string"},
+		{diffBase + "tls = \"on\"\n", "tls: is \"on\" but there is no tls_dir"},
+		{base + "tls = \"on\"\ntls_verify_client = true\n", "tls_verify_client: needs tls = \"require\" (tls is \"on\")"},
+		{base + "tls_verify_client = true\n", "tls_verify_client: needs tls = \"require\" (tls is \"off\")"},
+	} {
+		_, err := Parse("t.toml", []byte(tc.doc), "/")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(...%q) = %v, want %s", tc.doc[len(tc.doc)-30:], err, tc.want)
+			continue
+		}
+		key, _, _ := strings.Cut(tc.want, ":")
+		line := 1 + slices.IndexFunc(strings.Split(tc.doc, "\n"), func(l string) bool { return strings.HasPrefix(l, key+" =") })
+		if want := fmt.Sprintf("t.toml:%d: ", line); !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("error %v does not start with %s", err, want)
 		}
 	}
 }

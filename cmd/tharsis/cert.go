@@ -29,6 +29,10 @@ func init() {
 		summary: "make NODE's certificate and key signed by DIR/ca.key, naming the node, its replication host (from --config) and every --host"}
 	node.run = func(args []string) error { return certCreateNode(os.Stdout, node, args) }
 	register(node)
+	client := &command{name: "cert create-client", args: "[--dir DIR] [--out OUT] NAME",
+		summary: "make an NBD client's certificate signed by DIR/ca.key, in OUT (default DIR/clients/NAME) as ca-cert.pem, client-cert.pem and client-key.pem: the layout libnbd's tls-certificates and qemu's tls-creds-x509 dir read"}
+	client.run = func(args []string) error { return certCreateClient(os.Stdout, client, args) }
+	register(client)
 }
 
 // hostList is a repeatable --host flag.
@@ -150,6 +154,7 @@ func certCreateNode(w io.Writer, c *command, args []string) error {
 		if h, _, err := net.SplitHostPort(n.Replication); err == nil {
 			hosts = append(hostList{h}, hosts...)
 		}
+		hosts = append(hosts, cfg.NBDTLSHosts(node)...)
 		if *dir == "" {
 			*dir = cfg.TLSDir
 		}
@@ -160,18 +165,9 @@ func certCreateNode(w io.Writer, c *command, args []string) error {
 	if len(hosts) == 0 {
 		return usageError{fmt.Sprintf("cert create-node: say where node %s is reached: --config CONFIG (its replication host) and/or --host NAME_OR_IP", node)}
 	}
-	caCrt, caKey := filepath.Join(*dir, replicate.CACertFile), filepath.Join(*dir, replicate.CAKeyFile)
-	crtPEM, err := os.ReadFile(caCrt)
+	ca, _, err := loadCA(*dir)
 	if err != nil {
-		return fmt.Errorf("read the CA certificate: %w (make the CA with `tharsis cert create-ca --dir %s`)", err, *dir)
-	}
-	keyPEM, err := os.ReadFile(caKey)
-	if err != nil {
-		return fmt.Errorf("read the CA key: %w (node certificates are made where ca.key is)", err)
-	}
-	ca, err := replicate.ParseCA(crtPEM, keyPEM)
-	if err != nil {
-		return fmt.Errorf("%s and %s: %w", caCrt, caKey, err)
+		return err
 	}
 	crt, key := filepath.Join(*dir, replicate.NodeCertFile(node)), filepath.Join(*dir, replicate.NodeKeyFile(node))
 	if !*force {
@@ -188,6 +184,87 @@ func certCreateNode(w io.Writer, c *command, args []string) error {
 	}
 	fmt.Fprintf(w, "wrote %s (node %s, %s, hosts %s, valid until %s) and %s (ECDSA P-256, mode 0600)\n",
 		crt, node, replicate.NodeURI(node), strings.Join(hosts, ", "), certExpiry(certPEM), key)
+	return nil
+}
+
+// loadCA reads the CA of dir: its certificate and key, and ca.crt's PEM.
+func loadCA(dir string) (*replicate.CA, []byte, error) {
+	caCrt, caKey := filepath.Join(dir, replicate.CACertFile), filepath.Join(dir, replicate.CAKeyFile)
+	crtPEM, err := os.ReadFile(caCrt)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the CA certificate: %w (make the CA with `tharsis cert create-ca --dir %s`)", err, dir)
+	}
+	keyPEM, err := os.ReadFile(caKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the CA key: %w (certificates are made where ca.key is)", err)
+	}
+	ca, err := replicate.ParseCA(crtPEM, keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s and %s: %w", caCrt, caKey, err)
+	}
+	return ca, crtPEM, nil
+}
+
+// The files of an NBD client's certificate directory, named as GnuTLS
+// clients (libnbd's tls-certificates, qemu's tls-creds-x509 dir) look for
+// them.
+const (
+	clientCAFile   = "ca-cert.pem"
+	clientCertFile = "client-cert.pem"
+	clientKeyFile  = "client-key.pem"
+)
+
+func certCreateClient(w io.Writer, c *command, args []string) error {
+	fs := newFlagSet(c)
+	dir := fs.String("dir", "", "directory holding ca.crt and ca.key (default: the config's tls_dir)")
+	cfgPath := fs.String("config", "", "cluster config whose tls_dir holds the CA")
+	out := fs.String("out", "", "directory for ca-cert.pem, client-cert.pem and client-key.pem (created, mode 0700; default DIR/clients/NAME)")
+	force := fs.Bool("force", false, "replace the client's existing certificate and key")
+	lifetime := fs.Duration("lifetime", replicate.ClientValidity, "validity of the certificate (at most until the CA expires)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || fs.Arg(0) == "" || strings.ContainsAny(fs.Arg(0), "/\\") {
+		return usageError{"usage: tharsis cert create-client --dir DIR [--out OUT] [--force] NAME"}
+	}
+	name := fs.Arg(0)
+	if *cfgPath != "" && *dir == "" {
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			return err
+		}
+		*dir = cfg.TLSDir
+	}
+	if *dir == "" {
+		return usageError{"cert create-client: name the CA's directory with --dir (or --config with a tls_dir)"}
+	}
+	ca, caPEM, err := loadCA(*dir)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		*out = filepath.Join(*dir, "clients", name)
+	}
+	crt, key, caCopy := filepath.Join(*out, clientCertFile), filepath.Join(*out, clientKeyFile), filepath.Join(*out, clientCAFile)
+	if !*force {
+		if err := refuseOverwrite("--force replaces them", crt, key); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return err
+	}
+	certPEM, keyPEM, err := replicate.NewClientCert(ca, name, time.Now(), *lifetime)
+	if err != nil {
+		return err
+	}
+	if err := writeFiles(certFile{key, keyPEM, 0o600}, certFile{crt, certPEM, 0o644}, certFile{caCopy, caPEM, 0o644}); err != nil {
+		return fmt.Errorf("write the certificate of client %s: %w", name, err)
+	}
+	fmt.Fprintf(w, "wrote %s (client %s, valid until %s), %s (ECDSA P-256, mode 0600) and %s (the cluster CA)\n",
+		crt, name, certExpiry(certPEM), key, caCopy)
+	fmt.Fprintf(w, "use: nbdinfo 'nbds://HOST/EXPORT?tls-certificates=%s'; qemu-img --object tls-creds-x509,id=tls0,endpoint=client,dir=%s; nbd-client -A %s -F %s -K %s\n",
+		*out, *out, caCopy, crt, key)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"crypto/x509"
 	"os"
 	"os/exec"
@@ -174,4 +175,70 @@ func TestRunTLSMissingFiles(t *testing.T) {
 		t.Fatalf("run without the node certificate: exit %d: %s", code, out)
 	}
 	t.Logf("%s", out)
+}
+
+// TestCertNBD: create-node puts the hosts NBD clients dial for TLS exports
+// (listen host, service address) into the node certificate; create-client
+// writes a client certificate of the cluster CA in the layout GnuTLS
+// clients read.
+func TestCertNBD(t *testing.T) {
+	dir := t.TempDir()
+	tlsDir := filepath.Join(dir, "tls")
+	cfgPath := filepath.Join(dir, "tharsis.toml")
+	cfg := "tls_dir = \"tls\"\n[nodes.alpha]\nreplication = \"10.9.0.1:7777\"\n[nodes.beta]\nreplication = \"10.9.0.2:7777\"\n" +
+		"[resources.r0]\ndisk = { alpha = \"a.img\", beta = \"b.img\" }\nservice_address = \"10.9.0.50/24\"\nservice_interface = \"eth1\"\n" +
+		"[resources.r1]\ndisk = { beta = \"c.img\" }\n" +
+		"[[exports.nbd]]\nresource = \"r0\"\nlisten = \"nbd.example:10809\"\ntls = \"require\"\n" +
+		"[[exports.nbd]]\nresource = \"r1\"\nlisten = \"10.9.0.2:10809\"\ntls = \"on\"\n"
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(tlsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run2(t, "cert", "create-ca", "--dir", tlsDir); code != 0 {
+		t.Fatal(out)
+	}
+	if out, code := run2(t, "cert", "create-node", "--config", cfgPath, "alpha"); code != 0 {
+		t.Fatal(out)
+	}
+	c := readCert(t, filepath.Join(tlsDir, "alpha.crt"))
+	var ips []string
+	for _, ip := range c.IPAddresses {
+		ips = append(ips, ip.String())
+	}
+	if !slices.Equal(ips, []string{"10.9.0.1", "10.9.0.50"}) || !slices.Equal(c.DNSNames, []string{"nbd.example"}) {
+		t.Errorf("alpha's certificate names IPs %v, DNS names %v; want its replication host, r0's NBD listen host and service address", ips, c.DNSNames)
+	}
+
+	out, code := run2(t, "cert", "create-client", "--config", cfgPath, "backup")
+	if code != 0 {
+		t.Fatalf("create-client: exit %d: %s", code, out)
+	}
+	t.Logf("%s", out)
+	cdir := filepath.Join(tlsDir, "clients", "backup")
+	cc := readCert(t, filepath.Join(cdir, "client-cert.pem"))
+	if replicate.CertClient(cc) != "backup" || replicate.CertNode(cc) != "" {
+		t.Errorf("client certificate names client %q, node %q", replicate.CertClient(cc), replicate.CertNode(cc))
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(readCert(t, filepath.Join(cdir, "ca-cert.pem")))
+	if _, err := cc.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("the client certificate does not verify against the CA: %v", err)
+	}
+	if _, err := cc.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Error("a client certificate can serve")
+	}
+	if m := mode(t, filepath.Join(cdir, "client-key.pem")); m != 0o600 {
+		t.Errorf("client-key.pem mode %04o, want 0600", m)
+	}
+	if _, err := tls.LoadX509KeyPair(filepath.Join(cdir, "client-cert.pem"), filepath.Join(cdir, "client-key.pem")); err != nil {
+		t.Errorf("client key pair: %v", err)
+	}
+	if out, code = run2(t, "cert", "create-client", "--dir", tlsDir, "backup"); code != 1 || !strings.Contains(out, "already exist") {
+		t.Errorf("create-client again: exit %d: %s", code, out)
+	}
+	if out, code = run2(t, "cert", "create-client", "--dir", tlsDir, "--out", filepath.Join(dir, "x"), "../evil"); code != 2 {
+		t.Errorf("create-client with a path as name: exit %d: %s", code, out)
+	}
 }
