@@ -105,3 +105,24 @@ func TestPeerTLSQemuImg(t *testing.T) {
 		t.Errorf("plain qemu-img was served:\n%s", out)
 	}
 }
+
+// nbd-client (the kernel's userspace half) negotiates over TLS itself and
+// then hands the kernel a TLS proxy; its list mode runs the negotiation
+// without the kernel. The full path through /dev/nbd0 is in vm-tests.
+func TestPeerTLSNbdClientList(t *testing.T) {
+	needTools(t, "nbd-client")
+	p := newTestPKI(t)
+	addr := serveTCPWith(t, tlsServer(p), "127.0.0.1:0",
+		Export{Name: "sec", Device: blockdev.NewMemory(1 << 20), TLS: TLSRequire, VerifyClient: true})
+	host, port, _ := strings.Cut(addr, ":")
+	f := func(n string) string { return filepath.Join(p.certDir, n) }
+	out := mustRun(t, "nbd-client", "-l", host, port, "-cacertfile", f("ca-cert.pem"),
+		"-certfile", f("client-cert.pem"), "-keyfile", f("client-key.pem"), "-tlshostname", "localhost")
+	if !strings.Contains(out, "sec") {
+		t.Errorf("nbd-client -l over TLS:\n%s", out)
+	}
+	out, err := run(t, "nbd-client", "-l", host, port)
+	if err == nil || !strings.Contains(out, "needs TLS") {
+		t.Errorf("plain nbd-client -l: %v\n%s", err, out)
+	}
+}
