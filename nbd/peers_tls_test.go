@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -75,6 +76,15 @@ func TestPeerTLSWrongHost(t *testing.T) {
 		t.Fatalf("nbdinfo to a host the certificate does not name: %v\n%s", err, out)
 	}
 	t.Logf("nbdinfo says: %s", strings.TrimSpace(out))
+	if _, err := exec.LookPath("qemu-img"); err == nil {
+		host, port, _ := strings.Cut(addr, ":")
+		out, err := run(t, "qemu-img", "info", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+p.anonDir,
+			"--image-opts", fmt.Sprintf("driver=nbd,host=%s,port=%s,export=sec,tls-creds=tls0", host, port))
+		if err == nil || !strings.Contains(strings.ToLower(out), "certificate") {
+			t.Fatalf("qemu-img to a host the certificate does not name: %v\n%s", err, out)
+		}
+		t.Logf("qemu-img says: %s", strings.TrimSpace(out))
+	}
 }
 
 func TestPeerTLSQemuImg(t *testing.T) {
