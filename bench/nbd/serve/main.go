@@ -3,12 +3,14 @@
 //
 //	go run ./bench/nbd/serve -mem 256MiB -listen 127.0.0.1:10809 -name bench
 //	go run ./bench/nbd/serve -file /dev/shm/disk.img -listen 127.0.0.1:10810
+//	go run ./bench/nbd/serve -mem 256MiB -tls-cert N.crt -tls-key N.key   # tls = "on"
 //
 // It prints "ready" on stdout once it listens and stops on SIGINT/SIGTERM.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -38,7 +40,9 @@ func run() error {
 	listen := flag.String("listen", "127.0.0.1:10809", "TCP address to listen on")
 	name := flag.String("name", "", "export name (the empty name is the default export)")
 	readOnly := flag.Bool("ro", false, "export read-only")
-	verbose := flag.Bool("v", false, "log connections")
+	verbose := flag.Bool("v", false, "log connections (and each TLS connection's version and cipher)")
+	tlsCert := flag.String("tls-cert", "", "serve the export with tls = \"on\" (plain and TLS clients) with this certificate (PEM)")
+	tlsKey := flag.String("tls-key", "", "the key of -tls-cert (PEM)")
 	flag.Parse()
 
 	var dev blockdev.Device
@@ -65,7 +69,16 @@ func run() error {
 		level = slog.LevelDebug
 	}
 	srv := &nbd.Server{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
-	srv.SetExports([]nbd.Export{{Name: *name, Description: "tharsis benchmark export", Device: dev, ReadOnly: *readOnly}})
+	e := nbd.Export{Name: *name, Description: "tharsis benchmark export", Device: dev, ReadOnly: *readOnly}
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return fmt.Errorf("-tls-cert/-tls-key: %w", err)
+		}
+		srv.SetTLSConfig(nbd.ServerTLSConfig(cert, nil))
+		e.TLS = nbd.TLSOn
+	}
+	srv.SetExports([]nbd.Export{e})
 
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
