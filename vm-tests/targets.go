@@ -40,6 +40,10 @@ type NBDExport struct {
 	Name     string
 	Port     int
 	ReadOnly bool
+	// TLS is the export's tls key ("" for off); VerifyClient its
+	// tls_verify_client. Both need Setup.TLSDir.
+	TLS          string
+	VerifyClient bool
 }
 
 // Setup is what a scenario wants served.
@@ -49,6 +53,7 @@ type Setup struct {
 	Resources []Resource
 	AoE       []AoEExport
 	NBD       []NBDExport
+	TLSDir    string // the config's tls_dir, when set (node "host")
 }
 
 // ResourcePath is where the file backing resource name lives.
@@ -274,6 +279,9 @@ func (t *tharsis) Output() string { return t.out.String() }
 // Config renders the tharsis TOML config for s.
 func (s *Setup) Config(replicationAddr string) string {
 	var b strings.Builder
+	if s.TLSDir != "" {
+		fmt.Fprintf(&b, "tls_dir = %q\n", s.TLSDir)
+	}
 	fmt.Fprintf(&b, "[nodes.host]\nreplication = %q\nstate_dir = %q\n", replicationAddr, filepath.Join(s.Dir, "state"))
 	for _, r := range s.Resources {
 		fmt.Fprintf(&b, "\n[resources.%s]\ndisk = { host = %q }\n", r.Name, s.ResourcePath(r.Name))
@@ -292,6 +300,9 @@ func (s *Setup) Config(replicationAddr string) string {
 	for _, e := range s.NBD {
 		fmt.Fprintf(&b, "\n[[exports.nbd]]\nresource = %q\nlisten = %q\nname = %q\nread_only = %v\n",
 			e.Resource, net.JoinHostPort(s.Tap.HostIP, strconv.Itoa(e.Port)), e.Name, e.ReadOnly)
+		if e.TLS != "" {
+			fmt.Fprintf(&b, "tls = %q\ntls_verify_client = %v\n", e.TLS, e.VerifyClient)
+		}
 	}
 	return b.String()
 }
