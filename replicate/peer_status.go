@@ -80,8 +80,8 @@ type ResourceStatus struct {
 	LagSeconds float64 `json:"lag_seconds"`
 	// FetchRate and ReplayRate are the log bytes per second a secondary
 	// fetched and replayed over the last 10 s.
-	FetchRate    float64 `json:"fetch_bytes_per_second,omitempty"`
-	ReplayRate   float64 `json:"replay_bytes_per_second,omitempty"`
+	FetchRate  float64 `json:"fetch_bytes_per_second,omitempty"`
+	ReplayRate float64 `json:"replay_bytes_per_second,omitempty"`
 	// FetchLogBytes and FetchWireBytes count the log a secondary fetched
 	// since it opened: its bytes, and the bytes of it that crossed the
 	// network (less when the source compresses: see Compression).
@@ -91,8 +91,8 @@ type ResourceStatus struct {
 	// ("zstd" once a compressed frame arrived on it, else "").
 	FetchCompression string `json:"fetch_compression,omitempty"`
 	FetchPaused      bool   `json:"fetch_paused,omitempty"`
-	ReplayPaused bool    `json:"replay_paused,omitempty"`
-	SyncPaused   bool    `json:"sync_paused,omitempty"`
+	ReplayPaused     bool   `json:"replay_paused,omitempty"`
+	SyncPaused       bool   `json:"sync_paused,omitempty"`
 	// Sync is the progress of a full sync, when one is running or needed.
 	Sync *SyncProgress `json:"sync,omitempty"`
 	// LastSync is the outcome of the last full sync since the daemon
