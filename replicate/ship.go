@@ -3,6 +3,7 @@ package replicate
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -392,7 +393,11 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 			if m.Accept&wire.EncodingZstd.Bit() != 0 && shipCompression(r.src) == CompressZstd {
 				comp = wire.NewCompressor()
 			}
-			log.Info("peer fetches the log", "resource", m.Resource, "from", fromWire(m.From).String(), "compress", comp != nil)
+			attrs := []any{"resource", m.Resource, "from", fromWire(m.From).String(), "compress", comp != nil}
+			if tc, ok := nc.(*tls.Conn); ok {
+				attrs = append(attrs, "cipher", tls.CipherSuiteName(tc.ConnectionState().CipherSuite))
+			}
+			log.Info("peer fetches the log", attrs...)
 			err := s.stream(r, m.Resource, nc, c, fromWire(m.From), comp)
 			var we *wire.Error
 			if errors.As(err, &we) {
