@@ -103,6 +103,7 @@ var (
 	descPeerLagB  = newDesc("peer_lag_bytes", "A peer's lag for the resource as it reported it (see resource_lag_bytes).", "resource", "peer")
 	descBehindB   = newDesc("node_behind_primary_bytes", "How far a node's disk is from the primary's log end (the furthest log end known of the current history), as `tharsis view` shows it; a lower bound when a segment in between is unknown.", "resource", "node")
 	descBehindS   = newDesc("node_behind_primary_seconds", "How long ago a node's disk last held the primary's whole log: an upper bound (its own lag plus the age of its status).", "resource", "node")
+	descFetched   = newDesc("fetched_bytes_total", "Log fetched by this node (a secondary) since the resource opened: kind=\"log\" its bytes, kind=\"wire\" its bytes on the network (fewer when the source compresses).", "resource", "kind")
 	descPeerLagS  = newDesc("peer_lag_seconds", "A peer's lag for the resource in seconds as it reported it.", "resource", "peer")
 )
 
@@ -127,7 +128,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descReqErrors, descBytes, descLatency, descStart, descRole,
 		descState, descSize, descServing, descSplit, descEmergency, descPaused, descLagBytes, descLagSecs, descUnfetched,
 		descSegments, descLogBytes, descPending, descPosRecord, descPosSeg, descPosOffset, descSyncRun, descSyncDone,
-		descSyncTotal, descSyncSent, descSyncETA, descPeerUp, descPeerAge, descPeerLagB, descPeerLagS, descBehindB, descBehindS} {
+		descSyncTotal, descSyncSent, descSyncETA, descPeerUp, descPeerAge, descPeerLagB, descPeerLagS, descBehindB, descBehindS, descFetched} {
 		ch <- d
 	}
 }
@@ -146,8 +147,11 @@ func collectStatus(ch chan<- prometheus.Metric, st Status, now time.Time) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	gauge(descStart, float64(st.Started.UnixNano())/1e9)
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
 	for _, rs := range st.Resources {
-		collectResource(gauge, rs)
+		collectResource(gauge, counter, rs)
 	}
 	// Each node's distance to the primary, as view computes it: a node's
 	// own lag says 0 B while it is disconnected.
@@ -198,7 +202,7 @@ func collectExport(ch chan<- prometheus.Metric, e *exportCounter) {
 }
 
 // collectResource sends the metrics of one resource's status.
-func collectResource(gauge func(*prometheus.Desc, float64, ...string), rs ResourceStatus) {
+func collectResource(gauge, counter func(*prometheus.Desc, float64, ...string), rs ResourceStatus) {
 	name := rs.Name
 	for p := replicate.PhaseStarting; p <= replicate.PhaseLeft; p++ {
 		gauge(descRole, bool01(rs.Role == p.String()), name, p.String())
@@ -224,6 +228,10 @@ func collectResource(gauge func(*prometheus.Desc, float64, ...string), rs Resour
 	gauge(descLagBytes, float64(rep.LagBytes), name)
 	gauge(descLagSecs, rep.LagSeconds, name)
 	gauge(descUnfetched, float64(rep.UnfetchedBytes), name)
+	if rep.Role == replicate.RoleSecondary {
+		counter(descFetched, float64(rep.FetchLogBytes), name, "log")
+		counter(descFetched, float64(rep.FetchWireBytes), name, "wire")
+	}
 	var logBytes int64
 	for _, s := range rep.Segments {
 		logBytes += s.Size

@@ -29,7 +29,8 @@ import (
 //     (of an unreplicated resource: its exports move), retain_max and
 //     retain_max_age, service_address and service_interface (the
 //     resource's exports restart), verify_interval (from the next time
-//     the secondary's data path opens);
+//     the secondary's data path opens), compress (from the next fetch
+//     connection: streams running go on as they started);
 //   - other nodes added, removed or moved (replication address);
 //   - [limits] sync_rate and fetch_rate.
 //
@@ -42,7 +43,7 @@ import (
 var ErrReloadRefused = errors.New("the new config cannot be applied while the daemon runs (nothing was changed)")
 
 // liveResourceFields are the resource keys a reload applies live.
-var liveResourceFields = []string{"connect", "primary", "retain_max", "retain_max_age", "service_address", "service_interface", "verify_interval"}
+var liveResourceFields = []string{"connect", "primary", "retain_max", "retain_max_age", "service_address", "service_interface", "verify_interval", "compress"}
 
 // liveLimitFields are the [limits] keys a reload applies live.
 var liveLimitFields = []string{"sync_rate", "fetch_rate"}
@@ -163,6 +164,9 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 			note := ""
 			if slices.Contains(c.Fields, "verify_interval") {
 				note = " (verify_interval applies from the next time the secondary's data path opens)"
+			}
+			if slices.Contains(c.Fields, "compress") {
+				note += " (compress applies to the fetch connections opened from now on)"
 			}
 			say("resource %s: %s applied%s", c.Name, strings.Join(c.Fields, ", "), note)
 		}

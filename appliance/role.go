@@ -203,6 +203,16 @@ func (s roleSource) Status() replicate.ResourceStatus {
 	return rs
 }
 
+// ShipCompression is the resource's compress setting in force: the ship
+// server asks at the start of every fetch connection, so a reload applies
+// from the next connection on.
+func (s roleSource) ShipCompression() replicate.Compression {
+	if c := s.r.config(); c != nil && c.Compress == config.CompressZstd {
+		return replicate.CompressZstd
+	}
+	return replicate.CompressOff
+}
+
 // EmergencyChunks passes an emergency sync's question on to the primary's
 // data path (an empty answer anywhere else).
 func (s roleSource) EmergencyChunks() (replicate.EmergencyChunks, bool) {

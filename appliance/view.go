@@ -130,11 +130,18 @@ type NodeView struct {
 	BehindExact    bool    `json:"behind_exact"`
 	UnfetchedBytes int64   `json:"unfetched_bytes"`
 	// FetchRate and ReplayRate are log bytes per second over the last 10 s.
-	FetchRate    float64 `json:"fetch_bytes_per_second"`
-	ReplayRate   float64 `json:"replay_bytes_per_second"`
-	FetchPaused  bool    `json:"fetch_paused"`
-	ReplayPaused bool    `json:"replay_paused"`
-	SyncPaused   bool    `json:"sync_paused"`
+	FetchRate  float64 `json:"fetch_bytes_per_second"`
+	ReplayRate float64 `json:"replay_bytes_per_second"`
+	// FetchLogBytes and FetchWireBytes are the log fetched since the node's
+	// daemon opened the resource and its bytes on the network (fewer when
+	// the source compresses); FetchCompression is the current stream's
+	// compression ("zstd", or "": none).
+	FetchLogBytes    int64  `json:"fetch_log_bytes"`
+	FetchWireBytes   int64  `json:"fetch_wire_bytes"`
+	FetchCompression string `json:"fetch_compression"`
+	FetchPaused      bool   `json:"fetch_paused"`
+	ReplayPaused     bool   `json:"replay_paused"`
+	SyncPaused       bool   `json:"sync_paused"`
 	// Sync is a full sync running or needed (null: none); LastSync the
 	// last one finished since its daemon started.
 	Sync     *replicate.SyncProgress `json:"sync"`
@@ -282,6 +289,7 @@ func newNodeView(in nodeInput, end *replicate.Position, segs []replicate.Segment
 	n.Role, n.Generation = rs.Phase.String(), rs.Designation.Generation
 	n.Source, n.LogEnd, n.Applied = rs.Source, rs.End, rs.Applied
 	n.FetchRate, n.ReplayRate = rs.FetchRate, rs.ReplayRate
+	n.FetchLogBytes, n.FetchWireBytes, n.FetchCompression = rs.FetchLogBytes, rs.FetchWireBytes, rs.FetchCompression
 	n.FetchPaused, n.ReplayPaused, n.SyncPaused = rs.FetchPaused, rs.ReplayPaused, rs.SyncPaused
 	n.Sync, n.LastSync, n.Verify, n.Handover, n.Detached = rs.Sync, rs.LastSync, rs.Verify, rs.Handover, rs.Detached
 	n.Emergency, n.StoppedAtMark, n.DiskCapacity, n.Error = rs.Emergency, rs.StoppedAtMark, rs.DiskCapacity, rs.Err

@@ -15,6 +15,13 @@
 #      bytes view reports transferred; target <= 3 % of 1 GiB.
 # Prints a table and appends it to bench/RESULTS.md. It asserts nothing.
 #
+# BENCH_MATRIX=1 runs, instead of 1-3, the catch-up side by side in one run
+# for each transport (plain: cluster secret; tls: mutual TLS 1.3 from
+# `tharsis cert`), compression (off, zstd) and workload (text: fio buffers
+# BENCH_COMPRESS_PERCENT % compressible; random: fio --refill_buffers),
+# with the CPU time (user+sys) of both daemons per MB caught up, the bytes
+# on beta's link, ratios to plain and the negotiated TLS cipher.
+#
 # Needs root, ip, tc, fio (with the nbd engine), go. On a kernel without
 # sch_netem (CONFIG_NET_SCH_NETEM) the link is emulated in userspace instead
 # (BENCH_SHAPE=wan: `bench/cluster wan` forwards frames between the two veth
@@ -36,6 +43,10 @@
 #   BENCH_RESULTS      file to append to (default bench/RESULTS.md)
 #   BENCH_KEEP=1       keep the work dir
 #   BENCH_NOTE         a line added under the heading (e.g. "smoke run")
+#   BENCH_MATRIX=1     the catch-up matrix only (see above)
+#   BENCH_MODES        its modes (default "plain tls zstd tls+zstd")
+#   BENCH_WORKLOADS    its workloads (default "text random")
+#   BENCH_COMPRESS_PERCENT  fio --buffer_compress_percentage of "text" (default 75)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -157,10 +168,18 @@ echo "link: $SHAPED"
 # ---- nodes ----
 sock() { echo "$WORK/$1/control.sock"; }
 
+# write_config [tls] [zstd]: the config of alpha and beta; tls: tls_dir
+# instead of secret_file (certificates made once with `tharsis cert`);
+# zstd: compress = "zstd" on r0.
 write_config() {
+	local auth='secret_file = "secret"' compress=
 	echo "bench secret $ID" >"$WORK/secret"
+	if [ "${1:-}" = tls ]; then
+		auth='tls_dir = "tls"'
+	fi
+	[ "${2:-}" = zstd ] && compress='compress = "zstd"'
 	cat >"$WORK/tharsis.toml" <<TOML
-secret_file = "secret"
+$auth
 
 [nodes.alpha]
 replication = "${IP[alpha]}:7777"
@@ -174,6 +193,7 @@ state_dir = "beta"
 disk = { alpha = "alpha.img", beta = "beta.img" }
 primary = "alpha"
 segment_size = "64MiB"
+$compress
 
 [[exports.nbd]]
 resource = "r0"
@@ -215,6 +235,91 @@ fio_nbd() {
 	ip netns exec "$ID-alpha" fio --name=w --ioengine=nbd --uri="nbd://${IP[alpha]}:10809/r0" \
 		--output-format=terse "$@" >>"$WORK/fio.out"
 }
+
+# cpu_ticks: user+sys clock ticks of both daemons so far.
+cpu_ticks() {
+	local t=0 n
+	for n in alpha beta; do
+		t=$((t + $(awk '{print $14 + $15}' "/proc/${PID[$n]}/stat")))
+	done
+	echo "$t"
+}
+
+# catchup_run MODE WORKLOAD: one catch-up of CATCHUP_MIB on fresh disks;
+# sets RUN_S, RUN_MBS, RUN_WIRE, RUN_CPU (CPU seconds per 100 MB caught up).
+catchup_run() {
+	local mode=$1 workload=$2 tls= zstd= buf=()
+	case $mode in *tls*) tls=tls ;; esac
+	case $mode in *zstd*) zstd=zstd ;; esac
+	case $workload in
+	text) buf=(--buffer_compress_percentage="${BENCH_COMPRESS_PERCENT:-75}" --buffer_compress_chunk=4k --refill_buffers) ;;
+	random) buf=(--refill_buffers) ;;
+	esac
+	rm -rf "$WORK/alpha" "$WORK/beta" "$WORK/alpha.img" "$WORK/beta.img"
+	write_config "$tls" "$zstd"
+	truncate -s "$(((CATCHUP_MIB + 64) << 20))" "$WORK/alpha.img" "$WORK/beta.img"
+	start alpha
+	start beta
+	verb fake-sync beta >/dev/null 2>&1 || true
+	"$H" consistent -secondary "$(sock beta)" -timeout 10m >/dev/null
+	verb disconnect beta
+	fio_nbd --rw=write --bs=1m --iodepth=8 --size="${CATCHUP_MIB}m" --end_fsync=1 "${buf[@]}"
+	local rx0 rx1 c0 c1 out
+	rx0=$(bytes beta rx)
+	c0=$(cpu_ticks)
+	verb connect beta
+	out=$("$H" caught-up -primary "$(sock alpha)" -secondary "$(sock beta)" -timeout 30m)
+	c1=$(cpu_ticks)
+	rx1=$(bytes beta rx)
+	RUN_S=$(kv caught_up_seconds "$out")
+	RUN_MBS=$(calc "round($CATCHUP_MIB * 1048576 / $RUN_S / 1e6, 1)")
+	RUN_WIRE=$((rx1 - rx0))
+	RUN_CPU=$(calc "round(($c1 - $c0) / $(getconf CLK_TCK) / ($CATCHUP_MIB * 1048576 / 1e8), 3)")
+	if [ -n "$tls" ]; then
+		CIPHER=$(sed -n 's/.*peer fetches the log.* cipher=\([^ ]*\).*/\1/p' "$WORK/alpha.log" | tail -1)
+	fi
+	stop_all
+	: >"$WORK/alpha.log"
+}
+
+if [ "${BENCH_MATRIX:-}" = 1 ]; then
+	mkdir -p "$WORK/tls"
+	"$T" cert create-ca --dir "$WORK/tls" >/dev/null
+	write_config tls
+	for n in alpha beta; do "$T" cert create-node --dir "$WORK/tls" --config "$WORK/tharsis.toml" "$n" >/dev/null; done
+	CIPHER=?
+	ROWS=
+	for workload in ${BENCH_WORKLOADS:-text random}; do
+		PLAIN_MBS=
+		for mode in ${BENCH_MODES:-plain tls zstd tls+zstd}; do
+			echo "== catch-up of ${CATCHUP_MIB} MiB, $workload data, $mode"
+			catchup_run "$mode" "$workload"
+			[ -z "$PLAIN_MBS" ] && PLAIN_MBS=$RUN_MBS
+			RATIO=$(calc "round($RUN_MBS / $PLAIN_MBS, 2)")
+			WIRE_PCT=$(calc "round(100 * $RUN_WIRE / ($CATCHUP_MIB * 1048576), 1)")
+			echo "   ${RUN_S} s, ${RUN_MBS} MB/s (${RATIO}x of the first mode), wire ${WIRE_PCT} % of the data, CPU ${RUN_CPU} s per 100 MB"
+			ROWS+="| $workload | $mode | ${RUN_S} s | ${RUN_MBS} | ${RATIO}× | ${WIRE_PCT} % | ${RUN_CPU} |"$'\n'
+		done
+	done
+	TABLE=$(
+		cat <<MD
+
+## Catch-up over a 50 ms / 1 Gbit/s link: plain, TLS, zstd ($(date -u +%Y-%m-%d))
+${BENCH_NOTE:+
+${BENCH_NOTE}
+}
+Machine: $(nproc) CPUs, $(uname -r); link: ${SHAPED}; ${CATCHUP_MIB} MiB written by fio over NBD while beta was disconnected, then caught up; images in $BASE; TLS: mutual TLS 1.3, cipher ${CIPHER}; zstd: \`compress = "zstd"\` (per ~1 MiB frame, level fastest); text: fio --buffer_compress_percentage=${BENCH_COMPRESS_PERCENT:-75}; random: --refill_buffers. CPU: user+sys of both daemons (alpha and beta, in the same machine as the relay) per 100 MB of data. Ratio: throughput over the first mode of the workload.
+
+| data | mode | catch-up | MB/s of data | ratio | bytes on beta's link / data | CPU s per 100 MB |
+| --- | --- | ---: | ---: | ---: | ---: | ---: |
+${ROWS}
+MD
+	)
+	echo "$TABLE"
+	echo "$TABLE" >>"$RESULTS"
+	echo "appended to $RESULTS"
+	exit 0
+fi
 
 # ---- 1. catch-up of a secondary that is CATCHUP_MIB behind ----
 echo "== 1. catch-up of ${CATCHUP_MIB} MiB"

@@ -22,6 +22,8 @@ const (
 	MaxNBDName         = 4096               // longest NBD export name or description, in bytes
 	SectorSize         = 512                // size must be a multiple of this
 	MinVerifyInterval  = time.Minute        // shortest verify_interval accepted (0: never)
+	CompressOff        = "off"              // compress: ship the log as it is (default)
+	CompressZstd       = "zstd"             // compress: zstd per shipped frame
 )
 
 // Config is a validated cluster configuration. Every path in it is already
@@ -64,6 +66,10 @@ type Resource struct {
 	Replicated  bool                // transaction log on (default true)
 	SegmentSize int64               // log rotation threshold in bytes
 	Sync        bool                // fdatasync the log on every write
+	// Compress is how a node compresses the log it ships of the resource
+	// to a fetching node that can decode it: "" (TOML "off", the default)
+	// or CompressZstd.
+	Compress string
 	// VerifyInterval runs an online verify on each secondary that often
 	// (`tharsis verify` without --repair); 0: never.
 	VerifyInterval time.Duration

@@ -23,6 +23,8 @@
 //	  replicated = BOOL            default true; false: no log, writes go to the disk
 //	  segment_size = SIZE          log rotation threshold, default 256MiB, >= 1MiB
 //	  sync = BOOL                  fdatasync the log on every write, default false
+//	  compress = "off" | "zstd"    compress the log a node ships of it (zstd per ~1 MiB frame) to
+//	                               fetchers that decode it; default "off"; reload: next connection
 //	  verify_interval = DURATION   online verify on each secondary that often ("24h"), default 0: never
 //	  retain_max = SIZE            log kept for a node that is behind, default 0: no limit; beyond it
 //	                               the node is released (may need a full sync on return)
@@ -59,7 +61,7 @@
 //	  control_max_connections = N  1..65535, default 32
 //	  control_idle_timeout = DURATION   idle keep-alive control connections; default 30s
 //	  sync_rate = SIZE             bytes per second a full sync copies, over all resources of a node; 0: no limit
-//	  fetch_rate = SIZE            bytes per second of log a node fetches, over all resources; 0: no limit
+//	  fetch_rate = SIZE            bytes per second of log a node fetches (on the network), all resources; 0: none
 //
 // A SIZE is a byte count: an integer, or a string "NUMBER[ ]UNIT" with a whole
 // number, an optional space and a case-insensitive unit: B; K, KiB, M, MiB, G,

@@ -56,6 +56,9 @@ func (c *Config) Marshal() []byte {
 		kv("replicated", fmt.Sprint(r.Replicated))
 		kv("segment_size", q(FormatSize(r.SegmentSize)))
 		kv("sync", fmt.Sprint(r.Sync))
+		if r.Compress != "" {
+			kv("compress", q(r.Compress))
+		}
 		if r.VerifyInterval > 0 {
 			kv("verify_interval", q(r.VerifyInterval.String()))
 		}

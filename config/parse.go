@@ -18,7 +18,7 @@ import (
 var (
 	topKeys      = []string{"secret_file", "tls_dir", "nodes", "resources", "exports", "limits"}
 	nodeKeys     = []string{"replication", "state_dir", "control", "metrics_listen"}
-	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
+	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "compress", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
 	exportKeys   = []string{"aoe", "nbd"}
 	aoeKeys      = []string{"resource", "shelf", "slot", "interfaces", "allow_macs", "read_only", "bufcnt", "write_cache"}
 	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only", "tls", "tls_verify_client"}
@@ -69,6 +69,7 @@ var examples = map[string]string{
 	"replicated":        `replicated = true`,
 	"segment_size":      `segment_size = "256MiB"`,
 	"sync":              `sync = false`,
+	"compress":          `compress = "zstd"`,
 	"verify_interval":   `verify_interval = "24h"`,
 	"retain_max":        `retain_max = "64GiB"`,
 	"retain_max_age":    `retain_max_age = "72h"`,
@@ -685,6 +686,15 @@ func (p *parser) resource(name string, v any) (*Resource, bool) {
 		}
 	}
 	r.Sync = p.getBool(m, path, "sync", false)
+	if s, ok := p.getString(m, path, "compress"); ok {
+		switch s {
+		case CompressOff:
+		case CompressZstd:
+			r.Compress = s
+		default:
+			p.errorf(joinPath(path, "compress"), "%q is not a compression; use %q or %q, for example: %s", s, CompressOff, CompressZstd, examples["compress"])
+		}
+	}
 	if d, ok := p.getDuration(m, path, "verify_interval"); ok {
 		if d != 0 && d < MinVerifyInterval {
 			p.errorf(joinPath(path, "verify_interval"), "%s is too often; use at least %s (or 0: never), for example: %s", d, MinVerifyInterval, examples["verify_interval"])

@@ -8,6 +8,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// compressedSource is a Source shipping its log compressed with c (only
+// for Sources without the optional interfaces, which it hides).
+type compressedSource struct {
+	Source
+	c Compression
+}
+
+func (s compressedSource) ShipCompression() Compression { return s.c }
+
 // crash abandons p as a killed process would: no checkpoint, no flush of
 // the data device, the segment left unsealed. The data device is not closed.
 func (p *Primary) crash() {

@@ -18,6 +18,10 @@ type NodeStatus struct {
 	Node      string           `json:"node"`
 	Time      time.Time        `json:"time"` // the node's clock when taken
 	Resources []ResourceStatus `json:"resources"`
+	// Features lists the protocol extensions the node's ship server
+	// understands (wire.FeatureFetchAccept); nodes of older releases list
+	// none, and a fetcher uses none with them.
+	Features []string `json:"features,omitempty"`
 }
 
 // Resource returns the status of resource res, or false.
@@ -76,11 +80,19 @@ type ResourceStatus struct {
 	LagSeconds float64 `json:"lag_seconds"`
 	// FetchRate and ReplayRate are the log bytes per second a secondary
 	// fetched and replayed over the last 10 s.
-	FetchRate    float64 `json:"fetch_bytes_per_second,omitempty"`
-	ReplayRate   float64 `json:"replay_bytes_per_second,omitempty"`
-	FetchPaused  bool    `json:"fetch_paused,omitempty"`
-	ReplayPaused bool    `json:"replay_paused,omitempty"`
-	SyncPaused   bool    `json:"sync_paused,omitempty"`
+	FetchRate  float64 `json:"fetch_bytes_per_second,omitempty"`
+	ReplayRate float64 `json:"replay_bytes_per_second,omitempty"`
+	// FetchLogBytes and FetchWireBytes count the log a secondary fetched
+	// since it opened: its bytes, and the bytes of it that crossed the
+	// network (less when the source compresses: see Compression).
+	FetchLogBytes  int64 `json:"fetch_log_bytes,omitempty"`
+	FetchWireBytes int64 `json:"fetch_wire_bytes,omitempty"`
+	// FetchCompression is the compression of the stream being fetched
+	// ("zstd" once a compressed frame arrived on it, else "").
+	FetchCompression string `json:"fetch_compression,omitempty"`
+	FetchPaused      bool   `json:"fetch_paused,omitempty"`
+	ReplayPaused     bool   `json:"replay_paused,omitempty"`
+	SyncPaused       bool   `json:"sync_paused,omitempty"`
 	// Sync is the progress of a full sync, when one is running or needed.
 	Sync *SyncProgress `json:"sync,omitempty"`
 	// LastSync is the outcome of the last full sync since the daemon

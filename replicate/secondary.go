@@ -192,6 +192,13 @@ type Secondary struct {
 	// fetchRate and replayRate count the log bytes fetched and replayed,
 	// for the rates in Status.
 	fetchRate, replayRate rateWindow
+	// fetchLog and fetchWire count the log fetched and its bytes on the
+	// network; fetchComp is the compression seen on the current stream.
+	fetchLog, fetchWire int64
+	fetchComp           string
+	// noAccept makes the fetcher act as one of an older release (tests):
+	// it never sends Fetch.Accept.
+	noAccept bool
 
 	// discardLog asks the fetcher to drop the local log (a sync starts
 	// before its beginning).
@@ -507,6 +514,7 @@ func (s *Secondary) Status() ResourceStatus {
 	rs.LagSeconds = s.lagSeconds()
 	now := time.Now()
 	rs.FetchRate, rs.ReplayRate = s.fetchRate.Rate(now), s.replayRate.Rate(now)
+	rs.FetchLogBytes, rs.FetchWireBytes, rs.FetchCompression = s.fetchLog, s.fetchWire, s.fetchComp
 	rs.Verify = s.vf.report()
 	for _, e := range []string{s.fetchErr, s.replayErr, s.syncErr, s.damagedPeersErr()} {
 		if e != "" {

@@ -290,11 +290,21 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 	if i > 0 {
 		go s.probePreferred(sctx, cancel, peers[:i])
 	}
-	if err := pc.c.SendFlush(&wire.Fetch{Resource: s.opts.Resource, From: toWire(from)}); err != nil {
+	accept, err := s.accept(sctx, pc)
+	if err != nil {
+		return err
+	}
+	if err := pc.c.SendFlush(&wire.Fetch{Resource: s.opts.Resource, From: toWire(from), Accept: accept}); err != nil {
 		return err
 	}
 	s.logger.Info("fetching the log", "peer", p.String(), "from", from.String())
 	s.setSource(p.Name, Position{})
+	var dec *wire.Decompressor
+	defer func() {
+		if dec != nil {
+			dec.Close()
+		}
+	}()
 	for {
 		pc.nc.SetReadDeadline(time.Now().Add(fetchStreamTimeout))
 		var m wire.Message
@@ -311,14 +321,37 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 			}
 			return err
 		}
+		wireLen := 0
+		if cm, ok := m.(*wire.CompressedData); ok {
+			if accept&cm.Encoding.Bit() == 0 {
+				return fmt.Errorf("peer %s sent %s data, which this node did not accept", p, cm.Encoding)
+			}
+			if dec == nil {
+				dec = wire.NewDecompressor(wire.MaxFrame)
+				s.mu.Lock()
+				s.fetchComp = cm.Encoding.String()
+				s.mu.Unlock()
+			}
+			wireLen = len(cm.Data)
+			if m, err = dec.Decompress(cm); err != nil {
+				return fmt.Errorf("peer %s: %w", p, err)
+			}
+		}
 		switch m := m.(type) {
 		case *wire.SegmentData:
-			if err := waitBytes(sctx, s.opts.FetchLimiter, len(m.Data)); err != nil {
+			if wireLen == 0 {
+				wireLen = len(m.Data)
+			}
+			if err := waitBytes(sctx, s.opts.FetchLimiter, wireLen); err != nil {
 				return nil // cancelled meanwhile
 			}
 			if err := s.storeFetched(fl, m, pc.c.Buffered()); err != nil {
 				return err
 			}
+			s.mu.Lock()
+			s.fetchLog += int64(len(m.Data))
+			s.fetchWire += int64(wireLen)
+			s.mu.Unlock()
 			s.setSource(p.Name, fromWire(m.End))
 			s.setFetchErr(nil)
 		case *wire.Heartbeat:
@@ -333,6 +366,26 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 			return fmt.Errorf("peer %s sent %s in a log stream", p, m.Type())
 		}
 	}
+}
+
+// accept returns the encodings to accept from the peer of pc: zstd when its
+// status says it reads Fetch.Accept (a node of an older release refuses a
+// Fetch with it), else none.
+func (s *Secondary) accept(ctx context.Context, pc *peerConn) (uint32, error) {
+	s.mu.Lock()
+	s.fetchComp = ""
+	s.mu.Unlock()
+	if s.noAccept {
+		return 0, nil
+	}
+	st, err := pc.status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if slices.Contains(st.Features, wire.FeatureFetchAccept) {
+		return wire.EncodingZstd.Bit(), nil
+	}
+	return 0, nil
 }
 
 // probePreferred checks the more preferred peers every RetryInterval and

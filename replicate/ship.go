@@ -3,6 +3,7 @@ package replicate
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,6 +69,13 @@ type ShipServer struct {
 	// hsFails tracks failed handshakes per remote host, so each distinct
 	// failure is logged once (WARN) and its repeats are counted.
 	hsFails map[string]*repeatLog
+	// noFetchAccept makes the server act as one of an older release
+	// (tests): no features listed, a Fetch with Accept refused as
+	// malformed.
+	noFetchAccept bool
+	// mangle, if set, may change every data frame before it is sent
+	// (tests: damage in transit).
+	mangle func(wire.Message)
 }
 
 // maxHandshakeHosts bounds the hosts whose handshake failures are tracked.
@@ -179,6 +187,9 @@ func (s *ShipServer) NodeStatus() NodeStatus {
 	s.mu.Unlock()
 	sort.Strings(names)
 	st := NodeStatus{Node: s.Node, Time: time.Now(), Resources: []ResourceStatus{}}
+	if !s.noFetchAccept {
+		st.Features = []string{wire.FeatureFetchAccept}
+	}
 	for _, n := range names {
 		rs := srcs[n].Status()
 		rs.Resource = n
@@ -374,8 +385,20 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 					return
 				}
 			}
-			log.Info("peer fetches the log", "resource", m.Resource, "from", fromWire(m.From).String())
-			err := s.stream(r, m.Resource, nc, c, fromWire(m.From))
+			if s.noFetchAccept && m.Accept != 0 {
+				log.Debug("replication connection ended", "err", "malformed fetch (accept)")
+				return
+			}
+			var comp *wire.Compressor
+			if m.Accept&wire.EncodingZstd.Bit() != 0 && shipCompression(r.src) == CompressZstd {
+				comp = wire.NewCompressor()
+			}
+			attrs := []any{"resource", m.Resource, "from", fromWire(m.From).String(), "compress", comp != nil}
+			if tc, ok := nc.(*tls.Conn); ok {
+				attrs = append(attrs, "cipher", tls.CipherSuiteName(tc.ConnectionState().CipherSuite))
+			}
+			log.Info("peer fetches the log", attrs...)
+			err := s.stream(r, m.Resource, nc, c, fromWire(m.From), comp)
 			var we *wire.Error
 			if errors.As(err, &we) {
 				c.SendFlush(we)

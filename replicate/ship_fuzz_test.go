@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/tharsis/tharsis/replicate/wire"
 )
 
 // FuzzShipRecords: what the ship server sends of any segment file is whole,
@@ -48,6 +50,43 @@ func FuzzShipRecords(f *testing.F) {
 				rb = rb[k:]
 			}
 			off += int64(got)
+		}
+	})
+}
+
+// FuzzDecompressShipped: whatever a peer sends as compressed segment data,
+// the fetcher's decompression never panics, never returns more than the
+// frame says (nor more than its limit), and the records in what it returns
+// are checked as those of a plain frame are.
+func FuzzDecompressShipped(f *testing.F) {
+	good, offs := buildSegment(f, 1, 1, [][]int{{10, 20}, {30}}, false)
+	c := wire.NewCompressor()
+	z := c.Compress(&wire.SegmentData{Segment: "log-000000001-a", Data: bytes.Repeat(good, 4)}).(*wire.CompressedData)
+	f.Add(bytes.Clone(z.Data), z.RawLen)
+	bad := bytes.Clone(z.Data)
+	bad[len(bad)/2] ^= 1
+	f.Add(bad, z.RawLen)
+	f.Add(bytes.Clone(z.Data[:len(z.Data)-3]), z.RawLen)
+	f.Add(good[:offs[1]], uint32(offs[1]))
+	const limit = 1 << 20
+	d := wire.NewDecompressor(limit)
+	f.Fuzz(func(t *testing.T, b []byte, rawLen uint32) {
+		m, err := d.Decompress(&wire.CompressedData{Segment: "log-000000001-a", Encoding: wire.EncodingZstd, RawLen: rawLen, Data: b})
+		if err != nil {
+			if !errors.Is(err, wire.ErrCompressed) {
+				t.Fatalf("error %v does not wrap ErrCompressed", err)
+			}
+			return
+		}
+		if len(m.Data) != int(rawLen) || rawLen > limit {
+			t.Fatalf("decompressed %d bytes, the frame says %d (limit %d)", len(m.Data), rawLen, limit)
+		}
+		for rb := m.Data; len(rb) > 0; {
+			_, k, err := DecodeRecord(rb)
+			if err != nil {
+				break
+			}
+			rb = rb[k:]
 		}
 	})
 }

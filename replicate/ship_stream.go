@@ -16,8 +16,10 @@ import (
 // live tail as the source's End moves. Every SegmentData frame holds whole
 // records (up to about shipBatch bytes, or one larger record). With from.Seq
 // == 0 the stream starts at the beginning of segment from.Segment (the first
-// segment held when 0): a joining node's log begins there.
-func (s *ShipServer) stream(r *shipRes, res string, nc net.Conn, c *wire.Conn, from Position) error {
+// segment held when 0): a joining node's log begins there. With comp set
+// (the fetcher accepts zstd and the resource compresses), the frames whose
+// data shrinks go out as CompressedData.
+func (s *ShipServer) stream(r *shipRes, res string, nc net.Conn, c *wire.Conn, from Position, comp *wire.Compressor) error {
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
 	go func() {
@@ -117,7 +119,14 @@ func (s *ShipServer) stream(r *shipRes, res string, nc net.Conn, c *wire.Conn, f
 				if err != nil {
 					return &wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("node %s cannot read its log: %v", s.Node, err)}
 				}
-				if err := c.SendFlush(&wire.SegmentData{Segment: cur.String(), Offset: off, End: toWire(end), Data: buf[:n]}); err != nil {
+				var m wire.Message = &wire.SegmentData{Segment: cur.String(), Offset: off, End: toWire(end), Data: buf[:n]}
+				if comp != nil {
+					m = comp.Compress(m.(*wire.SegmentData))
+				}
+				if s.mangle != nil {
+					s.mangle(m)
+				}
+				if err := c.SendFlush(m); err != nil {
 					return err
 				}
 				off += int64(n)

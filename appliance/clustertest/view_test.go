@@ -45,21 +45,26 @@ func (p Position) String() string {
 
 // ReplStatus is replicate.ResourceStatus: one node's replication state.
 type ReplStatus struct {
-	Role         string        `json:"role"`
-	End          Position      `json:"end"`
-	Applied      Position      `json:"applied"`
-	Consistent   bool          `json:"consistent"`
-	Source       string        `json:"source"`
-	SourceEnd    Position      `json:"source_end"`
-	LagBytes     int64         `json:"lag_bytes"`
-	LagSeconds   float64       `json:"lag_seconds"`
-	FetchPaused  bool          `json:"fetch_paused"`
-	ReplayPaused bool          `json:"replay_paused"`
-	SyncPaused   bool          `json:"sync_paused"`
-	Detached     bool          `json:"detached"`
-	Sync         *SyncProgress `json:"sync"`
-	LastSync     *SyncProgress `json:"last_sync"`
-	Emergency    *struct {
+	Role        string   `json:"role"`
+	End         Position `json:"end"`
+	Applied     Position `json:"applied"`
+	Consistent  bool     `json:"consistent"`
+	Source      string   `json:"source"`
+	SourceEnd   Position `json:"source_end"`
+	LagBytes    int64    `json:"lag_bytes"`
+	LagSeconds  float64  `json:"lag_seconds"`
+	FetchPaused bool     `json:"fetch_paused"`
+	// FetchLogBytes and FetchWireBytes: log fetched, and its bytes on the
+	// network; FetchCompression: of the current stream.
+	FetchLogBytes    int64         `json:"fetch_log_bytes"`
+	FetchWireBytes   int64         `json:"fetch_wire_bytes"`
+	FetchCompression string        `json:"fetch_compression"`
+	ReplayPaused     bool          `json:"replay_paused"`
+	SyncPaused       bool          `json:"sync_paused"`
+	Detached         bool          `json:"detached"`
+	Sync             *SyncProgress `json:"sync"`
+	LastSync         *SyncProgress `json:"last_sync"`
+	Emergency        *struct {
 		Active bool       `json:"active"`
 		Chunks int        `json:"chunks"`
 		Marks  []Position `json:"marks"`

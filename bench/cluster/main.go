@@ -133,7 +133,10 @@ type position struct {
 // resource's level or one below) and falls back to the log's written
 // position for a primary without one.
 func status(sock string) (*replStatus, error) {
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// No keep-alive: each call has its own transport, and an idle
+	// connection left behind would hold one of the daemon's control
+	// connections (control_max_connections) until its idle timeout.
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}}}

@@ -230,6 +230,9 @@ func renderNode(w io.Writer, n *appliance.NodeView) {
 	if n.FetchRate > 0 || n.ReplayRate > 0 {
 		detail = append(detail, fmt.Sprintf("fetch %s/s, replay %s/s", humanBytes(int64(n.FetchRate)), humanBytes(int64(n.ReplayRate))))
 	}
+	if n.FetchCompression != "" && n.FetchWireBytes > 0 {
+		detail = append(detail, fmt.Sprintf("%s %.1fx (%s of log in %s)", n.FetchCompression, float64(n.FetchLogBytes)/float64(n.FetchWireBytes), humanBytes(n.FetchLogBytes), humanBytes(n.FetchWireBytes)))
+	}
 	for _, sw := range []struct {
 		on   bool
 		name string

@@ -13,7 +13,7 @@
 //	+0   magic    uint32  0x50524854 ("THRP" as bytes)
 //	+4   length   uint32  body length, at most the reader's limit
 //	+8   version  uint8   1
-//	+9   type     uint8   Type of the message (1..15)
+//	+9   type     uint8   Type of the message (1..17)
 //	+10  flags    uint16  0 (reserved)
 //	+12  body     length bytes, laid out per type (see each message)
 //
@@ -21,6 +21,17 @@
 // (MaxFrame, or MaxHandshakeFrame before authentication) before it allocates
 // anything. Strings are a uint16 length and the bytes; a message's trailing
 // bulk data (segment bytes, chunk bytes, status JSON) is the rest of the body.
+//
+// # Compression
+//
+// A fetcher says in Fetch which encodings of segment data it decodes
+// (Accept); a server whose resource is configured to compress may then send
+// CompressedData frames instead of SegmentData, each compressed on its own
+// (zstd, stateless: every frame is self-contained). Accept is a trailing
+// field that a node of an older release does not know (its decoder refuses
+// a Fetch with it), so a fetcher sends it only to a server whose status
+// lists FeatureFetchAccept; without Accept a server sends SegmentData only,
+// which keeps fetchers of older releases working. The frame version stays 1.
 //
 // Nothing is encrypted: the log, chunks and status cross the network in the
 // clear. Authentication (Hello, Challenge, Response) proves that both ends
@@ -88,11 +99,12 @@ const (
 	TypeChunkData       Type = 14 // server → client
 	TypeRole            Type = 15 // either way: a role message (JSON), answered by another (empty JSON: received)
 	TypeEmergency       Type = 16 // either way: the chunks a primary wrote without its log (JSON request and answer)
-	typeMax                  = 16
+	TypeCompressedData  Type = 17 // server → client: SegmentData with compressed data (only when the Fetch accepted it)
+	typeMax                  = 17
 )
 
 var typeNames = [...]string{"invalid", "hello", "challenge", "response", "welcome", "error", "status-request", "status",
-	"fetch", "segment-data", "heartbeat", "checksum-request", "checksums", "chunk-request", "chunk-data", "role", "emergency"}
+	"fetch", "segment-data", "heartbeat", "checksum-request", "checksums", "chunk-request", "chunk-data", "role", "emergency", "compressed-data"}
 
 // String returns the type's name.
 func (t Type) String() string {
@@ -177,12 +189,55 @@ type StatusRequest struct{}
 type Status struct{ JSON []byte }
 
 // Fetch asks for the log of Resource after From; the server answers with a
-// stream of SegmentData and Heartbeat until the connection closes.
+// stream of SegmentData (or CompressedData, when Accept allows it) and
+// Heartbeat until the connection closes.
 //
-//	resource string | from Position (segment u64, offset i64, seq u64)
+//	resource string | from Position (segment u64, offset i64, seq u64) | [accept u32]
+//
+// Accept is present only when not 0 (see Compression in the package doc).
 type Fetch struct {
 	Resource string
 	From     Position
+	// Accept is the set of encodings the fetcher decodes, a bit 1<<e for
+	// each Encoding e; 0: plain SegmentData only.
+	Accept uint32
+}
+
+// Encoding is a compression of segment data (CompressedData.Encoding).
+type Encoding uint8
+
+// Encodings.
+const (
+	EncodingZstd Encoding = 1 // zstd (RFC 8878), one zstd frame per message
+)
+
+// String returns the encoding's name as the config spells it.
+func (e Encoding) String() string {
+	if e == EncodingZstd {
+		return "zstd"
+	}
+	return fmt.Sprintf("encoding(%d)", uint8(e))
+}
+
+// Bit returns e's bit in Fetch.Accept.
+func (e Encoding) Bit() uint32 { return 1 << (e & 31) }
+
+// FeatureFetchAccept is listed in the status of a node whose ship server
+// reads Fetch.Accept.
+const FeatureFetchAccept = "fetch-accept"
+
+// CompressedData is a SegmentData whose Data is compressed with Encoding;
+// RawLen is the length of the data decompressed (at most the reader's
+// frame limit).
+//
+//	segment string | offset i64 | end Position | encoding u8 | raw_len u32 | data (rest of body)
+type CompressedData struct {
+	Segment  string
+	Offset   int64
+	End      Position
+	Encoding Encoding
+	RawLen   uint32
+	Data     []byte
 }
 
 // SegmentData carries whole records of segment Segment starting at byte
@@ -268,6 +323,7 @@ func (*ChunkRequest) Type() Type    { return TypeChunkRequest }
 func (*ChunkData) Type() Type       { return TypeChunkData }
 func (*Role) Type() Type            { return TypeRole }
 func (*Emergency) Type() Type       { return TypeEmergency }
+func (*CompressedData) Type() Type  { return TypeCompressedData }
 
 // New returns an empty message of type t, or nil for an unknown type.
 func New(t Type) Message {
@@ -304,6 +360,8 @@ func New(t Type) Message {
 		return &Role{}
 	case TypeEmergency:
 		return &Emergency{}
+	case TypeCompressedData:
+		return &CompressedData{}
 	}
 	return nil
 }
@@ -534,11 +592,42 @@ func (m *Emergency) decode(body []byte) error {
 	return d.end()
 }
 
-func (m *Fetch) AppendBody(b []byte) []byte { return appendPos(appendString(b, m.Resource), m.From) }
+func (m *Fetch) AppendBody(b []byte) []byte {
+	b = appendPos(appendString(b, m.Resource), m.From)
+	if m.Accept != 0 {
+		b = binary.LittleEndian.AppendUint32(b, m.Accept)
+	}
+	return b
+}
 func (m *Fetch) decode(body []byte) error {
 	d := dec{b: body}
 	m.Resource = d.str()
 	m.From = d.pos()
+	if d.err == nil && len(d.b) > 0 {
+		if m.Accept = d.u32(); m.Accept == 0 && d.err == nil {
+			d.err = errors.New("accept 0 present (it is sent as absent)")
+		}
+	}
+	return d.end()
+}
+
+func (m *CompressedData) AppendBody(b []byte) []byte {
+	b = appendString(b, m.Segment)
+	b = binary.LittleEndian.AppendUint64(b, uint64(m.Offset))
+	b = append(appendPos(b, m.End), byte(m.Encoding))
+	b = binary.LittleEndian.AppendUint32(b, m.RawLen)
+	return append(b, m.Data...)
+}
+func (m *CompressedData) decode(body []byte) error {
+	d := dec{b: body}
+	m.Segment = d.str()
+	m.Offset = d.i64()
+	m.End = d.pos()
+	if e := d.take(1); e != nil {
+		m.Encoding = Encoding(e[0])
+	}
+	m.RawLen = d.u32()
+	m.Data = d.rest()
 	return d.end()
 }
 

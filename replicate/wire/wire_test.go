@@ -24,6 +24,8 @@ func samples() []Message {
 		&Role{JSON: []byte(`{"kind":"handover-request"}`)},
 		&Emergency{JSON: []byte(`{"resource":"r0"}`)},
 		&Fetch{Resource: "r0", From: Position{Segment: 3, Offset: 4096, Seq: 77}},
+		&Fetch{Resource: "r0", From: Position{Segment: 3, Offset: 4096, Seq: 77}, Accept: EncodingZstd.Bit()},
+		&CompressedData{Segment: "log-000000003-alpha", Offset: 56, End: Position{3, 200, 9}, Encoding: EncodingZstd, RawLen: 7, Data: []byte("zstd")},
 		&SegmentData{Segment: "log-000000003-alpha", Offset: 56, End: Position{3, 200, 9}, Data: []byte("records")},
 		&Heartbeat{End: Position{1, 2, 3}},
 		&ChecksumRequest{Resource: "r0", ChunkSize: 1 << 20, First: 10, Count: 64},
