@@ -108,6 +108,9 @@ type ResourceStatus struct {
 	// replay stopped before such a mark (consistent, outdated: `tharsis
 	// invalidate` copies the chunks written without the log).
 	Emergency *EmergencyState `json:"emergency,omitempty"`
+	// Ack is the primary's synchronous acknowledgement (ack_secondaries):
+	// what it promises, whether it fell back, who acknowledged what.
+	Ack *AckStatus `json:"ack,omitempty"`
 	// DiskCapacity is the real size of this node's disk (what a resize
 	// may grow the resource to); set by the daemon.
 	DiskCapacity  int64     `json:"disk_capacity,omitempty"`

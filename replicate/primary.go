@@ -48,6 +48,9 @@ type Options struct {
 	// every other node of the resource; DeleteApplied keeps what it does
 	// not cover. Nil: only this node counts.
 	MinAppliedByPeers func() Position
+	// Ack makes writes wait for secondaries (ack.go); the zero value:
+	// asynchronous.
+	Ack AckOptions
 	// NoEmergency makes a write that finds the log full (and nothing to
 	// delete) fail with blockdev.ErrNoSpace, instead of emergency mode
 	// (emergency.go). For tests of the log itself.
@@ -87,6 +90,8 @@ type Primary struct {
 	bg       sync.WaitGroup
 
 	damage damageBook
+
+	acks *acks // synchronous acknowledgement (ack.go)
 
 	freeMu     sync.Mutex
 	freeFailed time.Time
@@ -138,6 +143,7 @@ func OpenPrimary(data blockdev.Device, opts Options) (*Primary, error) {
 	}
 	p := &Primary{data: data, opts: opts, fsys: opts.FS, logger: opts.Logger.With("resource", opts.Resource),
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	p.acks = newAcks(opts.Ack, p.logger)
 	if err := p.recover(); err != nil {
 		return nil, err
 	}
@@ -483,9 +489,11 @@ func (p *Primary) write(es []*entry, mark bool) error {
 	}
 	p.finish(es, true)
 	if p.opts.Sync {
-		return p.w.waitDurable(es[len(es)-1].pos.Seq)
+		if err := p.w.waitDurable(es[len(es)-1].pos.Seq); err != nil {
+			return err
+		}
 	}
-	return nil
+	return p.waitAcks(es[len(es)-1].pos.Seq)
 }
 
 // addPending appends e to the pending list and notes the earlier pending
@@ -721,6 +729,7 @@ func (p *Primary) Close() error {
 	}
 	p.closed = true
 	p.mu.Unlock()
+	p.acks.close() // writes waiting for secondaries fail: not acknowledged
 	p.inflight.Wait()
 	p.em.rw.Lock() // every emergency write has returned (see writeEmergency)
 	p.em.rw.Unlock()
@@ -751,6 +760,7 @@ func (p *Primary) CloseSealed() (Position, error) {
 	}
 	p.closed = true
 	p.mu.Unlock()
+	p.acks.close() // writes waiting for secondaries fail: not acknowledged
 	p.inflight.Wait()
 	p.em.rw.Lock() // every emergency write has returned (see writeEmergency)
 	p.em.rw.Unlock()

@@ -305,6 +305,7 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 			dec.Close()
 		}
 	}()
+	acked := from
 	for {
 		pc.nc.SetReadDeadline(time.Now().Add(fetchStreamTimeout))
 		var m wire.Message
@@ -365,6 +366,9 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 		default:
 			return fmt.Errorf("peer %s sent %s in a log stream", p, m.Type())
 		}
+		if err := s.sendAck(pc.c, &acked); err != nil {
+			return err
+		}
 	}
 }
 
@@ -386,6 +390,18 @@ func (s *Secondary) accept(ctx context.Context, pc *peerConn) (uint32, error) {
 		return wire.EncodingZstd.Bit(), nil
 	}
 	return 0, nil
+}
+
+// sendAck tells the source how far the fetched log is durable here
+// (wire.Ack, the back channel of synchronous acknowledgement) when that
+// moved since the last one, acked.
+func (s *Secondary) sendAck(c *wire.Conn, acked *Position) error {
+	f, _ := s.Positions()
+	if f.Seq <= acked.Seq {
+		return nil
+	}
+	*acked = f
+	return c.SendFlush(&wire.Ack{Durable: toWire(f)})
 }
 
 // probePreferred checks the more preferred peers every RetryInterval and

@@ -398,7 +398,7 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 				attrs = append(attrs, "cipher", tls.CipherSuiteName(tc.ConnectionState().CipherSuite))
 			}
 			log.Info("peer fetches the log", attrs...)
-			err := s.stream(r, m.Resource, nc, c, fromWire(m.From), comp)
+			err := s.stream(r, m.Resource, peer, nc, c, fromWire(m.From), comp)
 			var we *wire.Error
 			if errors.As(err, &we) {
 				c.SendFlush(we)

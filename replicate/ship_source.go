@@ -216,6 +216,7 @@ func (s *primarySource) Status() ResourceStatus {
 	if em := s.p.Emergency(); em.Active || len(em.Marks) > 0 {
 		rs.Emergency = &em
 	}
+	rs.Ack = s.p.Ack()
 	for _, seg := range st.Segments {
 		rs.Segments = append(rs.Segments, SegmentSummary{Name: seg.Name, Size: seg.Size, Sealed: seg.Sealed,
 			SHA256: segmentSum(s.p.opts.Dir, seg.Name, seg.Size, seg.Sealed)})

@@ -3,10 +3,10 @@ package replicate
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/tharsis/tharsis/replicate/wire"
 )
@@ -19,19 +19,20 @@ import (
 // segment held when 0): a joining node's log begins there. With comp set
 // (the fetcher accepts zstd and the resource compresses), the frames whose
 // data shrinks go out as CompressedData.
-func (s *ShipServer) stream(r *shipRes, res string, nc net.Conn, c *wire.Conn, from Position, comp *wire.Compressor) error {
+func (s *ShipServer) stream(r *shipRes, res, peer string, nc net.Conn, c *wire.Conn, from Position, comp *wire.Compressor) error {
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
+	src := r.src
+	var acked ackBound // nothing shipped yet: no acknowledgement counts
 	go func() {
-		// The client sends nothing after Fetch: a read returns when it
-		// closes the connection.
-		io.Copy(io.Discard, nc)
+		// After Fetch the client sends only acknowledgements (readAcks);
+		// a read fails when it closes the connection.
+		readAcks(c, src, peer, &acked)
 		cancel()
 	}()
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
 
-	src := r.src
 	dir := src.LogDir()
 	ss := &segStream{dir: dir, res: res}
 	defer ss.close()
@@ -120,6 +121,7 @@ func (s *ShipServer) stream(r *shipRes, res string, nc net.Conn, c *wire.Conn, f
 					return &wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("node %s cannot read its log: %v", s.Node, err)}
 				}
 				var m wire.Message = &wire.SegmentData{Segment: cur.String(), Offset: off, End: toWire(end), Data: buf[:n]}
+				acked.set(Position{Segment: cur.Seq, Offset: off + int64(n)})
 				if comp != nil {
 					m = comp.Compress(m.(*wire.SegmentData))
 				}
@@ -153,6 +155,47 @@ func (s *ShipServer) stream(r *shipRes, res string, nc net.Conn, c *wire.Conn, f
 			if err := c.SendFlush(&wire.Heartbeat{End: toWire(e)}); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// ackBound is how far a stream shipped (segment and offset): a fetcher's
+// acknowledgement counts only up to there, so a node on another history
+// cannot vouch for records it never got from this one.
+type ackBound struct {
+	mu  sync.Mutex
+	pos Position
+}
+
+func (b *ackBound) set(p Position) {
+	b.mu.Lock()
+	b.pos = p
+	b.mu.Unlock()
+}
+
+// covers reports whether p is within what was shipped.
+func (b *ackBound) covers(p Position) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return p.Segment < b.pos.Segment || p.Segment == b.pos.Segment && p.Offset <= b.pos.Offset
+}
+
+// readAcks reads the fetcher's frames until the connection fails and hands
+// its acknowledgements to src when src counts them (a primary); anything
+// else ends the stream.
+func readAcks(c *wire.Conn, src Source, peer string, shipped *ackBound) {
+	sink, _ := src.(AckSink)
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			return
+		}
+		a, ok := m.(*wire.Ack)
+		if !ok {
+			return
+		}
+		if p := fromWire(a.Durable); sink != nil && shipped.covers(p) {
+			sink.NoteAck(peer, p)
 		}
 	}
 }

@@ -13,7 +13,7 @@
 //	+0   magic    uint32  0x50524854 ("THRP" as bytes)
 //	+4   length   uint32  body length, at most the reader's limit
 //	+8   version  uint8   1
-//	+9   type     uint8   Type of the message (1..17)
+//	+9   type     uint8   Type of the message (1..18)
 //	+10  flags    uint16  0 (reserved)
 //	+12  body     length bytes, laid out per type (see each message)
 //
@@ -100,11 +100,12 @@ const (
 	TypeRole            Type = 15 // either way: a role message (JSON), answered by another (empty JSON: received)
 	TypeEmergency       Type = 16 // either way: the chunks a primary wrote without its log (JSON request and answer)
 	TypeCompressedData  Type = 17 // server → client: SegmentData with compressed data (only when the Fetch accepted it)
-	typeMax                  = 17
+	TypeAck             Type = 18 // client → server on a fetch stream: the fetched log is durable here up to a position
+	typeMax                  = 18
 )
 
 var typeNames = [...]string{"invalid", "hello", "challenge", "response", "welcome", "error", "status-request", "status",
-	"fetch", "segment-data", "heartbeat", "checksum-request", "checksums", "chunk-request", "chunk-data", "role", "emergency", "compressed-data"}
+	"fetch", "segment-data", "heartbeat", "checksum-request", "checksums", "chunk-request", "chunk-data", "role", "emergency", "compressed-data", "ack"}
 
 // String returns the type's name.
 func (t Type) String() string {
@@ -299,6 +300,16 @@ type Role struct{ JSON []byte }
 // EmergencyRequest and EmergencyChunks).
 type Emergency struct{ JSON []byte }
 
+// Ack is the back channel of a fetch stream: the fetching node sends it
+// after each fdatasync of what it fetched, saying its copy of the log is
+// durable up to Durable (a record boundary). A primary counts it towards
+// synchronous acknowledgement (ack_secondaries). A server that does not
+// count acknowledgements reads and drops it, so the message needs no new
+// protocol version.
+//
+//	durable Position
+type Ack struct{ Durable Position }
+
 // ChunkData answers ChunkRequest (shorter at the end of the device).
 //
 //	index u64 | data (rest of body)
@@ -324,6 +335,7 @@ func (*ChunkData) Type() Type       { return TypeChunkData }
 func (*Role) Type() Type            { return TypeRole }
 func (*Emergency) Type() Type       { return TypeEmergency }
 func (*CompressedData) Type() Type  { return TypeCompressedData }
+func (*Ack) Type() Type             { return TypeAck }
 
 // New returns an empty message of type t, or nil for an unknown type.
 func New(t Type) Message {
@@ -362,6 +374,8 @@ func New(t Type) Message {
 		return &Emergency{}
 	case TypeCompressedData:
 		return &CompressedData{}
+	case TypeAck:
+		return &Ack{}
 	}
 	return nil
 }
@@ -649,6 +663,13 @@ func (m *Heartbeat) AppendBody(b []byte) []byte { return appendPos(b, m.End) }
 func (m *Heartbeat) decode(body []byte) error {
 	d := dec{b: body}
 	m.End = d.pos()
+	return d.end()
+}
+
+func (m *Ack) AppendBody(b []byte) []byte { return appendPos(b, m.Durable) }
+func (m *Ack) decode(body []byte) error {
+	d := dec{b: body}
+	m.Durable = d.pos()
 	return d.end()
 }
 

@@ -28,6 +28,7 @@ func samples() []Message {
 		&CompressedData{Segment: "log-000000003-alpha", Offset: 56, End: Position{3, 200, 9}, Encoding: EncodingZstd, RawLen: 7, Data: []byte("zstd")},
 		&SegmentData{Segment: "log-000000003-alpha", Offset: 56, End: Position{3, 200, 9}, Data: []byte("records")},
 		&Heartbeat{End: Position{1, 2, 3}},
+		&Ack{Durable: Position{4, 5, 6}},
 		&ChecksumRequest{Resource: "r0", ChunkSize: 1 << 20, First: 10, Count: 64},
 		&Checksums{First: 10, Size: 1 << 30, Sums: bytes.Repeat([]byte{7}, 2*SumSize)},
 		&ChunkRequest{Resource: "r0", ChunkSize: 1 << 20, Index: 5},
