@@ -76,35 +76,37 @@ var (
 	descBytes     = newDesc("export_bytes_total", "Payload bytes an export read or wrote (successful reads and writes).", exportLabels...)
 	descLatency   = newDesc("export_request_duration_seconds", "Time from a request's arrival until its reply was ready (NBD), or the target executed it (AoE).", exportLabels...)
 
-	descStart     = newDesc("node_start_time_seconds", "When the daemon started, in seconds since the Unix epoch.")
-	descRole      = newDesc("resource_role", "The node's role for the resource: 1 for the current one.", "resource", "role")
-	descState     = newDesc("resource_state", "The state of the node's disk: 1 for the current one (consistent, outdated, inconsistent, syncing).", "resource", "state")
-	descSize      = newDesc("resource_size_bytes", "Size of the resource.", "resource")
-	descServing   = newDesc("resource_exports_serving", "1 while the node serves the resource's exports.", "resource")
-	descSplit     = newDesc("resource_split_brain", "1 when the node's log and a peer's are two histories (split brain).", "resource")
-	descEmergency = newDesc("resource_emergency", "1 while the primary writes without the log (emergency mode).", "resource")
-	descPaused    = newDesc("resource_paused", "1 when the switch is paused.", "resource", "switch")
-	descLagBytes  = newDesc("resource_lag_bytes", "Log the node has not replayed yet: not fetched from its source plus fetched and not replayed.", "resource")
-	descLagSecs   = newDesc("resource_lag_seconds", "How long ago the node's disk last held its source's whole log (0 when caught up).", "resource")
-	descUnfetched = newDesc("resource_unfetched_bytes", "Log the node has not fetched from its source yet.", "resource")
-	descSegments  = newDesc("log_segments", "Segments in the node's log of the resource.", "resource")
-	descLogBytes  = newDesc("log_size_bytes", "Bytes in the node's log segments of the resource.", "resource")
-	descPending   = newDesc("log_pending_replay_bytes", "Log after the applied position persisted on the primary: what a restart would replay.", "resource")
-	descPosRecord = newDesc("log_position_record", "Record sequence number at a log position: end (durable end), logged (written, durable or not), applied (on the disk).", "resource", "position")
-	descPosSeg    = newDesc("log_position_segment", "Segment number of a log position.", "resource", "position")
-	descPosOffset = newDesc("log_position_offset_bytes", "Offset in its segment of a log position.", "resource", "position")
-	descSyncRun   = newDesc("sync_running", "1 while a full sync of the resource runs (or waits to run) on this node.", "resource")
-	descSyncDone  = newDesc("sync_compared_bytes", "Bytes of the disk the running full sync has compared.", "resource")
-	descSyncTotal = newDesc("sync_total_bytes", "Bytes the running full sync compares in all.", "resource")
-	descSyncSent  = newDesc("sync_transferred_bytes", "Bytes of differing chunks the running full sync has copied.", "resource")
-	descSyncETA   = newDesc("sync_eta_seconds", "Estimated time until the running full sync has compared everything.", "resource")
-	descPeerUp    = newDesc("peer_up", "1 when the last poll of the peer's status succeeded.", "peer")
-	descPeerAge   = newDesc("peer_status_age_seconds", "Age of the peer's status as last received.", "peer")
-	descPeerLagB  = newDesc("peer_lag_bytes", "A peer's lag for the resource as it reported it (see resource_lag_bytes).", "resource", "peer")
-	descBehindB   = newDesc("node_behind_primary_bytes", "How far a node's disk is from the primary's log end (the furthest log end known of the current history), as `tharsis view` shows it; a lower bound when a segment in between is unknown.", "resource", "node")
-	descBehindS   = newDesc("node_behind_primary_seconds", "How long ago a node's disk last held the primary's whole log: an upper bound (its own lag plus the age of its status).", "resource", "node")
-	descFetched   = newDesc("fetched_bytes_total", "Log fetched by this node (a secondary) since the resource opened: kind=\"log\" its bytes, kind=\"wire\" its bytes on the network (fewer when the source compresses).", "resource", "kind")
-	descPeerLagS  = newDesc("peer_lag_seconds", "A peer's lag for the resource in seconds as it reported it.", "resource", "peer")
+	descStart        = newDesc("node_start_time_seconds", "When the daemon started, in seconds since the Unix epoch.")
+	descRole         = newDesc("resource_role", "The node's role for the resource: 1 for the current one.", "resource", "role")
+	descState        = newDesc("resource_state", "The state of the node's disk: 1 for the current one (consistent, outdated, inconsistent, syncing).", "resource", "state")
+	descSize         = newDesc("resource_size_bytes", "Size of the resource.", "resource")
+	descServing      = newDesc("resource_exports_serving", "1 while the node serves the resource's exports.", "resource")
+	descSplit        = newDesc("resource_split_brain", "1 when the node's log and a peer's are two histories (split brain).", "resource")
+	descEmergency    = newDesc("resource_emergency", "1 while the primary writes without the log (emergency mode).", "resource")
+	descAckFallback  = newDesc("resource_ack_fallback", "1 while the primary acknowledges writes asynchronously although ack_secondaries > 0 (fell back after ack_timeout).", "resource")
+	descAckFallbacks = newDesc("resource_ack_fallbacks", "Falls back to asynchronous acknowledgement since the primary opened.", "resource")
+	descPaused       = newDesc("resource_paused", "1 when the switch is paused.", "resource", "switch")
+	descLagBytes     = newDesc("resource_lag_bytes", "Log the node has not replayed yet: not fetched from its source plus fetched and not replayed.", "resource")
+	descLagSecs      = newDesc("resource_lag_seconds", "How long ago the node's disk last held its source's whole log (0 when caught up).", "resource")
+	descUnfetched    = newDesc("resource_unfetched_bytes", "Log the node has not fetched from its source yet.", "resource")
+	descSegments     = newDesc("log_segments", "Segments in the node's log of the resource.", "resource")
+	descLogBytes     = newDesc("log_size_bytes", "Bytes in the node's log segments of the resource.", "resource")
+	descPending      = newDesc("log_pending_replay_bytes", "Log after the applied position persisted on the primary: what a restart would replay.", "resource")
+	descPosRecord    = newDesc("log_position_record", "Record sequence number at a log position: end (durable end), logged (written, durable or not), applied (on the disk).", "resource", "position")
+	descPosSeg       = newDesc("log_position_segment", "Segment number of a log position.", "resource", "position")
+	descPosOffset    = newDesc("log_position_offset_bytes", "Offset in its segment of a log position.", "resource", "position")
+	descSyncRun      = newDesc("sync_running", "1 while a full sync of the resource runs (or waits to run) on this node.", "resource")
+	descSyncDone     = newDesc("sync_compared_bytes", "Bytes of the disk the running full sync has compared.", "resource")
+	descSyncTotal    = newDesc("sync_total_bytes", "Bytes the running full sync compares in all.", "resource")
+	descSyncSent     = newDesc("sync_transferred_bytes", "Bytes of differing chunks the running full sync has copied.", "resource")
+	descSyncETA      = newDesc("sync_eta_seconds", "Estimated time until the running full sync has compared everything.", "resource")
+	descPeerUp       = newDesc("peer_up", "1 when the last poll of the peer's status succeeded.", "peer")
+	descPeerAge      = newDesc("peer_status_age_seconds", "Age of the peer's status as last received.", "peer")
+	descPeerLagB     = newDesc("peer_lag_bytes", "A peer's lag for the resource as it reported it (see resource_lag_bytes).", "resource", "peer")
+	descBehindB      = newDesc("node_behind_primary_bytes", "How far a node's disk is from the primary's log end (the furthest log end known of the current history), as `tharsis view` shows it; a lower bound when a segment in between is unknown.", "resource", "node")
+	descBehindS      = newDesc("node_behind_primary_seconds", "How long ago a node's disk last held the primary's whole log: an upper bound (its own lag plus the age of its status).", "resource", "node")
+	descFetched      = newDesc("fetched_bytes_total", "Log fetched by this node (a secondary) since the resource opened: kind=\"log\" its bytes, kind=\"wire\" its bytes on the network (fewer when the source compresses).", "resource", "kind")
+	descPeerLagS     = newDesc("peer_lag_seconds", "A peer's lag for the resource in seconds as it reported it.", "resource", "peer")
 )
 
 func newDesc(name, help string, labels ...string) *prometheus.Desc {
@@ -126,7 +128,7 @@ type collector struct{ d *Daemon }
 // Describe sends every metric's description.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descReqErrors, descBytes, descLatency, descStart, descRole,
-		descState, descSize, descServing, descSplit, descEmergency, descPaused, descLagBytes, descLagSecs, descUnfetched,
+		descState, descSize, descServing, descSplit, descEmergency, descAckFallback, descAckFallbacks, descPaused, descLagBytes, descLagSecs, descUnfetched,
 		descSegments, descLogBytes, descPending, descPosRecord, descPosSeg, descPosOffset, descSyncRun, descSyncDone,
 		descSyncTotal, descSyncSent, descSyncETA, descPeerUp, descPeerAge, descPeerLagB, descPeerLagS, descBehindB, descBehindS, descFetched} {
 		ch <- d
@@ -222,6 +224,10 @@ func collectResource(gauge, counter func(*prometheus.Desc, float64, ...string), 
 	}
 	gauge(descSplit, bool01(rep.Diverged || len(rep.Forks) > 0), name)
 	gauge(descEmergency, bool01(rep.Emergency != nil && rep.Emergency.Active), name)
+	if a := rep.Ack; a != nil {
+		gauge(descAckFallback, bool01(a.State == replicate.AckFallback), name)
+		gauge(descAckFallbacks, float64(a.Fallbacks), name)
+	}
 	gauge(descPaused, bool01(rep.FetchPaused), name, "fetch")
 	gauge(descPaused, bool01(rep.ReplayPaused), name, "replay")
 	gauge(descPaused, bool01(rep.SyncPaused), name, "sync")

@@ -30,7 +30,9 @@ import (
 //     retain_max_age, service_address and service_interface (the
 //     resource's exports restart), verify_interval (from the next time
 //     the secondary's data path opens), compress (from the next fetch
-//     connection: streams running go on as they started);
+//     connection: streams running go on as they started), ack_secondaries
+//     and ack_timeout (a primary's writes wait with the new values from
+//     the next one on);
 //   - other nodes added, removed or moved (replication address);
 //   - [limits] sync_rate and fetch_rate.
 //
@@ -43,7 +45,7 @@ import (
 var ErrReloadRefused = errors.New("the new config cannot be applied while the daemon runs (nothing was changed)")
 
 // liveResourceFields are the resource keys a reload applies live.
-var liveResourceFields = []string{"connect", "primary", "retain_max", "retain_max_age", "service_address", "service_interface", "verify_interval", "compress"}
+var liveResourceFields = []string{"connect", "primary", "retain_max", "retain_max_age", "service_address", "service_interface", "verify_interval", "compress", "ack_secondaries", "ack_timeout"}
 
 // liveLimitFields are the [limits] keys a reload applies live.
 var liveLimitFields = []string{"sync_rate", "fetch_rate"}
@@ -145,6 +147,9 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 			continue
 		}
 		r.conf.Store(rc)
+		if prim, _, _ := r.paths(); prim != nil {
+			prim.SetAck(d.ackOptions(rc))
+		}
 		if r.role != nil {
 			members, connect := d.roleMembers(rc)
 			r.role.send(d.ctx, replicate.EvConfig{Members: members, Connect: connect, ConfigPrimary: rc.Primary})

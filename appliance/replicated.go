@@ -148,6 +148,7 @@ func (d *Daemon) openPrimary(r *resource) error {
 		// has not fetched and replayed yet.
 		opts.MinAppliedByPeers = d.minApplied(r, func() []string { return d.others(rc) })
 	}
+	opts.Ack = d.ackOptions(rc)
 	p, err := replicate.OpenPrimary(keepOpen{r.disk, r.dir}, opts)
 	if err != nil {
 		return err
@@ -235,6 +236,16 @@ func (d *Daemon) others(rc *config.Resource) []string {
 		}
 	}
 	return out
+}
+
+// ackOptions is the resource's synchronous acknowledgement: ack_secondaries
+// counted among the other nodes holding it.
+func (d *Daemon) ackOptions(rc *config.Resource) replicate.AckOptions {
+	t := rc.AckTimeout
+	if t == config.AckForever {
+		t = replicate.AckForever
+	}
+	return replicate.AckOptions{Secondaries: rc.AckSecondaries, Timeout: t, Nodes: d.others(rc)}
 }
 
 // fetchers is every node whose connect list names this node.

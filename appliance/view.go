@@ -77,6 +77,10 @@ type ResourceView struct {
 	SplitBrains []SplitBrainView `json:"split_brains"`
 	// Emergency: the primary writes without the log (emergency mode).
 	Emergency bool `json:"emergency"`
+	// AckFallback: the primary fell back to asynchronous acknowledgement
+	// (fewer than ack_secondaries secondaries acknowledged within
+	// ack_timeout).
+	AckFallback bool `json:"ack_fallback"`
 	// Work is what is running, Todo what needs the operator, Hints what
 	// could be done; one sentence each.
 	Work  []string `json:"work"`
@@ -152,13 +156,16 @@ type NodeView struct {
 	Handover string `json:"handover"`
 	// Detached: its disk is detached (`tharsis detach`): no replay, no
 	// exports.
-	Detached      bool                      `json:"detached"`
-	Emergency     *replicate.EmergencyState `json:"emergency"`
-	StoppedAtMark *replicate.Position       `json:"stopped_at_mark"`
-	Released      []replicate.Release       `json:"released"`
-	Damage        []replicate.Damage        `json:"damage"`
-	DiskCapacity  int64                     `json:"disk_capacity_bytes"`
-	Error         string                    `json:"error"`
+	Detached  bool                      `json:"detached"`
+	Emergency *replicate.EmergencyState `json:"emergency"`
+	// Ack is the primary's synchronous acknowledgement (null: off, or not
+	// the primary).
+	Ack           *replicate.AckStatus `json:"ack"`
+	StoppedAtMark *replicate.Position  `json:"stopped_at_mark"`
+	Released      []replicate.Release  `json:"released"`
+	Damage        []replicate.Damage   `json:"damage"`
+	DiskCapacity  int64                `json:"disk_capacity_bytes"`
+	Error         string               `json:"error"`
 }
 
 // SplitBrainView is a fork between two nodes' logs.
@@ -269,6 +276,9 @@ func newResourceView(st *Status, r ResourceStatus, staleAfter time.Duration) Res
 		if n.Emergency != nil && n.Emergency.Active {
 			rv.Emergency = true
 		}
+		if n.Ack != nil && n.Ack.State == replicate.AckFallback && n.Node == rv.DesignatedPrimary {
+			rv.AckFallback = true
+		}
 	}
 	rv.SplitBrains = splitBrains(ins)
 	rv.Work, rv.Todo, rv.Hints = append(rv.Work, work(rv)...), append(rv.Todo, todo(rv, ins)...), append(rv.Hints, hints(rv)...)
@@ -293,6 +303,7 @@ func newNodeView(in nodeInput, end *replicate.Position, segs []replicate.Segment
 	n.FetchPaused, n.ReplayPaused, n.SyncPaused = rs.FetchPaused, rs.ReplayPaused, rs.SyncPaused
 	n.Sync, n.LastSync, n.Verify, n.Handover, n.Detached = rs.Sync, rs.LastSync, rs.Verify, rs.Handover, rs.Detached
 	n.Emergency, n.StoppedAtMark, n.DiskCapacity, n.Error = rs.Emergency, rs.StoppedAtMark, rs.DiskCapacity, rs.Err
+	n.Ack = rs.Ack
 	n.Released = append(n.Released, rs.Released...)
 	n.Damage = append(n.Damage, rs.Damage...)
 	if end != nil && !rs.Diverged {
@@ -421,6 +432,10 @@ func todo(rv ResourceView, ins []nodeInput) []string {
 		} else if em != nil && len(em.Marks) > 0 {
 			out = append(out, fmt.Sprintf("emergency on %s is over (mark at #%d): %d chunk%s written without the log; secondaries stopped at the mark need `tharsis invalidate %s` (copies only those chunks)",
 				n.Node, em.Marks[len(em.Marks)-1].Seq, em.Chunks, pluralVerb(em.Chunks), res))
+		}
+		if a := n.Ack; a != nil && a.State == replicate.AckFallback {
+			out = append(out, fmt.Sprintf("ASYNCHRONOUS on %s since %s: fewer than %d secondar%s acknowledged a write within ack_timeout = %s, so writes are acknowledged without them (a forced failover may lose them); check the secondaries' replication (fetching, reachable): it is synchronous again once %d of them hold every acknowledged write",
+				n.Node, a.Since.Format("15:04:05"), a.Secondaries, map[bool]string{true: "y", false: "ies"}[a.Secondaries == 1], a.Timeout, a.Secondaries))
 		}
 		if n.Detached {
 			out = append(out, fmt.Sprintf("%s: disk detached; run `tharsis attach %s` there to use it again", n.Node, res))

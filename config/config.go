@@ -24,6 +24,8 @@ const (
 	MinVerifyInterval  = time.Minute        // shortest verify_interval accepted (0: never)
 	CompressOff        = "off"              // compress: ship the log as it is (default)
 	CompressZstd       = "zstd"             // compress: zstd per shipped frame
+	DefaultAckTimeout  = 10 * time.Second   // ack_timeout of a resource that sets none
+	AckForever         = time.Duration(-1)  // ack_timeout = "forever"
 )
 
 // Config is a validated cluster configuration. Every path in it is already
@@ -70,6 +72,13 @@ type Resource struct {
 	// to a fetching node that can decode it: "" (TOML "off", the default)
 	// or CompressZstd.
 	Compress string
+	// AckSecondaries is k: a write is acknowledged only once k
+	// secondaries hold it durably in their logs (0: asynchronous).
+	// AckTimeout is how long a write waits for them before the primary
+	// falls back to asynchronous (0: DefaultAckTimeout; AckForever: it
+	// never does).
+	AckSecondaries int
+	AckTimeout     time.Duration
 	// VerifyInterval runs an online verify on each secondary that often
 	// (`tharsis verify` without --repair); 0: never.
 	VerifyInterval time.Duration

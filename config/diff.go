@@ -142,6 +142,7 @@ func resourceFields(a, b *Resource) []string {
 	return fieldDiff("disk", a.Disks, b.Disks, "size", a.Size, b.Size, "log_dir", a.LogDir, b.LogDir,
 		"primary", a.Primary, b.Primary, "connect", a.Connect, b.Connect, "replicated", a.Replicated, b.Replicated,
 		"segment_size", a.SegmentSize, b.SegmentSize, "sync", a.Sync, b.Sync, "compress", a.Compress, b.Compress,
+		"ack_secondaries", a.AckSecondaries, b.AckSecondaries, "ack_timeout", a.AckTimeout, b.AckTimeout,
 		"verify_interval", a.VerifyInterval, b.VerifyInterval,
 		"retain_max", a.RetainMax, b.RetainMax, "retain_max_age", a.RetainMaxAge, b.RetainMaxAge,
 		"service_address", a.ServiceAddress, b.ServiceAddress, "service_interface", a.ServiceInterface, b.ServiceInterface)

@@ -25,6 +25,11 @@
 //	  sync = BOOL                  fdatasync the log on every write, default false
 //	  compress = "off" | "zstd"    compress the log a node ships of it (zstd per ~1 MiB frame) to
 //	                               fetchers that decode it; default "off"; reload: next connection
+//	  ack_secondaries = INT        acknowledge a write only once this many secondaries hold it durably
+//	                               in their logs, default 0: asynchronous (at most the nodes that
+//	                               fetch from the primary directly)
+//	  ack_timeout = DURATION       how long a write waits for them before the primary falls back to
+//	                               asynchronous ("10s", the default), or "forever"
 //	  verify_interval = DURATION   online verify on each secondary that often ("24h"), default 0: never
 //	  retain_max = SIZE            log kept for a node that is behind, default 0: no limit; beyond it
 //	                               the node is released (may need a full sync on return)

@@ -60,6 +60,15 @@ var errCases = []errCase{
 	{"type secret", "secret_file = true\n" + base, []string{`t.toml:1: secret_file: must be a string, not a boolean`}},
 	{"type date", base + "sync = 1979-05-27\n", []string{`t.toml:7: resources.data.sync: must be true or false, not a date/time`}},
 
+	// Synchronous acknowledgement.
+	{"ack negative", base + "ack_secondaries = -1\n", []string{`t.toml:7: resources.data.ack_secondaries: -1 is negative`}},
+	{"ack too many", base + "ack_secondaries = 2\n", []string{`t.toml:7: resources.data.ack_secondaries: 2 is more than the 1 other node(s) holding resource "data": writes could never be acknowledged; use at most 1`}},
+	{"ack not replicated", base + "replicated = false\nack_secondaries = 1\n", []string{`t.toml:8: resources.data.ack_secondaries: resource "data" is not replicated`}},
+	{"ack cascaded only", "[nodes.alpha]\nreplication = \"h:1\"\n[nodes.beta]\nreplication = \"h:2\"\n[nodes.gamma]\nreplication = \"h:3\"\n[resources.data]\ndisk = { alpha = \"/a\", beta = \"/b\", gamma = \"/g\" }\nprimary = \"alpha\"\nconnect = { gamma = [\"beta\"] }\nack_secondaries = 2\n",
+		[]string{`t.toml:11: resources.data.ack_secondaries: 2 is more than the 1 node(s) that fetch from the primary alpha directly`}},
+	{"ack timeout zero", base + "ack_secondaries = 1\nack_timeout = \"0s\"\n", []string{`t.toml:8: resources.data.ack_timeout: 0s is not a wait; give a positive duration, or "forever"`}},
+	{"ack timeout word", base + "ack_timeout = \"never\"\n", []string{`t.toml:7: resources.data.ack_timeout:`}},
+
 	// Sizes.
 	{"size unit", base + "size = \"10 XB\"\n", []string{`t.toml:7: resources.data.size: size "10 XB" has an unknown unit "XB"; use a whole number with an optional unit`}},
 	{"size fraction", base + "size = \"1.5GiB\"\n", []string{`t.toml:7: resources.data.size: size "1.5GiB" is not a whole number; use a smaller unit`}},

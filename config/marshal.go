@@ -59,6 +59,15 @@ func (c *Config) Marshal() []byte {
 		if r.Compress != "" {
 			kv("compress", q(r.Compress))
 		}
+		if r.AckSecondaries > 0 {
+			kv("ack_secondaries", fmt.Sprint(r.AckSecondaries))
+		}
+		switch {
+		case r.AckTimeout == AckForever:
+			kv("ack_timeout", q("forever"))
+		case r.AckTimeout > 0 && r.AckTimeout != DefaultAckTimeout:
+			kv("ack_timeout", q(r.AckTimeout.String()))
+		}
 		if r.VerifyInterval > 0 {
 			kv("verify_interval", q(r.VerifyInterval.String()))
 		}

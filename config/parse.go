@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +19,7 @@ import (
 var (
 	topKeys      = []string{"secret_file", "tls_dir", "nodes", "resources", "exports", "limits"}
 	nodeKeys     = []string{"replication", "state_dir", "control", "metrics_listen"}
-	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "compress", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
+	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "compress", "ack_secondaries", "ack_timeout", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
 	exportKeys   = []string{"aoe", "nbd"}
 	aoeKeys      = []string{"resource", "shelf", "slot", "interfaces", "allow_macs", "read_only", "bufcnt", "write_cache"}
 	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only", "tls", "tls_verify_client"}
@@ -71,6 +72,8 @@ var examples = map[string]string{
 	"sync":              `sync = false`,
 	"compress":          `compress = "zstd"`,
 	"verify_interval":   `verify_interval = "24h"`,
+	"ack_secondaries":   `ack_secondaries = 1`,
+	"ack_timeout":       `ack_timeout = "10s"`,
 	"retain_max":        `retain_max = "64GiB"`,
 	"retain_max_age":    `retain_max_age = "72h"`,
 	"service_address":   `service_address = "10.0.0.10/24"`,
@@ -695,6 +698,7 @@ func (p *parser) resource(name string, v any) (*Resource, bool) {
 			p.errorf(joinPath(path, "compress"), "%q is not a compression; use %q or %q, for example: %s", s, CompressOff, CompressZstd, examples["compress"])
 		}
 	}
+	p.ack(r, path, m)
 	if d, ok := p.getDuration(m, path, "verify_interval"); ok {
 		if d != 0 && d < MinVerifyInterval {
 			p.errorf(joinPath(path, "verify_interval"), "%s is too often; use at least %s (or 0: never), for example: %s", d, MinVerifyInterval, examples["verify_interval"])
@@ -718,6 +722,48 @@ func (p *parser) resource(name string, v any) (*Resource, bool) {
 	}
 	p.service(r, path, m)
 	return r, true
+}
+
+// ack parses ack_secondaries and ack_timeout (synchronous acknowledgement).
+func (p *parser) ack(r *Resource, path string, m map[string]any) {
+	if v, ok := m["ack_timeout"]; ok {
+		kp := joinPath(path, "ack_timeout")
+		if s, isStr := v.(string); isStr && s == "forever" {
+			r.AckTimeout = AckForever
+		} else if d, ok := p.getDuration(m, path, "ack_timeout"); ok {
+			if d <= 0 {
+				p.errorf(kp, "%s is not a wait; give a positive duration, or \"forever\" (writes wait for their acknowledgements however long), for example: %s", d, examples["ack_timeout"])
+			} else {
+				r.AckTimeout = d
+			}
+		}
+	}
+	k, ok := p.getInt(m, path, "ack_secondaries")
+	if !ok {
+		return
+	}
+	kp := joinPath(path, "ack_secondaries")
+	others := len(r.Disks) - 1
+	// The nodes that may fetch from the config's primary directly: those
+	// without a connect list, and those whose list names it.
+	direct := 0
+	for n := range r.Disks {
+		if l, has := r.Connect[n]; n != r.Primary && (!has || slices.Contains(l, r.Primary)) {
+			direct++
+		}
+	}
+	switch {
+	case k < 0:
+		p.errorf(kp, "%d is negative; give the number of secondaries that must hold a write before it is acknowledged (0: asynchronous), for example: %s", k, examples["ack_secondaries"])
+	case k > 0 && !r.Replicated:
+		p.errorf(kp, "resource %q is not replicated (replicated = false): no secondary can acknowledge; remove ack_secondaries", r.Name)
+	case k > int64(others):
+		p.errorf(kp, "%d is more than the %d other node(s) holding resource %q: writes could never be acknowledged; use at most %d", k, others, r.Name, others)
+	case k > int64(direct):
+		p.errorf(kp, "%d is more than the %d node(s) that fetch from the primary %s directly (the others fetch through another node, per connect): writes could never be acknowledged; use at most %d, or add %s to their connect lists", k, direct, r.Primary, direct, r.Primary)
+	default:
+		r.AckSecondaries = int(k)
+	}
 }
 
 // holder checks that node may appear in resource r's connect table.

@@ -131,6 +131,9 @@ func judge(v *appliance.View, lim checkLimits) (int, string) {
 		if r.Emergency {
 			report(checkCritical, "%s: EMERGENCY (log filesystem full, writes bypass the log)", res)
 		}
+		if r.AckFallback {
+			report(checkWarning, "%s: ASYNCHRONOUS FALLBACK (fewer than ack_secondaries secondaries acknowledge writes)", res)
+		}
 		for _, sb := range r.SplitBrains {
 			report(checkCritical, "%s: SPLIT BRAIN between %s and %s", res, sb.Nodes[0], sb.Nodes[1])
 		}

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/tharsis/tharsis/appliance"
+	"github.com/tharsis/tharsis/replicate"
 )
 
 func init() {
@@ -265,6 +268,9 @@ func renderNode(w io.Writer, n *appliance.NodeView) {
 	if em := n.Emergency; em != nil && em.Active {
 		fmt.Fprintf(w, "  %-10s EMERGENCY since %s: writes go to the disk without the log (%d chunk%s so far); secondaries stop at #%d\n", "", em.Since.Format("15:04:05"), em.Chunks, plural(em.Chunks), em.At.Seq)
 	}
+	if a := n.Ack; a != nil && a.State != replicate.AckOff {
+		fmt.Fprintf(w, "  %-10s %s\n", "", ackSummary(a))
+	}
 	if p := n.StoppedAtMark; p != nil {
 		fmt.Fprintf(w, "  %-10s STOPPED at the primary's emergency mark (#%d): consistent but outdated\n", "", p.Seq+1)
 	}
@@ -317,3 +323,19 @@ func bar(done, total int64) string {
 
 // humanBytes formats n with one decimal in binary units.
 func humanBytes(n int64) string { return appliance.HumanBytes(n) }
+
+// ackSummary is the primary's synchronous acknowledgement in one line.
+func ackSummary(a *replicate.AckStatus) string {
+	var acked []string
+	for _, n := range slices.Sorted(maps.Keys(a.Acked)) {
+		acked = append(acked, fmt.Sprintf("%s #%d", n, a.Acked[n].Seq))
+	}
+	who := "none yet"
+	if len(acked) > 0 {
+		who = strings.Join(acked, ", ")
+	}
+	if a.State == replicate.AckFallback {
+		return fmt.Sprintf("ack: ASYNCHRONOUS FALLBACK since %s (ack_secondaries = %d, ack_timeout = %s; acknowledged by %s)", a.Since.Format("15:04:05"), a.Secondaries, a.Timeout, who)
+	}
+	return fmt.Sprintf("ack: synchronous, %d secondar%s (ack_timeout = %s; acknowledged by %s)", a.Secondaries, map[bool]string{true: "y", false: "ies"}[a.Secondaries == 1], a.Timeout, who)
+}
