@@ -152,7 +152,8 @@ func (d *Daemon) Reload(cfg *config.Config) ([]string, error) {
 		}
 		if r.role != nil {
 			members, connect := d.roleMembers(rc)
-			r.role.send(d.ctx, replicate.EvConfig{Members: members, Connect: connect, ConfigPrimary: rc.Primary})
+			r.role.send(d.ctx, replicate.EvConfig{Members: members, Connect: connect, ConfigPrimary: rc.Primary,
+				AckSecondaries: rc.AckSecondaries, AckForever: rc.AckTimeout == config.AckForever})
 		} else if wasPrimary, isPrimary := old.Resources[c.Name].Primary == me, rc.Primary == me; wasPrimary != isPrimary {
 			if isPrimary && !r.isDetached() {
 				d.serveExports(r)

@@ -157,6 +157,7 @@ func (d *Daemon) newRole(r *resource) error {
 	cfg := replicate.RoleConfig{
 		Node: d.node.Name, Resource: r.name, ConfigPrimary: r.config().Primary, Members: members,
 		Connect: connect, StartTicks: startTicks, FreshTicks: freshTicks,
+		AckSecondaries: r.config().AckSecondaries, AckForever: r.config().AckTimeout == config.AckForever,
 	}
 	if len(members) == 0 {
 		cfg.StartTicks = 1

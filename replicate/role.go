@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 )
 
 // The role core: the per-resource state of this node's role (designated
@@ -46,6 +47,12 @@ type RoleConfig struct {
 	StartTicks int
 	// FreshTicks: a peer not heard from for longer is unreachable.
 	FreshTicks int
+	// AckSecondaries and AckForever are the resource's ack_secondaries
+	// and ack_timeout = "forever" (synchronous acknowledgement): with
+	// both, primary --force can prove that no acknowledged write is lost
+	// (ackProof).
+	AckSecondaries int
+	AckForever     bool
 }
 
 // LocalFacts is what the data path reports of this node's copy.
@@ -179,9 +186,11 @@ type (
 	// nodes holding a disk of it, this node's connect list (nil: none) and
 	// the config's primary.
 	EvConfig struct {
-		Members       []string
-		Connect       []string
-		ConfigPrimary string
+		Members        []string
+		Connect        []string
+		ConfigPrimary  string
+		AckSecondaries int
+		AckForever     bool
 	}
 	// EvSwitched reports that the data path now runs Role (after a switch
 	// asked for by Ready.Role); End is where the log was sealed when Seal
@@ -366,6 +375,7 @@ func (c *RoleCore) Step(ev Event) {
 		c.stepSwitched(ev)
 	case EvConfig:
 		c.cfg.Members, c.cfg.Connect, c.cfg.ConfigPrimary = ev.Members, ev.Connect, ev.ConfigPrimary
+		c.cfg.AckSecondaries, c.cfg.AckForever = ev.AckSecondaries, ev.AckForever
 		for _, m := range ev.Members {
 			if c.peers[m] == nil {
 				c.peers[m] = &peerView{}
@@ -877,6 +887,78 @@ func (c *RoleCore) peerState(p string) string {
 
 // lossText says what a takeover without the primary may lose.
 func (c *RoleCore) lossText() string {
+	proof, why := c.ackProof()
+	if proof {
+		return why
+	}
+	if why != "" {
+		why = "; " + why
+	}
+	return c.asyncLossText() + why
+}
+
+// ackProof decides whether synchronous acknowledgement proves that this
+// node holds every write the designated primary acknowledged (it is assumed
+// dead: that is what --force says). The primary acknowledged a write only
+// once k of the other members held it durably (counting direct fetchers
+// among the members only) — as long as it could not fall back to
+// asynchronous, which ack_timeout = "forever" rules out. A write beyond
+// this node's log end was then held by k members other than this node, so
+// if fewer than k of them may hold more than this node, none exists. A
+// member counts as holding no more when its fresh status shows a log end
+// not past ours and that it no longer fetches from the old primary (its
+// end is final). Without proof, why says what stands in the way ("" when
+// synchronous acknowledgement is off).
+func (c *RoleCore) ackProof() (bool, string) {
+	old := c.st.Designation.Primary
+	k, forever, state := c.cfg.AckSecondaries, c.cfg.AckForever, AckSynchronous
+	if v := c.peers[old]; v != nil && v.facts.Status != nil && v.facts.Status.Ack != nil {
+		// What the primary said last (the config may have been reloaded
+		// on one side only): the weaker promise wins.
+		a := v.facts.Status.Ack
+		k, forever, state = min(k, a.Secondaries), forever && a.Timeout == "forever", a.State
+	}
+	switch {
+	case k == 0 || old == "" || old == c.cfg.Node:
+		return false, ""
+	case state == AckFallback:
+		return false, fmt.Sprintf("%s had fallen back to asynchronous acknowledgement when last heard from: writes it acknowledged since need not be on any secondary", old)
+	case !forever:
+		return false, fmt.Sprintf("%s acknowledged a write only once %d secondar%s held it, unless it fell back to asynchronous after ack_timeout (ack_timeout = \"forever\" rules that out)", old, k, ies(k))
+	}
+	var maybe []string
+	for _, m := range c.cfg.Members {
+		if m == old || m == c.cfg.Node {
+			continue
+		}
+		s, ok := c.fresh(m)
+		switch {
+		case !ok:
+			maybe = append(maybe, m+" (no current status: "+c.peerErr(m)+")")
+		case s.Diverged:
+		case s.End.Seq > c.local.End.Seq:
+			maybe = append(maybe, fmt.Sprintf("%s (holds the log up to record %d)", m, s.End.Seq))
+		case s.Source == old:
+			maybe = append(maybe, fmt.Sprintf("%s (still fetches from %s)", m, old))
+		}
+	}
+	if len(maybe) >= k {
+		return false, fmt.Sprintf("%s acknowledged a write only once %d secondar%s held it, but %s may hold acknowledged writes beyond this node's log end (record %d): wait for their status, or force the node that holds the most",
+			old, k, ies(k), strings.Join(maybe, ", "), c.local.End.Seq)
+	}
+	return true, fmt.Sprintf("no acknowledged write is lost: %s acknowledged a write only once %d secondar%s held it (ack_timeout = \"forever\"), and fewer than %d other node(s) can hold more of the log than this node, so its log (to record %d) holds every write %s acknowledged",
+		old, k, ies(k), k, c.local.End.Seq, old)
+}
+
+func ies(n int) string {
+	if n == 1 {
+		return "y"
+	}
+	return "ies"
+}
+
+// asyncLossText says what a takeover may lose when nothing proves otherwise.
+func (c *RoleCore) asyncLossText() string {
 	l := c.local
 	if l.SourceEnd.Seq <= l.End.Seq && l.LagSeconds == 0 {
 		return fmt.Sprintf("this node has fetched the log up to record %d, all that it last knew of; writes the old primary acknowledged but did not ship are lost", l.End.Seq)

@@ -68,7 +68,7 @@ func (h *roleHarness) handle(t *testing.T, d *datadriven.TestData) string {
 	switch d.Cmd {
 	case "new":
 		cfg := RoleConfig{Node: args["node"], Resource: "r0", ConfigPrimary: args["primary"], Members: list("members"),
-			StartTicks: num("start-ticks", 5), FreshTicks: num("fresh-ticks", 20)}
+			StartTicks: num("start-ticks", 5), FreshTicks: num("fresh-ticks", 20), AckSecondaries: num("ack", 0), AckForever: args["ack-timeout"] == "forever"}
 		if _, ok := args["connect"]; ok {
 			cfg.Connect = list("connect")
 		}
@@ -130,6 +130,21 @@ func (h *roleHarness) handle(t *testing.T, d *datadriven.TestData) string {
 			}
 		}
 		s.Diverged = has("diverged")
+		if v, ok := args["end"]; ok {
+			s.End = parsePos(t, d, v)
+		}
+		if v, ok := args["source"]; ok {
+			s.Source = v
+		}
+		if v, ok := args["ack"]; ok {
+			// ack=K/TIMEOUT/STATE, as the primary reports it.
+			f := strings.Split(v, "/")
+			if len(f) != 3 {
+				d.Fatalf(t, "ack=%q: want K/TIMEOUT/STATE", v)
+			}
+			k, _ := strconv.Atoi(f[0])
+			s.Ack = &AckStatus{Secondaries: k, Timeout: f[1], State: AckState(f[2])}
+		}
 		cp := *s
 		h.c.Step(EvPeer{Node: name, Facts: PeerFacts{Reachable: true, Status: &cp}})
 	case "tick":
@@ -187,7 +202,7 @@ func (h *roleHarness) handle(t *testing.T, d *datadriven.TestData) string {
 		}
 		h.c.Step(ev)
 	case "config":
-		ev := EvConfig{Members: list("members"), ConfigPrimary: args["primary"]}
+		ev := EvConfig{Members: list("members"), ConfigPrimary: args["primary"], AckSecondaries: num("ack", 0), AckForever: args["ack-timeout"] == "forever"}
 		if _, ok := args["connect"]; ok {
 			ev.Connect = list("connect")
 		}
