@@ -223,6 +223,14 @@ func (s roleSource) EmergencyChunks() (replicate.EmergencyChunks, bool) {
 	return replicate.EmergencyChunks{}, false
 }
 
+// NoteAck passes a fetching peer's acknowledgement on to the primary's
+// data path (synchronous acknowledgement; dropped anywhere else).
+func (s roleSource) NoteAck(node string, pos replicate.Position) {
+	if as, ok := s.Source.(replicate.AckSink); ok {
+		as.NoteAck(node, pos)
+	}
+}
+
 // NoteDamage passes damage the ship server found on to the data path.
 func (s roleSource) NoteDamage(cerr *replicate.CorruptError) {
 	if ds, ok := s.Source.(replicate.DamageSink); ok {
