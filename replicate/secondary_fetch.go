@@ -367,7 +367,9 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 			return fmt.Errorf("peer %s sent %s in a log stream", p, m.Type())
 		}
 		if err := s.sendAck(pc.c, &acked); err != nil {
-			return err
+			// The source may have closed after an error frame: the next
+			// Recv says why.
+			s.logger.Debug("cannot send the acknowledgement", "err", err)
 		}
 	}
 }

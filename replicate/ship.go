@@ -398,10 +398,12 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 				attrs = append(attrs, "cipher", tls.CipherSuiteName(tc.ConnectionState().CipherSuite))
 			}
 			log.Info("peer fetches the log", attrs...)
-			err := s.stream(r, m.Resource, peer, nc, c, fromWire(m.From), comp)
+			readDone := make(chan struct{})
+			err := s.stream(r, m.Resource, peer, nc, c, fromWire(m.From), comp, readDone)
 			var we *wire.Error
 			if errors.As(err, &we) {
 				c.SendFlush(we)
+				lingerClose(nc, readDone)
 				if we.Code == wire.CodeCorrupt {
 					// Logged once, as ERROR, where the damage was noted.
 					log.Debug("log stream refused", "resource", m.Resource, "err", we.Message)
@@ -428,6 +430,23 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 			c.SendFlush(&wire.Error{Code: wire.CodeBadRequest, Message: fmt.Sprintf("unexpected %s message", m.Type())})
 			return
 		}
+	}
+}
+
+// lingerClose half-closes nc after an error frame and waits (a while) for
+// the peer to close its end, read meanwhile by the stream's reader (done):
+// closing with the peer's acknowledgements unread would reset the
+// connection, and the peer could lose the error frame.
+func lingerClose(nc net.Conn, done <-chan struct{}) {
+	cw, ok := nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
 	}
 }
 

@@ -19,7 +19,10 @@ import (
 // segment held when 0): a joining node's log begins there. With comp set
 // (the fetcher accepts zstd and the resource compresses), the frames whose
 // data shrinks go out as CompressedData.
-func (s *ShipServer) stream(r *shipRes, res, peer string, nc net.Conn, c *wire.Conn, from Position, comp *wire.Compressor) error {
+//
+// The fetcher's acknowledgements are read meanwhile (readAcks); readDone is
+// closed when that reading ends (the fetcher closed the connection).
+func (s *ShipServer) stream(r *shipRes, res, peer string, nc net.Conn, c *wire.Conn, from Position, comp *wire.Compressor, readDone chan<- struct{}) error {
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
 	src := r.src
@@ -27,6 +30,7 @@ func (s *ShipServer) stream(r *shipRes, res, peer string, nc net.Conn, c *wire.C
 	go func() {
 		// After Fetch the client sends only acknowledgements (readAcks);
 		// a read fails when it closes the connection.
+		defer close(readDone)
 		readAcks(c, src, peer, &acked)
 		cancel()
 	}()
