@@ -24,6 +24,9 @@
 #   BENCH_THARSIS=serve  use bench/aoe/serve (aoe.Server without the daemon)
 #                   instead of `tharsis run`
 #   BENCH_THARSIS_BIN  a prebuilt tharsis binary (default: go build ./cmd/tharsis)
+#   BENCH_PPROF     a directory: save a CPU profile of `tharsis run` during
+#                   each of its runs there (KIND-OP-MTU-WINDOW.pprof; the
+#                   daemon serves THARSIS_PPROF on 127.0.0.1:6060 in its netns)
 # Needs root, ip(8), vblade, taskset, go, awk.
 set -euo pipefail
 
@@ -110,7 +113,7 @@ interfaces = ["$IF_T"]
 bufcnt = 64
 write_cache = $4
 TOML
-	ip netns exec "$NS_T" "${SRV[@]}" "$WORK/tharsis" run --config "$d/tharsis.toml" --node bench >"$WORK/target.log" 2>&1 &
+	ip netns exec "$NS_T" env THARSIS_PPROF="${BENCH_PPROF:+127.0.0.1:6060}" "${SRV[@]}" "$WORK/tharsis" run --config "$d/tharsis.toml" --node bench >"$WORK/target.log" 2>&1 &
 }
 
 # start_target KIND: vblade | vblade-s | tharsis-wc | tharsis | tharsis-repl | tharsis-repl-sync
@@ -140,7 +143,13 @@ ROWS=$WORK/rows
 : >"$ROWS"
 # run KIND OP MTU WINDOW -> appends "kind op mtu window reqs/s MB/s us-cpu/req errors"
 run() {
-	local kind=$1 op=$2 mtu=$3 w=$4 t0 t1 out
+	local kind=$1 op=$2 mtu=$3 w=$4 t0 t1 out prof=
+	if [ -n "${BENCH_PPROF:-}" ] && [ "$THARSIS" = run ] && [[ $kind == tharsis* ]]; then
+		mkdir -p "$BENCH_PPROF"
+		ip netns exec "$NS_T" curl -s --retry 20 --retry-connrefused --retry-delay 1 -o "$BENCH_PPROF/$kind-$op-$mtu-$w.pprof" \
+			"http://127.0.0.1:6060/debug/pprof/profile?seconds=$((RUNTIME > 2 ? RUNTIME - 1 : 1))" &
+		prof=$!
+	fi
 	t0=$(cputicks "$TPID")
 	if ! out=$(ip netns exec "$NS_I" "${CLI[@]}" "$WORK/load" -i "$IF_I" -op "$op" -window "$w" -duration "${RUNTIME}s"); then
 		echo "bench/aoe.sh: load against $kind failed; target log:" >&2
@@ -148,6 +157,7 @@ run() {
 		exit 1
 	fi
 	t1=$(cputicks "$TPID")
+	[ -z "$prof" ] || wait "$prof"
 	echo "$out" | awk -v k="$kind" -v o="$op" -v m="$mtu" -v w="$w" -v c=$((t1 - t0)) -v tck="$TCK" \
 		'{ printf "%s %s %s %s %.0f %.1f %.2f %d\n", k, o, m, w, $1/$3, $2/$3/1e6, ($1 > 0 ? c/tck*1e6/$1 : 0), $4 }' >>"$ROWS"
 	tail -1 "$ROWS"

@@ -21,6 +21,10 @@
 #   BENCH_RESULTS   file to append to (default bench/RESULTS.md)
 #   BENCH_PORT      first of three TCP ports on 127.0.0.1 (default 21900)
 #   BENCH_MODES     which of off, on, sync to run (default "off on sync")
+#   BENCH_PPROF     a directory: save a CPU profile of the daemon during each
+#                   fio run there (MODE-rand.pprof, MODE-randfsync.pprof; the
+#                   daemon runs with THARSIS_PPROF on 127.0.0.1:PORT+200)
+#   BENCH_THARSIS_BIN  a prebuilt tharsis binary (default: go build ./cmd/tharsis)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -49,7 +53,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "building tharsis..."
-go build -o "$WORK/tharsis" ./cmd/tharsis
+if [ -n "${BENCH_THARSIS_BIN:-}" ]; then
+	cp "$BENCH_THARSIS_BIN" "$WORK/tharsis"
+else
+	go build -o "$WORK/tharsis" ./cmd/tharsis
+fi
+[ -n "${BENCH_PPROF:-}" ] && mkdir -p "$BENCH_PPROF"
 go build -o "$WORK/fua" ./bench/replicate/fua
 head -c "$SIZE" /dev/urandom >"$WORK/src.img"
 
@@ -76,7 +85,8 @@ resource = "r0"
 listen = "127.0.0.1:$port"
 name = "r0"
 TOML
-	"$WORK/tharsis" run --config "$WORK/$mode/tharsis.toml" --node alpha >"$WORK/$mode/daemon.log" 2>&1 &
+	THARSIS_PPROF=${BENCH_PPROF:+127.0.0.1:$((port + 200))} \
+		"$WORK/tharsis" run --config "$WORK/$mode/tharsis.toml" --node alpha >"$WORK/$mode/daemon.log" 2>&1 &
 	PID=$!
 	for _ in $(seq 200); do
 		nbdinfo --size "nbd://127.0.0.1:$port/r0" >/dev/null 2>&1 && return 0
@@ -92,12 +102,19 @@ stop() {
 	PID=
 }
 
-# fio_iops PORT EXTRA...: write IOPS of 4k randwrite qd32.
+# fio_iops PORT LABEL EXTRA...: write IOPS of 4k randwrite qd32 (with
+# BENCH_PPROF, a CPU profile of the daemon meanwhile: $mode-LABEL.pprof).
 fio_iops() {
-	local port=$1
-	shift
+	local port=$1 label=$2 prof=
+	shift 2
+	if [ -n "${BENCH_PPROF:-}" ]; then
+		curl -s --retry 20 --retry-connrefused --retry-delay 1 -o "$BENCH_PPROF/$mode-$label.pprof" \
+			"http://127.0.0.1:$((port + 200))/debug/pprof/profile?seconds=$((RUNTIME > 2 ? RUNTIME - 1 : 1))" &
+		prof=$!
+	fi
 	fio --name=rw --ioengine=nbd --uri="nbd://127.0.0.1:$port/r0" --rw=randwrite --bs=4k --iodepth=32 \
 		--size=$SIZE --runtime="$RUNTIME" --time_based --output-format=json "$@" >"$WORK/fio.json"
+	[ -z "$prof" ] || wait "$prof"
 	# fio prints a line before the JSON
 	python3 -c 'import json,sys; t=open(sys.argv[1]).read(); print("%.0f" % json.loads(t[t.index("{"):])["jobs"][0]["write"]["iops"])' "$WORK/fio.json"
 }
@@ -123,8 +140,8 @@ for mode in $MODES; do
 	echo "== replication $mode"
 	start "$mode" "$p"
 	R[$mode,copy]=$(copy_mibs "$p")
-	R[$mode,rand]=$(fio_iops "$p")
-	R[$mode,randfsync]=$(fio_iops "$p" --fsync=32)
+	R[$mode,rand]=$(fio_iops "$p" rand)
+	R[$mode,randfsync]=$(fio_iops "$p" randfsync --fsync=32)
 	R[$mode,fua]=$(fua_iops "$p")
 	echo "   nbdcopy ${R[$mode,copy]} MiB/s, randwrite ${R[$mode,rand]} IOPS, randwrite+fsync=32 ${R[$mode,randfsync]} IOPS, randwrite+FUA ${R[$mode,fua]} IOPS"
 	stop

@@ -29,6 +29,9 @@ func init() {
 		if err != nil {
 			return err
 		}
+		if err := startPprof(log); err != nil {
+			return err
+		}
 		d, err := appliance.New(appliance.Options{Config: cfg, Node: node, Logger: log})
 		if err != nil {
 			return err
