@@ -227,7 +227,12 @@ func (p *Primary) enterEmergency(cause error) error {
 	p.emPending = true
 	p.mu.Unlock()
 	p.inflight.Wait()
-	err := p.w.flush()
+	// Emergency writes go straight to the data device: none may overtake
+	// an unapplied record of the log.
+	err := p.drain()
+	if err == nil {
+		err = p.w.flush()
+	}
 	if err == nil {
 		err = p.Checkpoint()
 	}

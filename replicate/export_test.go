@@ -24,6 +24,7 @@ func (p *Primary) crash() {
 	p.closed = true
 	p.mu.Unlock()
 	p.inflight.Wait()
+	p.stopApplier() // what the window holds stays unapplied, as after a kill
 	close(p.stop)
 	p.bg.Wait()
 	p.w.close()

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,8 @@ const (
 	DefaultCheckpointInterval = 2 * time.Second
 	// chunkSize splits long writes into records.
 	chunkSize = 8 << 20
+	// DefaultApplyWindow bounds the unapplied window (Options.ApplyWindow).
+	DefaultApplyWindow = 64 << 20
 )
 
 // Options configure OpenPrimary.
@@ -40,10 +43,15 @@ type Options struct {
 	// returns after the group-committed fdatasync of its record (TOML
 	// `sync = true`). Without it (the default) WriteAt returns once the
 	// record is written to the log file (the page cache: it survives a kill
-	// of the process, not a crash of the machine) and applied, and Flush
-	// makes every write acknowledged before it durable, the promise of a
-	// plain file device with an fdatasync per FLUSH/FUA.
+	// of the process, not a crash of the machine), and Flush makes every
+	// write acknowledged before it durable, the promise of a plain file
+	// device with an fdatasync per FLUSH/FUA. Either way the data device
+	// is written behind the acknowledgement (apply.go).
 	Sync bool
+	// ApplyWindow bounds the bytes of records acknowledged but not yet
+	// applied to the data device (TOML `apply_window`); a writer waits
+	// while it is full. 0 means DefaultApplyWindow.
+	ApplyWindow int64
 	// MinAppliedByPeers, if set, returns the lowest position applied on
 	// every other node of the resource; DeleteApplied keeps what it does
 	// not cover. Nil: only this node counts.
@@ -58,10 +66,11 @@ type Options struct {
 }
 
 // Primary is the replicated blockdev.Device of a resource's primary: every
-// WriteAt, Trim and WriteZeroes is appended to the log, applied to the data
-// device and only then returns; with Options.Sync it also waits until the
-// record is durable (group commit), otherwise Flush does. Reads come from
-// the data device, which holds every acknowledged write.
+// WriteAt, Trim and WriteZeroes returns once it is appended to the log;
+// with Options.Sync it also waits until the record is durable (group
+// commit), otherwise Flush does. The data device is written behind, in log
+// order, from the unapplied window (apply.go); reads and Extents see the
+// window over the data device, so they see every acknowledged write.
 type Primary struct {
 	data   blockdev.Device
 	opts   Options
@@ -69,14 +78,22 @@ type Primary struct {
 	logger *slog.Logger
 	w      *logWriter
 
-	mu        sync.Mutex
-	pending   []*entry       // not yet finished, in log order
-	ranges    []pendingRange // of pending, side by side: a compact scan
-	nextIdx   uint64         // idx of the next entry
-	base      uint64         // idx of pending[0]
-	applied   Position       // every record up to here is applied
-	persisted Position       // applied position on disk
-	failed    error          // the data device failed: refuse writes
+	mu sync.Mutex
+	// The unapplied window (apply.go), under mu: every record reserved in
+	// the log and not yet applied, in log order, and its ranges side by
+	// side (a compact scan for reads).
+	win       []*entry
+	winRanges []winRange
+	winBytes  int64      // what win holds (windowCost)
+	winLimit  int64      // Options.ApplyWindow
+	winCond   *sync.Cond // the applier moved on: writers wait for room, drains for the end
+	winWait   int        // goroutines waiting on winCond
+	applyKick chan struct{}
+	applyStop bool          // the applier returns
+	applyDone chan struct{} // closed when it has returned
+	applied   Position      // every record up to here is applied
+	persisted Position      // applied position on disk
+	failed    error         // the data device failed: refuse writes
 	closed    bool
 	replayed  int
 
@@ -107,13 +124,6 @@ type Primary struct {
 
 var _ blockdev.Device = (*Primary)(nil)
 
-// pendingRange is the device range of a pending entry, kept in a slice of
-// its own so the overlap scan of each new write reads a few cache lines.
-type pendingRange struct {
-	off, end int64
-	done     bool
-}
-
 // OpenPrimary recovers the log in opts.Dir onto data and returns the
 // replicated device. It scans the log, cuts a torn tail of the newest
 // segment, replays every record after the persisted applied position,
@@ -141,8 +151,13 @@ func OpenPrimary(data blockdev.Device, opts Options) (*Primary, error) {
 	if opts.FS == nil {
 		opts.FS = OSFS{}
 	}
+	if opts.ApplyWindow <= 0 {
+		opts.ApplyWindow = DefaultApplyWindow
+	}
 	p := &Primary{data: data, opts: opts, fsys: opts.FS, logger: opts.Logger.With("resource", opts.Resource),
-		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+		kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		winLimit: opts.ApplyWindow, applyKick: make(chan struct{}, 1), applyDone: make(chan struct{})}
+	p.winCond = sync.NewCond(&p.mu)
 	p.acks = newAcks(opts.Ack, p.logger)
 	if err := p.recover(); err != nil {
 		return nil, err
@@ -156,6 +171,7 @@ func OpenPrimary(data blockdev.Device, opts Options) (*Primary, error) {
 	if em.st.Active {
 		p.logger.Error("EMERGENCY MODE (still): writes go to the disk without the log until the log filesystem has space again", "since", em.st.Since.Format(time.RFC3339))
 	}
+	go p.applyLoop()
 	p.bg.Add(1)
 	go p.checkpointLoop()
 	return p, nil
@@ -304,30 +320,14 @@ func sealSegment(fsys FS, dir string, s *SegmentInfo) (Position, error) {
 // Replayed is the number of records replayed when the Primary was opened.
 func (p *Primary) Replayed() int { return p.replayed }
 
-// ReadAt implements blockdev.Device. It sees every acknowledged write.
-func (p *Primary) ReadAt(b []byte, off int64) (int, error) { return p.data.ReadAt(b, off) }
-
 // Size implements blockdev.Device.
 func (p *Primary) Size() int64 { return p.data.Size() }
 
-var _ blockdev.ExtentReporter = (*Primary)(nil)
-
-// Extents implements blockdev.ExtentReporter by asking the data device
-// (all data if it cannot tell). That is exact because the data device holds
-// every acknowledged write: WriteAt, Trim and WriteZeroes return only after
-// their record is applied to it (write applies before finish and return;
-// in emergency mode writeEmergency applies before returning), so a hole
-// seen here is never a range with an acknowledged but unapplied write.
-// A write path that acknowledges before applying must merge its
-// unapplied ranges here (as data) first.
-func (p *Primary) Extents(dst []blockdev.Extent, off, length int64, limit int) ([]blockdev.Extent, error) {
-	return blockdev.Extents(p.data, dst, off, length, limit)
-}
-
 // WriteAt implements blockdev.Device: it returns once the write is in the
-// log and applied to the data device, and with Options.Sync durable in the
-// log (otherwise after the next Flush). A write that cannot be logged for
-// lack of space returns an error wrapping blockdev.ErrNoSpace.
+// log, and with Options.Sync durable in the log (otherwise after the next
+// Flush); the data device is written behind. b is copied (the window owns
+// the copy): the caller may reuse it at once. A write that cannot be logged
+// for lack of space returns an error wrapping blockdev.ErrNoSpace.
 func (p *Primary) WriteAt(b []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(off, int64(len(b)), p.data.Size()); err != nil {
 		return 0, err
@@ -338,7 +338,7 @@ func (p *Primary) WriteAt(b []byte, off int64) (int, error) {
 	es := make([]*entry, 0, (len(b)+chunkSize-1)/chunkSize)
 	for o := 0; o < len(b); o += chunkSize {
 		c := b[o:min(o+chunkSize, len(b))]
-		es = append(es, &entry{rec: Record{Kind: KindWrite, Offset: off + int64(o), Length: int64(len(c)), Payload: c}})
+		es = append(es, &entry{rec: Record{Kind: KindWrite, Offset: off + int64(o), Length: int64(len(c)), Payload: bytes.Clone(c)}})
 	}
 	if err := p.do(es); err != nil {
 		return 0, err
@@ -368,7 +368,12 @@ func (p *Primary) Resize(size int64) error {
 	}
 	// The new space reads as zeros on every node (not as whatever each
 	// disk held there): the zeroing is logged right after the resize.
-	return p.do([]*entry{{rec: Record{Kind: KindResize, Length: size}}, {rec: Record{Kind: KindWriteZeroes, Offset: cur, Length: size - cur}}})
+	es := []*entry{{rec: Record{Kind: KindResize, Length: size}}, {rec: Record{Kind: KindWriteZeroes, Offset: cur, Length: size - cur}}}
+	if err := p.do(es); err != nil {
+		return err
+	}
+	// Synchronous: the device has its new size when Resize returns.
+	return p.waitApplied(es[1].pos.Seq)
 }
 
 // Trim implements blockdev.Device.
@@ -387,9 +392,8 @@ func (p *Primary) zero(k Kind, off, length int64) error {
 	return p.do([]*entry{{rec: Record{Kind: k, Offset: off, Length: length}}})
 }
 
-// do logs es, applies them in log order with respect to overlapping
-// earlier records and, with Options.Sync, waits for their fdatasync (which
-// runs meanwhile).
+// do logs es (the window takes them, to be applied behind) and, with
+// Options.Sync, waits for their fdatasync (which runs meanwhile).
 func (p *Primary) do(es []*entry) error {
 	err := p.write(es, false)
 	if !errors.Is(err, blockdev.ErrNoSpace) || p.opts.NoEmergency {
@@ -411,6 +415,7 @@ func (p *Primary) do(es []*entry) error {
 // write is do; mark says es is the emergency mark, logged while other
 // writers wait.
 func (p *Primary) write(es []*entry, mark bool) error {
+	cost := windowCost(es)
 	freed := false
 	for {
 		p.mu.Lock()
@@ -437,7 +442,17 @@ func (p *Primary) write(es []*entry, mark bool) error {
 			}
 			return err
 		}
-		// Under p.mu: pending order == log order.
+		if p.winBytes > 0 && p.winBytes+cost > p.winLimit {
+			// Back-pressure: the window is full until the applier
+			// catches up (a write larger than the window waits until it
+			// is empty).
+			p.winWait++
+			p.winCond.Wait()
+			p.winWait--
+			p.mu.Unlock()
+			continue
+		}
+		// Under p.mu: window order == log order.
 		retry, err := p.w.reserve(es)
 		if err != nil {
 			p.mu.Unlock()
@@ -455,105 +470,23 @@ func (p *Primary) write(es []*entry, mark bool) error {
 			<-retry // the segment rotates
 			continue
 		}
-		for _, e := range es {
-			p.addPending(e)
-		}
+		p.admit(es, cost)
 		p.inflight.Add(1)
 		p.mu.Unlock()
 		break
 	}
-	defer p.inflight.Done()
-
-	if err := p.w.write(es); err != nil {
-		p.finish(es, false)
+	err := p.w.write(es)
+	p.logged(es, err == nil)
+	p.inflight.Done()
+	if err != nil {
 		return err
 	}
-	for i, e := range es {
-		for _, ch := range e.waits {
-			<-ch
-		}
-		e.waits = nil
-		if err := apply(p.data, e.rec); err != nil {
-			err = fmt.Errorf("apply logged record %d to the data device: %w; the record is safe in the log and is replayed on restart: check the disk, then restart the daemon", e.pos.Seq, err)
-			p.mu.Lock()
-			if p.failed == nil {
-				p.failed = err
-			}
-			p.mu.Unlock()
-			p.logger.Error("data device failed", "err", err)
-			// The unapplied entries must not advance the applied position.
-			p.finish(es[i:], false)
-			p.finish(es[:i], true)
-			return err
-		}
-	}
-	p.finish(es, true)
 	if p.opts.Sync {
 		if err := p.w.waitDurable(es[len(es)-1].pos.Seq); err != nil {
 			return err
 		}
 	}
 	return p.waitAcks(es[len(es)-1].pos.Seq)
-}
-
-// addPending appends e to the pending list and notes the earlier pending
-// entries it overlaps, which must be finished before e is applied, so
-// overlapping records reach the data device in log order. Call with mu
-// held.
-func (p *Primary) addPending(e *entry) {
-	off, end := e.rec.Offset, e.rec.Offset+e.rec.Length
-	if e.rec.Kind == KindResize {
-		// Length is the new size, not a range: no write can reach the new
-		// space before the resize is applied, nor does one conflict with it.
-		end = off
-	}
-	for i := range p.ranges {
-		r := &p.ranges[i]
-		if !r.done && r.off < end && off < r.end {
-			x := p.pending[i]
-			if x.finished == nil {
-				x.finished = make(chan struct{})
-			}
-			e.waits = append(e.waits, x.finished)
-		}
-	}
-	e.idx = p.nextIdx
-	p.nextIdx++
-	p.pending = append(p.pending, e)
-	p.ranges = append(p.ranges, pendingRange{off: off, end: end})
-}
-
-// finish marks es finished and advances the applied position over the
-// finished prefix of the pending list. A failed entry (never logged, or
-// not applied) stops the applied position at the failure when ok is false
-// and the data device failed.
-func (p *Primary) finish(es []*entry, ok bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, e := range es {
-		if e.done {
-			continue
-		}
-		e.done, e.ok = true, ok
-		p.ranges[e.idx-p.base].done = true
-		if e.finished != nil {
-			close(e.finished)
-		}
-	}
-	for len(p.pending) > 0 && p.pending[0].done {
-		e := p.pending[0]
-		if !e.ok && e.pos.Seq != 0 {
-			// Logged but not applied: the position must not pass it.
-			return
-		}
-		if e.ok {
-			p.applied = e.pos
-		}
-		p.pending[0] = nil
-		p.pending = p.pending[1:]
-		p.ranges = p.ranges[1:]
-		p.base++
-	}
 }
 
 // Flush implements blockdev.Device: it returns once every record written
@@ -612,7 +545,7 @@ func (p *Primary) Checkpoint() error {
 	p.ckMu.Lock()
 	defer p.ckMu.Unlock()
 	p.mu.Lock()
-	if len(p.pending) == 0 && p.failed == nil {
+	if len(p.win) == 0 && p.failed == nil {
 		// Everything logged is applied; cover segment-end markers too.
 		if lp := p.w.writtenPosition(); lp.Seq > p.applied.Seq {
 			p.applied = lp
@@ -718,9 +651,10 @@ func (p *Primary) DeleteApplied(all bool) ([]string, error) {
 	return nil, fmt.Errorf("nothing deleted from the log of %s: %w", resName(p.opts.Resource), why)
 }
 
-// Close stops accepting writes, waits for those in flight, flushes the data
-// device, persists the applied position and closes the log and the data
-// device. It does not seal the current segment (the next open does).
+// Close stops accepting writes, waits for those in flight, applies the
+// window, flushes the data device, persists the applied position and closes
+// the log and the data device. It does not seal the current segment (the
+// next open does).
 func (p *Primary) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -733,6 +667,10 @@ func (p *Primary) Close() error {
 	p.inflight.Wait()
 	p.em.rw.Lock() // every emergency write has returned (see writeEmergency)
 	p.em.rw.Unlock()
+	// A failed data device keeps the rest of the window unapplied: the
+	// next open replays it from the log.
+	p.drain()
+	p.stopApplier()
 	close(p.stop)
 	p.bg.Wait()
 	err := p.Checkpoint()
@@ -747,9 +685,10 @@ func (p *Primary) Close() error {
 }
 
 // CloseSealed is Close for a primary that gives up its role (handover,
-// `tharsis secondary`): after the writes in flight are answered it makes the
-// log durable, seals the current segment with an end marker (when it holds
-// any record), persists the applied position past the marker and closes.
+// `tharsis secondary`): after the writes in flight are answered and the
+// window is applied it makes the log durable, seals the current segment with
+// an end marker (when it holds any record), persists the applied position
+// past the marker and closes.
 // It returns the end of the sealed log: where the next primary must replay
 // to exactly.
 func (p *Primary) CloseSealed() (Position, error) {
@@ -764,9 +703,17 @@ func (p *Primary) CloseSealed() (Position, error) {
 	p.inflight.Wait()
 	p.em.rw.Lock() // every emergency write has returned (see writeEmergency)
 	p.em.rw.Unlock()
+	// The data device must hold everything before the position past the
+	// marker is persisted: a failed one keeps the window unapplied, and the
+	// log (not sealed then) replays it on the next open.
+	derr := p.drain()
+	p.stopApplier()
 	close(p.stop)
 	p.bg.Wait()
 	err := p.w.flush()
+	if err == nil {
+		err = derr
+	}
 	if err == nil {
 		err = p.Checkpoint()
 	}
@@ -816,15 +763,21 @@ type Status struct {
 	Persisted Position `json:"persisted"` // applied position on disk
 	// PendingReplay is the number of log bytes after Persisted: what a
 	// restart would replay now.
-	PendingReplay int64           `json:"pending_replay_bytes"`
-	Segments      []SegmentStatus `json:"segments"`
-	Err           string          `json:"error,omitempty"`
+	PendingReplay int64 `json:"pending_replay_bytes"`
+	// UnappliedRecords and UnappliedBytes are the records acknowledged (or
+	// being logged) and not yet applied to the data device, and the window
+	// memory they hold (at most ApplyWindow, of ApplyWindow).
+	UnappliedRecords int             `json:"unapplied_records"`
+	UnappliedBytes   int64           `json:"unapplied_bytes"`
+	ApplyWindow      int64           `json:"apply_window_bytes"`
+	Segments         []SegmentStatus `json:"segments"`
+	Err              string          `json:"error,omitempty"`
 }
 
 // Status returns the state of the log.
 func (p *Primary) Status() Status {
 	p.mu.Lock()
-	st := Status{Applied: p.applied, Persisted: p.persisted}
+	st := Status{Applied: p.applied, Persisted: p.persisted, UnappliedRecords: len(p.win), UnappliedBytes: p.winBytes, ApplyWindow: p.winLimit}
 	if p.failed != nil {
 		st.Err = p.failed.Error()
 	}

@@ -162,6 +162,9 @@ func TestOverlappingWritesInLogOrder(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	if err := p.drain(); err != nil {
+		t.Fatal(err)
+	}
 	got := bytes.Clone(mem.Bytes())
 	p.crash()
 	fresh := blockdev.NewMemory(64 << 10)
@@ -308,6 +311,7 @@ func TestPrimaryNoSpace(t *testing.T) {
 	if _, err := p.WriteAt([]byte("acked"), 0); err != nil {
 		t.Fatal(err)
 	}
+	p.drain() // applied: the checkpoint of the full log below covers it
 	segPath := filepath.Join(logDir, p.Status().Current)
 	sizeBefore := fileSize(t, segPath)
 

@@ -1,0 +1,362 @@
+package replicate
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/tharsis/tharsis/blockdev"
+)
+
+// Apply behind (MARS's design).
+//
+// A write is acknowledged once its record is in the log (and, with
+// Options.Sync, durable there); the data device is written behind it. The
+// unapplied window (Primary.win) holds every record from its reservation in
+// the log until it is applied, in log order, with its payload (a copy: the
+// client's buffer is its own again once WriteAt returns). One applier
+// goroutine applies the logged prefix of the window in log order, so
+// overlapping records reach the data device in the order of the log, and
+// advances the applied position over them.
+//
+// Reads and Extents take the window's logged records that overlap them
+// first, then ask the data device, then lay the records over its answer in
+// log order (zeros for trim and write-zeroes). A record applied in between
+// is on the device and in the overlay alike; a record logged in between
+// raced the read, which may then see it or not. So a read sees every write
+// acknowledged before it started, never an older version.
+//
+// The window is bounded (Options.ApplyWindow): a writer waits while it is
+// full. When the data device fails, the applier stops (Primary.failed:
+// writes are refused), the window keeps the unapplied records, so reads
+// still see them, and the log keeps them for the replay on restart.
+
+// Window states of a record.
+const (
+	winReserved uint8 = iota // reserved in the log, being written
+	winLogged                // in the log: visible to reads, to be applied
+	winDropped               // could not be logged: never visible
+)
+
+// winRange is the device range of a window record, kept in a slice of its
+// own so a read's overlap scan reads a few cache lines.
+type winRange struct {
+	off, end int64
+	state    uint8
+}
+
+// windowCost is what es take of the window: the payload and a record
+// header each (trims cost only the header).
+func windowCost(es []*entry) int64 {
+	var n int64
+	for _, e := range es {
+		n += HeaderSize + int64(len(e.rec.Payload))
+	}
+	return n
+}
+
+// recordRange returns the device range a record changes ([off, off) for
+// the kinds that change none).
+func recordRange(r Record) (off, end int64) {
+	switch r.Kind {
+	case KindWrite, KindTrim, KindWriteZeroes:
+		return r.Offset, r.Offset + r.Length
+	}
+	return r.Offset, r.Offset
+}
+
+// admit appends es (just reserved, in log order) to the window. Call with
+// mu held.
+func (p *Primary) admit(es []*entry, cost int64) {
+	for _, e := range es {
+		off, end := recordRange(e.rec)
+		p.win = append(p.win, e)
+		p.winRanges = append(p.winRanges, winRange{off: off, end: end})
+	}
+	p.winBytes += cost
+}
+
+// logged marks es as written to the log (ok) or dropped, and wakes the
+// applier.
+func (p *Primary) logged(es []*entry, ok bool) {
+	state := winDropped
+	if ok {
+		state = winLogged
+	}
+	p.mu.Lock()
+	// es lie together in the window, in order, after what the applier has
+	// taken: look for the first from the end (where recent writes are).
+	for i := len(p.win) - 1; i >= 0; i-- {
+		if p.win[i] == es[0] {
+			for j := range es {
+				p.winRanges[i+j].state = state
+			}
+			break
+		}
+	}
+	p.mu.Unlock()
+	select {
+	case p.applyKick <- struct{}{}:
+	default:
+	}
+}
+
+// applyBatch is the most records the applier takes at once.
+const applyBatch = 256
+
+// applyLoop is the applier: it applies the logged prefix of the window to
+// the data device, in log order, until stopApplier.
+func (p *Primary) applyLoop() {
+	defer close(p.applyDone)
+	batch := make([]*entry, 0, applyBatch)
+	for {
+		p.mu.Lock()
+		// Drop what was never logged from the front; take the logged
+		// prefix after it.
+		dropped := false
+		for len(p.win) > 0 && p.winRanges[0].state == winDropped {
+			p.popWindow()
+			dropped = true
+		}
+		if dropped {
+			p.wakeWindow()
+		}
+		n := 0
+		for n < len(p.win) && n < applyBatch && p.winRanges[n].state == winLogged {
+			n++
+		}
+		stop, failed := p.applyStop, p.failed != nil
+		batch = append(batch[:0], p.win[:n]...)
+		p.mu.Unlock()
+		if stop || failed {
+			return
+		}
+		if n == 0 {
+			<-p.applyKick
+			continue
+		}
+		done, err := 0, error(nil)
+		for _, e := range batch {
+			if err = apply(p.data, e.rec); err != nil {
+				break
+			}
+			done++
+		}
+		p.mu.Lock()
+		for _, e := range batch[:done] {
+			p.applied = e.pos
+			p.popWindow()
+		}
+		if err != nil {
+			e := batch[done]
+			err = fmt.Errorf("apply logged record %d to the data device: %w; the record is safe in the log and is replayed on restart (reads still see it): check the disk, then restart the daemon", e.pos.Seq, err)
+			if p.failed == nil {
+				p.failed = err
+			}
+		}
+		p.wakeWindow()
+		p.mu.Unlock()
+		clear(batch)
+		if err != nil {
+			p.logger.Error("data device failed; writes are refused", "err", err)
+			return
+		}
+	}
+}
+
+// popWindow removes the window's first record. Call with mu held.
+func (p *Primary) popWindow() {
+	e := p.win[0]
+	p.winBytes -= HeaderSize + int64(len(e.rec.Payload))
+	p.win[0] = nil
+	p.win = p.win[1:]
+	p.winRanges = p.winRanges[1:]
+	if len(p.win) == 0 {
+		// Start the slices over instead of letting them creep through
+		// memory.
+		p.win, p.winRanges = p.win[:0:0], p.winRanges[:0:0]
+	}
+}
+
+// wakeWindow wakes whoever waits for the applier. Call with mu held.
+func (p *Primary) wakeWindow() {
+	if p.winWait > 0 {
+		p.winCond.Broadcast()
+	}
+}
+
+// waitWindow waits, with mu held, until cond holds or the applier has
+// failed or stopped; it returns the failure.
+func (p *Primary) waitWindow(cond func() bool) error {
+	for !cond() && p.failed == nil && !p.applyStop {
+		p.winWait++
+		p.winCond.Wait()
+		p.winWait--
+	}
+	if cond() {
+		return nil
+	}
+	if p.failed != nil {
+		return p.failed
+	}
+	return errClosed
+}
+
+// drain waits until every logged record is applied (the writers in flight
+// must have returned: the window then holds no reserved record).
+func (p *Primary) drain() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waitWindow(func() bool { return len(p.win) == 0 })
+}
+
+// waitApplied waits until every record up to seq is applied.
+func (p *Primary) waitApplied(seq uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waitWindow(func() bool { return p.applied.Seq >= seq })
+}
+
+// stopApplier stops the applier (after the batch it is applying) and waits
+// for it. What the window still holds stays unapplied (replayed on open).
+func (p *Primary) stopApplier() {
+	p.mu.Lock()
+	p.applyStop = true
+	p.winCond.Broadcast()
+	p.mu.Unlock()
+	select {
+	case p.applyKick <- struct{}{}:
+	default:
+	}
+	<-p.applyDone
+}
+
+// overlay returns the logged window records that overlap [off, end), in
+// log order. Call with mu held.
+func (p *Primary) overlay(off, end int64) []*entry {
+	var out []*entry
+	for i := range p.winRanges {
+		if r := &p.winRanges[i]; r.state == winLogged && r.off < end && off < r.end {
+			out = append(out, p.win[i])
+		}
+	}
+	return out
+}
+
+// ReadAt implements blockdev.Device. It sees every acknowledged write: the
+// unapplied window over the data device.
+func (p *Primary) ReadAt(b []byte, off int64) (int, error) {
+	p.mu.Lock()
+	if len(p.win) == 0 {
+		p.mu.Unlock()
+		return p.data.ReadAt(b, off)
+	}
+	ov := p.overlay(off, off+int64(len(b)))
+	p.mu.Unlock()
+	n, err := p.data.ReadAt(b, off)
+	if err != nil {
+		return n, err
+	}
+	for _, e := range ov {
+		applyClipped(e.rec, off, b)
+	}
+	return n, nil
+}
+
+var _ blockdev.ExtentReporter = (*Primary)(nil)
+
+// Extents implements blockdev.ExtentReporter: the data device's extents
+// (all data if it cannot tell), with the ranges of the unapplied window laid
+// over them as the last record there leaves them: data, or known zero
+// (trim, write-zeroes; not a hole: the device may still hold blocks there).
+func (p *Primary) Extents(dst []blockdev.Extent, off, length int64, limit int) ([]blockdev.Extent, error) {
+	end := off + length
+	p.mu.Lock()
+	var over []span
+	for i := range p.winRanges {
+		if r := &p.winRanges[i]; r.state == winLogged && r.off < end && off < r.end {
+			over = overwrite(over, span{max(r.off, off), min(r.end, end), p.win[i].rec.Kind != KindWrite})
+		}
+	}
+	p.mu.Unlock()
+	start := len(dst)
+	dst, err := blockdev.Extents(p.data, dst, off, length, limit)
+	if err != nil || len(over) == 0 {
+		return dst, err
+	}
+	ext := layOver(slices.Clone(dst[start:]), over)
+	dst = append(dst[:start], ext...)
+	if len(dst)-start > max(limit, 1) {
+		dst = dst[:start+max(limit, 1)] // still a prefix of the range
+	}
+	return dst, nil
+}
+
+// span is a device range [off, end) the window changes, to zeros or data.
+type span struct {
+	off, end int64
+	zero     bool
+}
+
+// overwrite lays x over ss (sorted, disjoint) and returns the result,
+// sorted and disjoint.
+func overwrite(ss []span, x span) []span {
+	out := make([]span, 0, len(ss)+2)
+	placed := false
+	for _, s := range ss {
+		if s.end <= x.off || s.off >= x.end {
+			if !placed && s.off >= x.end {
+				out = append(out, x)
+				placed = true
+			}
+			out = append(out, s)
+			continue
+		}
+		if s.off < x.off {
+			out = append(out, span{s.off, x.off, s.zero})
+		}
+		if !placed {
+			out = append(out, x)
+			placed = true
+		}
+		if s.end > x.end {
+			out = append(out, span{x.end, s.end, s.zero})
+		}
+	}
+	if !placed {
+		out = append(out, x)
+	}
+	return out
+}
+
+// layOver returns ext (back to back, in order) with the parts covered by ss
+// (sorted, disjoint) replaced by their state, neighbours of one state
+// merged.
+func layOver(ext []blockdev.Extent, ss []span) []blockdev.Extent {
+	var out []blockdev.Extent
+	add := func(x blockdev.Extent) {
+		if n := len(out); n > 0 && out[n-1].Hole == x.Hole && out[n-1].Zero == x.Zero {
+			out[n-1].Length += x.Length
+			return
+		}
+		out = append(out, x)
+	}
+	for _, e := range ext {
+		pos, end := e.Offset, e.Offset+e.Length
+		for _, s := range ss {
+			if s.end <= pos || s.off >= end {
+				continue
+			}
+			if s.off > pos {
+				add(blockdev.Extent{Offset: pos, Length: s.off - pos, Hole: e.Hole, Zero: e.Zero})
+				pos = s.off
+			}
+			hi := min(s.end, end)
+			add(blockdev.Extent{Offset: pos, Length: hi - pos, Zero: s.zero})
+			pos = hi
+		}
+		if pos < end {
+			add(blockdev.Extent{Offset: pos, Length: end - pos, Hole: e.Hole, Zero: e.Zero})
+		}
+	}
+	return out
+}
