@@ -92,6 +92,8 @@ var (
 	descSegments     = newDesc("log_segments", "Segments in the node's log of the resource.", "resource")
 	descLogBytes     = newDesc("log_size_bytes", "Bytes in the node's log segments of the resource.", "resource")
 	descPending      = newDesc("log_pending_replay_bytes", "Log after the applied position persisted on the primary: what a restart would replay.", "resource")
+	descUnapplied    = newDesc("log_unapplied_bytes", "Memory held by writes acknowledged (in the log) and not yet applied to the disk, on the primary (at most apply_window).", "resource")
+	descUnappRecs    = newDesc("log_unapplied_records", "Writes acknowledged (in the log) and not yet applied to the disk, on the primary.", "resource")
 	descPosRecord    = newDesc("log_position_record", "Record sequence number at a log position: end (durable end), logged (written, durable or not), applied (on the disk).", "resource", "position")
 	descPosSeg       = newDesc("log_position_segment", "Segment number of a log position.", "resource", "position")
 	descPosOffset    = newDesc("log_position_offset_bytes", "Offset in its segment of a log position.", "resource", "position")
@@ -129,7 +131,7 @@ type collector struct{ d *Daemon }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descReqErrors, descBytes, descLatency, descStart, descRole,
 		descState, descSize, descServing, descSplit, descEmergency, descAckFallback, descAckFallbacks, descPaused, descLagBytes, descLagSecs, descUnfetched,
-		descSegments, descLogBytes, descPending, descPosRecord, descPosSeg, descPosOffset, descSyncRun, descSyncDone,
+		descSegments, descLogBytes, descPending, descUnapplied, descUnappRecs, descPosRecord, descPosSeg, descPosOffset, descSyncRun, descSyncDone,
 		descSyncTotal, descSyncSent, descSyncETA, descPeerUp, descPeerAge, descPeerLagB, descPeerLagS, descBehindB, descBehindS, descFetched} {
 		ch <- d
 	}
@@ -213,6 +215,8 @@ func collectResource(gauge, counter func(*prometheus.Desc, float64, ...string), 
 	gauge(descServing, bool01(len(rs.Exports) > 0), name)
 	if l := rs.Log; l != nil {
 		gauge(descPending, float64(l.PendingReplay), name)
+		gauge(descUnapplied, float64(l.UnappliedBytes), name)
+		gauge(descUnappRecs, float64(l.UnappliedRecords), name)
 	}
 	rep := rs.Replication
 	if rep == nil {

@@ -38,7 +38,7 @@ import (
 //
 // What does not (refused, with the reason): this node's own replication,
 // control or state_dir; secret_file; tls_dir; a held resource's disk path, size (use
-// `tharsis resize`), log_dir, replicated, segment_size or sync; the other
+// `tharsis resize`), log_dir, replicated, segment_size, sync or apply_window; the other
 // [limits] (they size listeners and buffers made at start).
 
 // ErrReloadRefused wraps the reasons a reload was refused.

@@ -141,7 +141,7 @@ func (d *Daemon) openPrimary(r *resource) error {
 	opts := replicate.Options{
 		Dir: r.dir, Node: d.node.Name, Resource: rc.Name,
 		// replicate adds the resource to its logger's attributes.
-		SegmentSize: rc.SegmentSize, Sync: rc.Sync, Logger: d.log,
+		SegmentSize: rc.SegmentSize, Sync: rc.Sync, ApplyWindow: rc.ApplyWindow, Logger: d.log,
 	}
 	if d.cluster != nil {
 		// Retention: keep what any other node that holds the resource

@@ -94,7 +94,11 @@ type LogView struct {
 	Segments           int    `json:"segments"`
 	Bytes              int64  `json:"bytes"`
 	PendingReplayBytes int64  `json:"pending_replay_bytes"` // what a restart would replay
-	Error              string `json:"error"`
+	// UnappliedRecords and UnappliedBytes: writes acknowledged (in the log)
+	// and not yet applied to the disk, and the memory they hold.
+	UnappliedRecords int    `json:"unapplied_records"`
+	UnappliedBytes   int64  `json:"unapplied_bytes"`
+	Error            string `json:"error"`
 }
 
 // NodeView is one node's copy of a resource.
@@ -213,7 +217,8 @@ func newResourceView(st *Status, r ResourceStatus, staleAfter time.Duration) Res
 		rv.Exports = []ExportStatus{}
 	}
 	if l := r.Log; l != nil {
-		lv := &LogView{CurrentSegment: l.Current, Segments: len(l.Segments), PendingReplayBytes: l.PendingReplay, Error: l.Err}
+		lv := &LogView{CurrentSegment: l.Current, Segments: len(l.Segments), PendingReplayBytes: l.PendingReplay,
+			UnappliedRecords: l.UnappliedRecords, UnappliedBytes: l.UnappliedBytes, Error: l.Err}
 		for _, s := range l.Segments {
 			lv.Bytes += s.Size
 		}

@@ -17,6 +17,8 @@ const (
 	DefaultStateRoot   = "/var/lib/tharsis" // state_dir is DefaultStateRoot/<node> unless set
 	DefaultSegmentSize = 256 << 20          // segment_size
 	MinSegmentSize     = 1 << 20            // smallest segment_size accepted
+	DefaultApplyWindow = 64 << 20           // apply_window
+	MinApplyWindow     = 1 << 20            // smallest apply_window accepted
 	DefaultBufCnt      = 64                 // exports.aoe bufcnt
 	DefaultNBDListen   = "0.0.0.0:10809"    // exports.nbd listen
 	MaxNBDName         = 4096               // longest NBD export name or description, in bytes
@@ -79,6 +81,9 @@ type Resource struct {
 	// never does).
 	AckSecondaries int
 	AckTimeout     time.Duration
+	// ApplyWindow bounds the memory of writes acknowledged (in the log)
+	// but not yet applied to the disk; writers wait while it is full.
+	ApplyWindow int64
 	// VerifyInterval runs an online verify on each secondary that often
 	// (`tharsis verify` without --repair); 0: never.
 	VerifyInterval time.Duration

@@ -72,6 +72,7 @@ func TestDesignSketch(t *testing.T) {
 				Connect:     map[string][]string{"beta": {"alpha"}, "gamma": {"beta", "alpha"}},
 				Replicated:  true,
 				SegmentSize: 256 << 20,
+				ApplyWindow: DefaultApplyWindow,
 			},
 		},
 		AoE:    []*AoEExport{{Resource: "data", Shelf: 1, Slot: 1, Interfaces: []string{"eth1"}, BufCnt: 64}},
@@ -179,6 +180,7 @@ primary = "b"
 replicated = false
 segment_size = 1048576
 sync = true
+apply_window = "16MiB"
 connect = { a = ["b"] }
 [[exports.aoe]]
 resource = "r"
@@ -201,7 +203,7 @@ listen = "127.0.0.1:10809"
 name = "export two"
 `)
 	r := c.Resources["r"]
-	if r.Size != 10e9 || r.Primary != "b" || r.Replicated || r.SegmentSize != 1<<20 || !r.Sync ||
+	if r.Size != 10e9 || r.Primary != "b" || r.Replicated || r.SegmentSize != 1<<20 || !r.Sync || r.ApplyWindow != 16<<20 ||
 		!reflect.DeepEqual(r.Connect, map[string][]string{"a": {"b"}}) {
 		t.Errorf("resource = %+v", r)
 	}

@@ -143,6 +143,7 @@ func resourceFields(a, b *Resource) []string {
 		"primary", a.Primary, b.Primary, "connect", a.Connect, b.Connect, "replicated", a.Replicated, b.Replicated,
 		"segment_size", a.SegmentSize, b.SegmentSize, "sync", a.Sync, b.Sync, "compress", a.Compress, b.Compress,
 		"ack_secondaries", a.AckSecondaries, b.AckSecondaries, "ack_timeout", a.AckTimeout, b.AckTimeout,
+		"apply_window", a.ApplyWindow, b.ApplyWindow,
 		"verify_interval", a.VerifyInterval, b.VerifyInterval,
 		"retain_max", a.RetainMax, b.RetainMax, "retain_max_age", a.RetainMaxAge, b.RetainMaxAge,
 		"service_address", a.ServiceAddress, b.ServiceAddress, "service_interface", a.ServiceInterface, b.ServiceInterface)

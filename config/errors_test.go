@@ -79,6 +79,7 @@ var errCases = []errCase{
 	{"size overflow", base + "size = \"9000000EiB\"\n", []string{`t.toml:7: resources.data.size: size "9000000EiB" is too large`}},
 	{"size empty", base + "size = \"\"\n", []string{`t.toml:7: resources.data.size: empty size`}},
 	{"segment_size small", base + "segment_size = \"512K\"\n", []string{`t.toml:7: resources.data.segment_size: 512 KiB is too small; use at least 1 MiB`}},
+	{"apply_window small", base + "apply_window = \"64K\"\n", []string{`t.toml:7: resources.data.apply_window: 64 KiB is too small; use at least 1 MiB, for example: apply_window = "64MiB"`}},
 
 	// Disks.
 	{"no disk", base + "[resources.logs]\nsize = \"1G\"\n", []string{`t.toml:7: resources.logs.disk: missing: resource "logs" has no disk; name the disk of every node that holds it`}},

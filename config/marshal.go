@@ -68,6 +68,9 @@ func (c *Config) Marshal() []byte {
 		case r.AckTimeout > 0 && r.AckTimeout != DefaultAckTimeout:
 			kv("ack_timeout", q(r.AckTimeout.String()))
 		}
+		if r.ApplyWindow != DefaultApplyWindow {
+			kv("apply_window", q(FormatSize(r.ApplyWindow)))
+		}
 		if r.VerifyInterval > 0 {
 			kv("verify_interval", q(r.VerifyInterval.String()))
 		}

@@ -19,7 +19,7 @@ import (
 var (
 	topKeys      = []string{"secret_file", "tls_dir", "nodes", "resources", "exports", "limits"}
 	nodeKeys     = []string{"replication", "state_dir", "control", "metrics_listen"}
-	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "compress", "ack_secondaries", "ack_timeout", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
+	resourceKeys = []string{"disk", "size", "log_dir", "primary", "connect", "replicated", "segment_size", "sync", "compress", "ack_secondaries", "ack_timeout", "apply_window", "verify_interval", "retain_max", "retain_max_age", "service_address", "service_interface"}
 	exportKeys   = []string{"aoe", "nbd"}
 	aoeKeys      = []string{"resource", "shelf", "slot", "interfaces", "allow_macs", "read_only", "bufcnt", "write_cache"}
 	nbdKeys      = []string{"resource", "listen", "name", "description", "read_only", "tls", "tls_verify_client"}
@@ -69,6 +69,7 @@ var examples = map[string]string{
 	"connect":           `connect = { beta = ["alpha"] }`,
 	"replicated":        `replicated = true`,
 	"segment_size":      `segment_size = "256MiB"`,
+	"apply_window":      `apply_window = "64MiB"`,
 	"sync":              `sync = false`,
 	"compress":          `compress = "zstd"`,
 	"verify_interval":   `verify_interval = "24h"`,
@@ -627,7 +628,7 @@ func (p *parser) resource(name string, v any) (*Resource, bool) {
 		return nil, false
 	}
 	p.checkKeys(m, path, resourceKeys, "[resources.NAME]")
-	r := &Resource{Name: name, Disks: map[string]string{}, Replicated: true, SegmentSize: DefaultSegmentSize}
+	r := &Resource{Name: name, Disks: map[string]string{}, Replicated: true, SegmentSize: DefaultSegmentSize, ApplyWindow: DefaultApplyWindow}
 	diskPath := joinPath(path, "disk")
 	if _, ok := m["disk"]; !ok {
 		p.errorf(diskPath, "missing: resource %q has no disk; name the disk of every node that holds it, for example: %s", name, examples["disk"])
@@ -699,6 +700,13 @@ func (p *parser) resource(name string, v any) (*Resource, bool) {
 		}
 	}
 	p.ack(r, path, m)
+	if n, ok := p.getSize(m, path, "apply_window"); ok {
+		if n < MinApplyWindow {
+			p.errorf(joinPath(path, "apply_window"), "%s is too small; use at least %s, for example: %s", FormatSize(n), FormatSize(MinApplyWindow), examples["apply_window"])
+		} else {
+			r.ApplyWindow = n
+		}
+	}
 	if d, ok := p.getDuration(m, path, "verify_interval"); ok {
 		if d != 0 && d < MinVerifyInterval {
 			p.errorf(joinPath(path, "verify_interval"), "%s is too often; use at least %s (or 0: never), for example: %s", d, MinVerifyInterval, examples["verify_interval"])

@@ -1,8 +1,9 @@
 // Package replicate is tharsis's durable transaction log: on a resource's
-// primary every write is appended to a checksummed log and applied to the
-// data device before it is acknowledged; it is made durable (group-committed
-// fdatasync) by the client's next flush, or before the acknowledgement with
-// sync = true. Secondaries fetch the same segments and replay them.
+// primary every write is appended to a checksummed log and acknowledged,
+// and applied to the data device behind (apply.go); it is made durable
+// (group-committed fdatasync) by the client's next flush, or before the
+// acknowledgement with sync = true. Secondaries fetch the same segments and
+// replay them.
 //
 // # Segments
 //
@@ -69,11 +70,13 @@
 // second goroutine calls fdatasync whenever somebody wants records durable,
 // once for everything written when it starts (group commit), so the next
 // records are written while an fdatasync runs. Primary, a
-// blockdev.Device, logs each WriteAt/Trim/WriteZeroes, waits until it is
-// written, applies it to the data device (writes run concurrently;
-// overlapping requests reach it in log order) and only then returns, so
-// reads of the data device see every acknowledged write. What the acknowledgement promises depends on
-// Options.Sync (TOML `sync`):
+// blockdev.Device, logs each WriteAt/Trim/WriteZeroes (a copy of the
+// payload, owned by the unapplied window), waits until it is written and
+// returns; one applier writes the window to the data device behind, in log
+// order, and reads lay the window over the data device, so they see every
+// acknowledged write (apply.go). The window is bounded (Options.ApplyWindow,
+// TOML `apply_window`): writers wait while it is full. What the
+// acknowledgement promises depends on Options.Sync (TOML `sync`):
 //
 //   - sync = false (default): the record is in the log file (page cache): it
 //     survives a kill of the process, not a crash of the machine. Flush (NBD
@@ -82,6 +85,10 @@
 //     file device with an fdatasync per FLUSH/FUA.
 //   - sync = true: the acknowledgement also waits for the record's
 //     fdatasync; Flush then has nothing left to do.
+//
+// Neither waits for the data device: Checkpoint flushes it before the
+// applied position is persisted, and Close and CloseSealed apply the whole
+// window first.
 //
 // A record's synced field only ever claims offsets an fdatasync covered
 // when it was encoded; a segment-end marker claims the same, and its own

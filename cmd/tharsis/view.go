@@ -155,7 +155,11 @@ func renderResource(w io.Writer, r *appliance.ResourceView) {
 		fmt.Fprintf(w, "  export  %-3s %s on %s%s\n", e.Kind, e.Name, e.Where, extra)
 	}
 	if l := r.Log; l != nil {
-		fmt.Fprintf(w, "  log     writing %s; %d segment%s, %s; a restart would replay %s\n", l.CurrentSegment, l.Segments, plural(l.Segments), humanBytes(l.Bytes), humanBytes(l.PendingReplayBytes))
+		unapplied := ""
+		if l.UnappliedRecords > 0 {
+			unapplied = fmt.Sprintf("; %d write%s (%s) acknowledged, not yet on the disk", l.UnappliedRecords, plural(l.UnappliedRecords), humanBytes(l.UnappliedBytes))
+		}
+		fmt.Fprintf(w, "  log     writing %s; %d segment%s, %s; a restart would replay %s%s\n", l.CurrentSegment, l.Segments, plural(l.Segments), humanBytes(l.Bytes), humanBytes(l.PendingReplayBytes), unapplied)
 		if l.Error != "" {
 			fmt.Fprintf(w, "  ERROR   %s\n", l.Error)
 		}
