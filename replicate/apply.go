@@ -3,6 +3,8 @@ package replicate
 import (
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/tharsis/tharsis/blockdev"
 )
@@ -14,9 +16,10 @@ import (
 // unapplied window (Primary.win) holds every record from its reservation in
 // the log until it is applied, in log order, with its payload (a copy: the
 // client's buffer is its own again once WriteAt returns). One applier
-// goroutine applies the logged prefix of the window in log order, so
-// overlapping records reach the data device in the order of the log, and
-// advances the applied position over them.
+// goroutine takes the logged prefix of the window in log order and applies
+// it in waves of records that do not overlap (each wave in parallel, one
+// after the other), so overlapping records reach the data device in the
+// order of the log, and advances the applied position over them.
 //
 // Reads and Extents take the window's logged records that overlap them
 // first, then ask the data device, then lay the records over its answer in
@@ -134,13 +137,7 @@ func (p *Primary) applyLoop() {
 			<-p.applyKick
 			continue
 		}
-		done, err := 0, error(nil)
-		for _, e := range batch {
-			if err = apply(p.data, e.rec); err != nil {
-				break
-			}
-			done++
-		}
+		done, err := applyAll(p.data, batch)
 		p.mu.Lock()
 		for _, e := range batch[:done] {
 			p.applied = e.pos
@@ -161,6 +158,68 @@ func (p *Primary) applyLoop() {
 			return
 		}
 	}
+}
+
+// applyWorkers is how many goroutines apply a wave of records that do not
+// overlap: a data device's writes may block (page cache writeback, a disk's
+// queue), and one at a time would bound the write rate by their latency.
+const applyWorkers = 4
+
+// applyAll applies batch (in log order) to data: in waves of records that
+// do not overlap, each wave in parallel, one wave after the other, so
+// overlapping records reach data in log order. It returns how many records
+// from the start of batch are applied, and the error of the first that
+// failed (records of its wave after it may be applied too: replay is
+// idempotent).
+func applyAll(data blockdev.Device, batch []*entry) (int, error) {
+	errs := make([]error, len(batch))
+	for start := 0; start < len(batch); {
+		end := start + 1
+		if r := batch[start].rec; r.Kind != KindResize {
+		wave:
+			for ; end < len(batch) && batch[end].rec.Kind != KindResize; end++ {
+				off, stop := recordRange(batch[end].rec)
+				for _, x := range batch[start:end] {
+					if xo, xe := recordRange(x.rec); xo < stop && off < xe {
+						break wave
+					}
+				}
+			}
+		}
+		applyWave(data, batch[start:end], errs[start:end])
+		for i := start; i < end; i++ {
+			if errs[i] != nil {
+				return i, errs[i]
+			}
+		}
+		start = end
+	}
+	return len(batch), nil
+}
+
+// applyWave applies the records of wave, which do not overlap, with up to
+// applyWorkers goroutines (this one among them), errs[i] for wave[i].
+func applyWave(data blockdev.Device, wave []*entry, errs []error) {
+	if len(wave) == 1 {
+		errs[0] = apply(data, wave[0].rec)
+		return
+	}
+	var next atomic.Int64
+	work := func() {
+		for {
+			i := next.Add(1) - 1
+			if i >= int64(len(wave)) {
+				return
+			}
+			errs[i] = apply(data, wave[i].rec)
+		}
+	}
+	var wg sync.WaitGroup
+	for range min(applyWorkers, len(wave)) - 1 {
+		wg.Go(work)
+	}
+	work()
+	wg.Wait()
 }
 
 // popWindow removes the window's first record. Call with mu held.
