@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -461,4 +462,35 @@ func TestLiveAllocs(t *testing.T) {
 			t.Errorf("%.3f allocations per request for %s, want 0", n, what)
 		}
 	}
+}
+
+// fuaDev is a fakeDev that is a blockdev.FUAWriter.
+type fuaDev struct {
+	*fakeDev
+	fuas atomic.Int64
+}
+
+func (d *fuaDev) WriteAtFUA(p []byte, off int64) (int, error) {
+	d.fuas.Add(1)
+	return d.fakeDev.WriteAt(p, off)
+}
+
+// TestFUAWriterWritesDurably: with write_cache off, a device that can make
+// each write durable as it is written (replicate.Primary) gets WriteAtFUA
+// for every write and no Flush after them.
+func TestFUAWriterWritesDurably(t *testing.T) {
+	const window = 16
+	dev := &fuaDev{fakeDev: newFakeDev()}
+	l := serveLive(t, aoe.TargetConfig{Device: dev})
+	data, err := l.writes(window, window)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dev.fuas.Load(); got != window {
+		t.Fatalf("%d WriteAtFUA calls for %d writes", got, window)
+	}
+	if got := dev.get(func(d *fakeDev) int { return d.flushes }); got != 0 {
+		t.Fatalf("%d flushes after FUA writes, want none", got)
+	}
+	l.checkData(data)
 }

@@ -37,7 +37,8 @@ type TargetConfig struct {
 	ReadOnly bool
 	// WriteCache acknowledges a write once WriteAt returned (the data may
 	// sit in the page cache; vblade's default). When false, a write is
-	// acknowledged only after Device.Flush, which concurrent writes share.
+	// acknowledged only once durable: after Device.Flush, which concurrent
+	// writes share, or, on a blockdev.FUAWriter, with WriteAtFUA.
 	WriteCache bool
 	// AllowMACs is the initial Mac Mask list when none is persisted: frames
 	// from other MACs are dropped. Empty lets anyone in.
@@ -104,6 +105,8 @@ type target struct {
 	// gate admits the frames routed to the target; RemoveTarget closes
 	// it and waits until they are answered.
 	gate *gate
+	// fua is the device as a blockdev.FUAWriter (nil when it is none).
+	fua blockdev.FUAWriter
 	// com group-commits the target's write responses while the Server's
 	// write stage runs (under Server.tmu).
 	com *committer
@@ -132,6 +135,7 @@ func newTarget(cfg TargetConfig, node string, logger *slog.Logger) (*target, err
 		return nil, fmt.Errorf("AoE target %s: bufcnt %d is outside 0..65535", cfg.Name(), cfg.BufCnt)
 	}
 	t := &target{cfg: cfg, name: cfg.Name(), bufcnt: uint16(cfg.BufCnt), log: logger.With("target", cfg.Name()), gate: newGate()}
+	t.fua, _ = cfg.Device.(blockdev.FUAWriter)
 	if t.bufcnt == 0 {
 		t.bufcnt = DefaultBufCnt
 	}
@@ -422,6 +426,11 @@ func (t *target) ata(b []byte, n int, e *env, src MAC) outcome {
 		switch {
 		case write && t.cfg.ReadOnly:
 			err = blockdev.ErrReadOnly
+		case write && !t.cfg.WriteCache && t.fua != nil:
+			// Durable as it is written: joins the log's group commit
+			// at once instead of the committer's flush after it.
+			_, err = t.fua.WriteAtFUA(data[:nb], int64(lba)*SectorSize)
+			t.writes.Add(1)
 		case write:
 			_, err = t.cfg.Device.WriteAt(data[:nb], int64(lba)*SectorSize)
 			t.writes.Add(1)

@@ -40,6 +40,28 @@ type Device interface {
 	Close() error
 }
 
+// FUAWriter is implemented by devices that can make one write durable as
+// part of it (Force Unit Access) more cheaply than WriteAt and a Flush
+// after it: a replicated resource's log joins the write to the group commit
+// that starts as soon as it is written.
+type FUAWriter interface {
+	// WriteAtFUA is WriteAt that returns only once p is durable.
+	WriteAtFUA(p []byte, off int64) (int, error)
+}
+
+// WriteAtFUA writes p at off on d and returns once it is durable: with
+// d's WriteAtFUA where it is a FUAWriter, else WriteAt and Flush.
+func WriteAtFUA(d Device, p []byte, off int64) (int, error) {
+	if f, ok := d.(FUAWriter); ok {
+		return f.WriteAtFUA(p, off)
+	}
+	n, err := d.WriteAt(p, off)
+	if err == nil {
+		err = d.Flush()
+	}
+	return n, err
+}
+
 // ErrOutOfRange is returned for a request that reaches past the end of the
 // device or has a negative offset or length.
 var ErrOutOfRange = errors.New("request out of the device's range")

@@ -446,7 +446,13 @@ func (c *conn) perform(o *op) {
 			o.buf = nil
 		}
 	case cmdWrite:
-		_, err = dev.WriteAt(*o.buf, off)
+		if r.flags&cmdFlagFUA != 0 {
+			// The write and its durability in one: a replicated
+			// resource joins the log's group commit at once.
+			_, err = blockdev.WriteAtFUA(dev, *o.buf, off)
+		} else {
+			_, err = dev.WriteAt(*o.buf, off)
+		}
 		putBuf(o.buf)
 		o.buf = nil
 	case cmdFlush:
@@ -458,7 +464,7 @@ func (c *conn) perform(o *op) {
 	case cmdBlockStatus:
 		o.buf, err = blockStatus(dev, off, int64(r.length), r.flags&cmdFlagReqOne != 0)
 	}
-	if err == nil && r.flags&cmdFlagFUA != 0 && r.typ != cmdRead && r.typ != cmdFlush && r.typ != cmdBlockStatus {
+	if err == nil && r.flags&cmdFlagFUA != 0 && (r.typ == cmdTrim || r.typ == cmdWriteZeroes) {
 		err = dev.Flush()
 	}
 	if err != nil {

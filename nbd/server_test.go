@@ -665,3 +665,44 @@ func waitEntered(t *testing.T, ch <-chan int64, want int64) {
 		t.Fatalf("device never entered at %d", want)
 	}
 }
+
+// fuaMemory counts how a FUA write reaches it.
+type fuaMemory struct {
+	*blockdev.Memory
+	fuas, flushes atomic.Int64
+}
+
+func (m *fuaMemory) WriteAtFUA(p []byte, off int64) (int, error) {
+	m.fuas.Add(1)
+	return m.Memory.WriteAt(p, off)
+}
+
+func (m *fuaMemory) Flush() error {
+	m.flushes.Add(1)
+	return m.Memory.Flush()
+}
+
+// TestFUAWrite: a write with FUA goes to a blockdev.FUAWriter as one
+// WriteAtFUA (no Flush after it); a trim with FUA is followed by a Flush.
+func TestFUAWrite(t *testing.T) {
+	dev := &fuaMemory{Memory: blockdev.NewMemory(1 << 20)}
+	l := startServer(t, newServer(), Export{Name: "a", Device: dev})
+	k := dial(t, l)
+	k.open("a", false)
+	want := pattern(4096, 7)
+	if r := k.do(cmdWrite, cmdFlagFUA, 1, 8192, 4096, want); r.errno != 0 {
+		t.Fatalf("FUA write: %v", r)
+	}
+	if f, fl := dev.fuas.Load(), dev.flushes.Load(); f != 1 || fl != 0 {
+		t.Fatalf("FUA write: %d WriteAtFUA, %d Flush; want 1, 0", f, fl)
+	}
+	if r := k.do(cmdRead, 0, 2, 8192, 4096, nil); r.errno != 0 || !bytes.Equal(r.data, want) {
+		t.Fatalf("read back: %v", r)
+	}
+	if r := k.do(cmdTrim, cmdFlagFUA, 3, 0, 4096, nil); r.errno != 0 {
+		t.Fatalf("FUA trim: %v", r)
+	}
+	if fl := dev.flushes.Load(); fl != 1 {
+		t.Fatalf("FUA trim: %d Flush, want 1", fl)
+	}
+}

@@ -286,7 +286,7 @@ func (p *Primary) writeEmergency(es []*entry) (retry bool, err error) {
 			return false, fmt.Errorf("write to the data device in emergency mode: %w", err)
 		}
 	}
-	if p.opts.Sync {
+	if p.opts.Sync || es[len(es)-1].durable {
 		if err := p.data.Flush(); err != nil {
 			return false, err
 		}

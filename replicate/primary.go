@@ -328,7 +328,17 @@ func (p *Primary) Size() int64 { return p.data.Size() }
 // Flush); the data device is written behind. b is copied (the window owns
 // the copy): the caller may reuse it at once. A write that cannot be logged
 // for lack of space returns an error wrapping blockdev.ErrNoSpace.
-func (p *Primary) WriteAt(b []byte, off int64) (int, error) {
+func (p *Primary) WriteAt(b []byte, off int64) (int, error) { return p.writeAt(b, off, false) }
+
+var _ blockdev.FUAWriter = (*Primary)(nil)
+
+// WriteAtFUA implements blockdev.FUAWriter: WriteAt that returns once the
+// record is durable in the log, whatever Options.Sync says. Its fdatasync
+// starts as soon as the record is written, shared with every writer waiting
+// meanwhile (group commit), instead of after a later Flush.
+func (p *Primary) WriteAtFUA(b []byte, off int64) (int, error) { return p.writeAt(b, off, true) }
+
+func (p *Primary) writeAt(b []byte, off int64, durable bool) (int, error) {
 	if err := blockdev.CheckRange(off, int64(len(b)), p.data.Size()); err != nil {
 		return 0, err
 	}
@@ -339,6 +349,9 @@ func (p *Primary) WriteAt(b []byte, off int64) (int, error) {
 	for o := 0; o < len(b); o += chunkSize {
 		c := b[o:min(o+chunkSize, len(b))]
 		es = append(es, &entry{rec: Record{Kind: KindWrite, Offset: off + int64(o), Length: int64(len(c)), Payload: bytes.Clone(c)}})
+	}
+	if durable {
+		es[len(es)-1].durable = true
 	}
 	if err := p.do(es); err != nil {
 		return 0, err
@@ -407,7 +420,7 @@ func (p *Primary) do(es []*entry) error {
 	}
 	fresh := make([]*entry, len(es))
 	for i, e := range es {
-		fresh[i] = &entry{rec: Record{Kind: e.rec.Kind, Offset: e.rec.Offset, Length: e.rec.Length, Payload: e.rec.Payload}}
+		fresh[i] = &entry{rec: Record{Kind: e.rec.Kind, Offset: e.rec.Offset, Length: e.rec.Length, Payload: e.rec.Payload}, durable: e.durable}
 	}
 	return p.write(fresh, false)
 }
@@ -481,8 +494,8 @@ func (p *Primary) write(es []*entry, mark bool) error {
 	if err != nil {
 		return err
 	}
-	if p.opts.Sync {
-		if err := p.w.waitDurable(es[len(es)-1].pos.Seq); err != nil {
+	if last := es[len(es)-1]; p.opts.Sync || last.durable {
+		if err := p.w.waitDurable(last.pos.Seq); err != nil {
 			return err
 		}
 	}

@@ -490,3 +490,27 @@ func TestTornTailIsCut(t *testing.T) {
 		t.Fatalf("status after cut: %+v", st)
 	}
 }
+
+// TestWriteAtFUA: without Options.Sync, WriteAt returns with its record
+// possibly only in the page cache, WriteAtFUA only once it is durable.
+func TestWriteAtFUA(t *testing.T) {
+	p := openTest(t, blockdev.NewMemory(devSize), t.TempDir(), nil)
+	defer p.Close()
+	if _, err := p.WriteAt([]byte("plain"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Status(); st.Written.Seq >= st.Logged.Seq {
+		t.Fatalf("a plain write is durable at once (written %v, logged %v): the test cannot tell FUA from it", st.Written, st.Logged)
+	}
+	for i := range 20 {
+		if _, err := p.WriteAtFUA([]byte("fua"), int64(512*(i+1))); err != nil {
+			t.Fatal(err)
+		}
+		if st := p.Status(); st.Written.Seq < st.Logged.Seq {
+			t.Fatalf("WriteAtFUA returned before its record was durable: written %v, logged %v", st.Written, st.Logged)
+		}
+	}
+	if got := readAll(t, p)[512:515]; string(got) != "fua" {
+		t.Fatalf("read %q after WriteAtFUA", got)
+	}
+}

@@ -20,6 +20,9 @@ const spaceReserve = 64 << 10
 type entry struct {
 	rec Record   // Kind, Offset, Length, Payload set by the appender
 	pos Position // end of the record, set when its place is reserved
+	// durable asks Primary to return only once the log is durable up to
+	// the record (a FUA write), whatever Options.Sync says.
+	durable bool
 
 	// The writer's bookkeeping, guarded by logWriter.mu (start, f and hdr
 	// belong to the appender between reserve and complete).
