@@ -36,6 +36,16 @@ import (
 // (DamageSink, which quarantines an applied segment), FetchSegment checks
 // every record of a copy, and a removed index file (`rm LOGDIR/segments.json`)
 // makes the next start read and check every retained segment again.
+//
+// A Secondary keeps the index too, for the sealed segments it fetched and
+// checked from their start (storeFetched verifies every record before it
+// writes it), so OpenPrimary on its directory (a promotion) trusts them on
+// the same rules. An entry leaves the index (written at once) before its
+// file is removed, truncated or created again (segBook.forget), so the file
+// never lists a segment for bytes that were not checked.
+//
+// Entries also keep the SHA-256 of the segment once computed for a status
+// (segBook.sum), so a start does not hash the retained log again.
 const indexFile = "segments.json"
 
 // indexVersion is the format of indexFile; another version is ignored.
