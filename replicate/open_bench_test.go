@@ -1,14 +1,18 @@
 package replicate
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
+	"github.com/tharsis/tharsis/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,6 +42,62 @@ func benchDir(b *testing.B) string {
 //
 //	THARSIS_BENCH_RETAINED=$((8<<30)) go test -run - -bench OpenRetained -benchtime 5x ./replicate
 func BenchmarkOpenRetained(b *testing.B) {
+	logDir := filepath.Join(benchDir(b), "log")
+	data, buf, retained := retainedBenchLog(b, logDir)
+	benchOpens(b, logDir, "bench", data, buf, retained)
+}
+
+// BenchmarkPromoteFetched measures the promotion of a secondary (handover,
+// `primary --force`): a primary writes THARSIS_BENCH_RETAINED bytes as in
+// BenchmarkOpenRetained, a secondary fetches and replays all of it over
+// loopback, stops, and its log is opened by OpenPrimary. With -benchtime
+// 1x each mode's open is the promotion itself ("index": the index the
+// secondary kept; "scan": without it, as before secondaries kept one);
+// later iterations are restarts of the promoted node.
+//
+//	THARSIS_BENCH_RETAINED=$((4<<30)) go test -run - -bench PromoteFetched -benchtime 1x ./replicate
+func BenchmarkPromoteFetched(b *testing.B) {
+	dir := benchDir(b)
+	primDir, secDir := filepath.Join(dir, "alpha"), filepath.Join(dir, "beta")
+	pdata, buf, retained := retainedBenchLog(b, primDir)
+	p, err := OpenPrimary(pdata, Options{Dir: primDir, Node: "bench", Resource: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &ShipServer{Node: "alpha", Secret: testSecret}
+	go srv.Serve(l)
+	defer srv.Shutdown(context.Background())
+	srv.AddResource("bench", PrimarySource(p))
+	sdata := blockdev.NewMemory(pdata.Size())
+	s, err := OpenSecondary(sdata, SecondaryOptions{Dir: secDir, Node: "beta", Resource: "bench", Secret: testSecret,
+		Peers: func() []Peer { return []Peer{{Name: "alpha", Addr: l.Addr().String()}} }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.FakeSync() // both start zeroed
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	testutil.WaitFor(b, 10*time.Minute, "the secondary to fetch and replay the log", func() bool { return caughtUp(p, s) })
+	cancel()
+	<-done
+	s.Close()
+	srv.RemoveResource("bench")
+	if err := p.Close(); err != nil {
+		b.Fatal(err)
+	}
+	benchOpens(b, secDir, "beta", sdata, buf, retained)
+}
+
+// retainedBenchLog writes THARSIS_BENCH_RETAINED bytes (default 1 GiB) of
+// 1 MiB writes through a primary in logDir, then seals its last segment
+// and leaves one record in the newest. It returns the data device, the
+// write buffer and the bytes written.
+func retainedBenchLog(b *testing.B, logDir string) (*blockdev.Memory, []byte, int64) {
 	retained := int64(1 << 30)
 	if v := os.Getenv("THARSIS_BENCH_RETAINED"); v != "" {
 		n, err := strconv.ParseInt(v, 0, 64)
@@ -46,8 +106,6 @@ func BenchmarkOpenRetained(b *testing.B) {
 		}
 		retained = n
 	}
-	dir := benchDir(b)
-	logDir := filepath.Join(dir, "log")
 	data := blockdev.NewMemory(64 << 20)
 	p, err := OpenPrimary(data, Options{Dir: logDir, Node: "bench", Resource: "bench"})
 	if err != nil {
@@ -75,6 +133,13 @@ func BenchmarkOpenRetained(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return data, buf, retained
+}
+
+// benchOpens times OpenPrimary of the log in logDir as node, with the
+// segment index ("index") and with it removed before each open ("scan"),
+// the log's page cache dropped first.
+func benchOpens(b *testing.B, logDir, node string, data blockdev.Device, buf []byte, retained int64) {
 	for _, mode := range []string{"index", "scan"} {
 		b.Run(mode, func(b *testing.B) {
 			var reads atomic.Int64
@@ -87,7 +152,7 @@ func BenchmarkOpenRetained(b *testing.B) {
 				dropCache(b, logDir)
 				reads.Store(0)
 				b.StartTimer()
-				p, err := OpenPrimary(data, Options{Dir: logDir, Node: "bench", Resource: "bench", FS: fsys})
+				p, err := OpenPrimary(data, Options{Dir: logDir, Node: node, Resource: "bench", FS: fsys})
 				if err != nil {
 					b.Fatal(err)
 				}

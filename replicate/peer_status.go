@@ -158,7 +158,8 @@ type SyncProgress struct {
 	ETASeconds  float64   `json:"eta_seconds"`
 }
 
-// segmentSums caches the SHA-256 of sealed segments (they never change).
+// segmentSums caches the SHA-256 of sealed segments (they never change)
+// that no segment index lists (segBook.sum keeps the others in the index).
 // Sums are computed in the background, one at a time, so a status request
 // never waits for hashing a large segment.
 var segmentSums = struct {
@@ -171,11 +172,14 @@ var segmentSums = struct {
 type sumJob struct {
 	key, path string
 	size      int64
+	// done, if set, gets the sum instead of the cache.
+	done func(sum string)
 }
 
 // segmentSum returns the cached SHA-256 of a sealed segment, or "" (and
-// queues its computation).
-func segmentSum(dir, name string, size int64, sealed bool) string {
+// queues its computation). With done, the sum is not cached but passed to
+// done (the caller keeps it).
+func segmentSum(dir, name string, size int64, sealed bool, done func(string)) string {
 	if !sealed {
 		return ""
 	}
@@ -184,7 +188,7 @@ func segmentSum(dir, name string, size int64, sealed bool) string {
 	s := &segmentSums
 	s.Lock()
 	defer s.Unlock()
-	if v, ok := s.m[key]; ok {
+	if v, ok := s.m[key]; ok && done == nil {
 		return v
 	}
 	for _, j := range s.todo {
@@ -193,7 +197,7 @@ func segmentSum(dir, name string, size int64, sealed bool) string {
 		}
 	}
 	if len(s.todo) < 64 {
-		s.todo = append(s.todo, sumJob{key: key, path: path, size: size})
+		s.todo = append(s.todo, sumJob{key: key, path: path, size: size, done: done})
 	}
 	if !s.busy {
 		s.busy = true
@@ -212,7 +216,6 @@ func sumWorker() {
 			return
 		}
 		j := s.todo[0]
-		s.todo = s.todo[1:]
 		s.Unlock()
 		sum := ""
 		if f, err := os.Open(j.path); err == nil {
@@ -222,8 +225,12 @@ func sumWorker() {
 			}
 			f.Close()
 		}
+		if sum != "" && j.done != nil {
+			j.done(sum)
+		}
 		s.Lock()
-		if sum != "" {
+		s.todo = s.todo[1:] // only now: the same segment is not queued twice meanwhile
+		if sum != "" && j.done == nil {
 			if len(s.m) > 4096 {
 				clear(s.m)
 			}

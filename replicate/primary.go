@@ -97,8 +97,8 @@ type Primary struct {
 	closed    bool
 	replayed  int
 
-	idxMu   sync.Mutex
-	indexed []byte // content of the segment index file last written
+	idxMu sync.Mutex // serialises writeIndex
+	book  segBook    // the segment index (segindex.go)
 
 	inflight sync.WaitGroup
 	ckMu     sync.Mutex
@@ -278,7 +278,7 @@ func (p *Primary) recover() error {
 		resource: resName(p.opts.Resource), logger: p.logger, onRotate: func(SegmentInfo) { p.kickCheckpoint() },
 		syncEvery: p.opts.Sync, afterRotate: p.writeIndex,
 	}, cur, segs, last.Seq, last)
-	p.indexed = idx.encode()
+	p.book.load(idx)
 	p.writeIndex()
 	return nil
 }
@@ -543,6 +543,7 @@ func (p *Primary) checkpointLoop() {
 		if err := p.Checkpoint(); err != nil {
 			p.logger.Error("cannot persist the applied position; replay on restart will start further back", "err", err)
 		}
+		p.saveIndex() // segment sums computed since (never after Close)
 		if _, err := p.MaybeLeaveEmergency(false); err != nil {
 			p.logger.Warn("cannot leave emergency mode yet", "err", err)
 		}

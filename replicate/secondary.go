@@ -74,6 +74,9 @@ type SecondaryOptions struct {
 	// fetched, but nothing is replayed, synced or verified (none of which
 	// may touch the device) until the Secondary is opened attached.
 	Detached bool
+	// fsys (tests; nil: OSFS) is what opening reads the log and the
+	// segment index through.
+	fsys FS
 }
 
 // secondaryState is what stateFile holds.
@@ -206,6 +209,13 @@ type Secondary struct {
 
 	// crashed makes Run return without the final checkpoint (tests).
 	crashed bool
+
+	// book is the segment index (segindex.go): the sealed segments
+	// fetched and checked whole, which a promotion does not read again.
+	// openTail is what opening found of the newest segment, for the
+	// fetcher's tally.
+	book     segBook
+	openTail fetchTally
 }
 
 // OpenSecondary opens (or creates) the secondary side of a resource in
@@ -263,62 +273,126 @@ func OpenSecondary(data blockdev.Device, opts SecondaryOptions) (*Secondary, err
 		return nil, err
 	}
 	s.replayed = s.persisted
-	if s.fetched, err = recoverFetched(opts.Dir, opts.Resource, s.logger); err != nil {
+	s.openIndex()
+	var tail SegmentInfo
+	if s.fetched, tail, err = s.recoverFetched(); err != nil {
 		return nil, fmt.Errorf("recover the fetched log of %s: %w", resName(opts.Resource), err)
 	}
+	s.openTail = fetchTally{info: tail, whole: tail.Records > 0}
+	s.saveIndex()
 	if err := s.saveState(); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// recoverFetched finds the end of the fetched log: the last good record of
-// the newest segment. A torn tail (a crash during a fetch write) is cut;
-// empty newest segments are removed.
-func recoverFetched(dir, res string, logger *slog.Logger) (Position, error) {
-	for {
-		names, err := listSegments(OSFS{}, dir)
+// openIndex reads the segment index and keeps the entries whose segment
+// file still has the listed size (nothing of them is read).
+func (s *Secondary) openIndex() {
+	fsys, dir := s.fsys(), s.opts.Dir
+	idx, err := readIndex(fsys, dir)
+	if err != nil {
+		s.logger.Warn("the segment index is unusable; a promotion reads and checks every log segment", "err", err)
+	}
+	for n, e := range idx {
+		f, err := fsys.Open(filepath.Join(dir, n.String()))
+		if err == nil {
+			var size int64
+			size, err = f.Size()
+			f.Close()
+			if err == nil && size != e.Size {
+				err = errors.New("size changed")
+			}
+		}
 		if err != nil {
-			return Position{}, err
+			delete(idx, n)
+		}
+	}
+	s.book.load(idx)
+	s.book.written = nil // the file may list more: written again
+}
+
+func (s *Secondary) fsys() FS {
+	if s.opts.fsys != nil {
+		return s.opts.fsys
+	}
+	return OSFS{}
+}
+
+// saveIndex writes the segment index if it changed. A failure is only
+// logged: a promotion then reads more.
+func (s *Secondary) saveIndex() {
+	if err := s.book.save(s.fsys(), s.opts.Dir); err != nil {
+		s.logger.Warn("cannot write the segment index; a promotion reads and checks the segments it would list", "err", err)
+	}
+}
+
+// forgetIndexed drops the index entries of the segments that match (all
+// with nil) before their files are changed or removed.
+func (s *Secondary) forgetIndexed(match func(SegmentName) bool) {
+	s.book.forget(s.fsys(), s.opts.Dir, match, s.logger)
+}
+
+// recoverFetched finds the end of the fetched log: the last good record of
+// the newest segment, which is read whole unless the segment index lists it
+// (sealed: only its end marker is read). A torn tail (a crash during a fetch
+// write) is cut; empty newest segments are removed. It also returns what it
+// found of the newest segment; a sealed one is entered in the index.
+func (s *Secondary) recoverFetched() (Position, SegmentInfo, error) {
+	fsys, dir, res := s.fsys(), s.opts.Dir, s.opts.Resource
+	for {
+		names, err := listSegments(fsys, dir)
+		if err != nil {
+			return Position{}, SegmentInfo{}, err
 		}
 		if len(names) == 0 {
-			return Position{}, nil
+			return Position{}, SegmentInfo{}, nil
 		}
 		last := names[len(names)-1]
 		path := filepath.Join(dir, last.String())
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
-		if err != nil {
-			return Position{}, err
+		if e, ok := s.book.entry(last); ok {
+			var buf []byte
+			if info, ok := trustIndexed(fsys, path, last, e, &buf); ok {
+				return Position{Segment: last.Seq, Offset: info.End, Seq: info.LastSeq}, info, nil
+			}
+			s.forgetIndexed(func(n SegmentName) bool { return n == last })
 		}
-		st, err := f.Stat()
+		f, err := fsys.Open(path)
+		if err != nil {
+			return Position{}, SegmentInfo{}, err
+		}
+		size, err := f.Size()
 		if err != nil {
 			f.Close()
-			return Position{}, err
+			return Position{}, SegmentInfo{}, err
 		}
-		info, err := ScanSegment(f, st.Size(), last, ScanOptions{Newest: true, Path: path, Resource: res}, nil)
+		info, err := ScanSegment(f, size, last, ScanOptions{Newest: true, Path: path, Resource: res}, nil)
 		if err != nil {
 			f.Close()
-			return Position{}, err
+			return Position{}, SegmentInfo{}, err
 		}
 		if info.Torn > 0 {
-			logger.Warn("cutting the torn tail of the newest fetched segment (it was never reported as fetched)", "segment", path, "offset", info.End, "bytes", info.Torn)
+			s.logger.Warn("cutting the torn tail of the newest fetched segment (it was never reported as fetched)", "segment", path, "offset", info.End, "bytes", info.Torn)
 			if err := f.Truncate(info.End); err != nil {
 				f.Close()
-				return Position{}, err
+				return Position{}, SegmentInfo{}, err
 			}
 			if err := f.Sync(); err != nil {
 				f.Close()
-				return Position{}, err
+				return Position{}, SegmentInfo{}, err
 			}
 		}
 		f.Close()
 		if info.Records == 0 {
-			if err := os.Remove(path); err != nil {
-				return Position{}, err
+			if err := fsys.Remove(path); err != nil {
+				return Position{}, SegmentInfo{}, err
 			}
 			continue
 		}
-		return Position{Segment: last.Seq, Offset: info.End, Seq: info.LastSeq}, nil
+		if info.Sealed {
+			s.book.add(info)
+		}
+		return Position{Segment: last.Seq, Offset: info.End, Seq: info.LastSeq}, info, nil
 	}
 }
 
@@ -540,8 +614,11 @@ func (s *Secondary) Status() ResourceStatus {
 			size = fetched.Offset
 		}
 		sizes[n.Seq] = size
-		rs.Segments = append(rs.Segments, SegmentSummary{Name: n.String(), Size: size, Sealed: sealed,
-			SHA256: segmentSum(s.opts.Dir, n.String(), size, sealed)})
+		sum := ""
+		if sealed {
+			sum = s.book.sum(s.opts.Dir, n, size, nil) // saved by the next checkpoint
+		}
+		rs.Segments = append(rs.Segments, SegmentSummary{Name: n.String(), Size: size, Sealed: sealed, SHA256: sum})
 	}
 	rs.LagBytes = logDistance(replayed, fetched, sizes) + logDistance(fetched, srcEnd, sizes)
 	return rs
@@ -615,6 +692,7 @@ func minPos(a, b Position) Position {
 func (s *Secondary) checkpoint() error {
 	s.ckMu.Lock()
 	defer s.ckMu.Unlock()
+	s.saveIndex() // segment sums computed since (never after Run returned)
 	s.mu.Lock()
 	pos, persisted := s.replayed, s.persisted
 	s.mu.Unlock()
@@ -705,6 +783,7 @@ func (s *Secondary) noteDamage(cerr *CorruptError) {
 	if !s.damage.note(cerr, fmt.Sprintf("moved out of the log (kept as %s): this node has replayed it; nodes that need it fetch it from another node", to), s.logger) {
 		return
 	}
+	s.forgetIndexed(func(n SegmentName) bool { return n == name })
 	if _, err := quarantine(OSFS{}, s.opts.Dir, name); err != nil {
 		s.logger.Error("cannot move the damaged segment out of the log", "err", err)
 		return
@@ -756,6 +835,7 @@ func (s *Secondary) DeleteApplied(all bool) ([]string, error) {
 			why = fmt.Errorf("segment %s is not replayed yet (replayed up to %v%s)", n, upto, map[bool]string{true: " by every node fetching from this one", false: ""}[s.opts.MinAppliedByPeers != nil])
 			break
 		}
+		s.forgetIndexed(func(x SegmentName) bool { return x == n })
 		if err := os.Remove(path); err != nil {
 			why = fmt.Errorf("remove log segment: %w", err)
 			break

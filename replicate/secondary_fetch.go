@@ -66,7 +66,7 @@ func (s *Secondary) setFetchErr(err error) {
 }
 
 func (s *Secondary) fetchLoop(ctx context.Context) {
-	var fl fetchLog
+	fl := fetchLog{synced: s.openTail}
 	defer fl.close()
 	peerErrs := map[string]string{}
 	for ctx.Err() == nil {
@@ -213,6 +213,8 @@ func (s *Secondary) discardLogForSync(fl *fetchLog) bool {
 func (s *Secondary) dropLocalLog(fl *fetchLog) bool {
 	fl.close()
 	fl.unsynced = 0
+	fl.synced = fetchTally{}
+	s.forgetIndexed(nil)
 	names, err := listSegments(OSFS{}, s.opts.Dir)
 	if err != nil {
 		return false
@@ -459,6 +461,17 @@ type fetchLog struct {
 	pending  Position // written but not yet synced
 	unsynced int64
 	sealed   bool // the last record written is a segment-end marker
+	// tally counts the records written to the segment, synced as of the
+	// last fdatasync (what a reopen at the fetched position continues).
+	tally, synced fetchTally
+}
+
+// fetchTally is what was written of a fetched segment; whole: every record
+// from its start was checked on the way in (the count is known), so once
+// sealed it goes into the segment index.
+type fetchTally struct {
+	info  SegmentInfo
+	whole bool
 }
 
 func (fl *fetchLog) close() {
@@ -478,6 +491,11 @@ func (fl *fetchLog) syncPending(s *Secondary) error {
 		return fmt.Errorf("fdatasync fetched segment %s: %w", fl.name, err)
 	}
 	fl.unsynced = 0
+	fl.synced = fl.tally
+	if t := fl.tally; t.whole && t.info.Sealed {
+		s.book.add(t.info)
+		s.saveIndex()
+	}
 	s.publishFetched(fl.pending)
 	return nil
 }
@@ -519,6 +537,10 @@ func (s *Secondary) storeFetched(fl *fetchLog, m *wire.SegmentData, more bool) e
 		}
 		n, _ := ParseSegmentName(info.Name())
 		fl.f, fl.name, fl.end, fl.sealed = f, n, fetched.Offset, false
+		fl.tally = fetchTally{info: SegmentInfo{Name: n, End: fetched.Offset}}
+		if t := fl.synced; t.whole && t.info.Name == n && t.info.End == fetched.Offset {
+			fl.tally = t
+		}
 		if info.Size() > fetched.Offset {
 			// Bytes beyond the durable end (a failed write): drop them.
 			if err := f.Truncate(fetched.Offset); err != nil {
@@ -542,6 +564,7 @@ func (s *Secondary) storeFetched(fl *fetchLog, m *wire.SegmentData, more bool) e
 			return err
 		}
 		fl.close()
+		s.forgetIndexed(func(n SegmentName) bool { return n == name }) // a stale entry
 		path := filepath.Join(dir, name.String())
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
@@ -552,11 +575,14 @@ func (s *Secondary) storeFetched(fl *fetchLog, m *wire.SegmentData, more bool) e
 			return err
 		}
 		fl.f, fl.name, fl.end, fl.sealed = f, name, 0, false
+		fl.tally = fetchTally{info: SegmentInfo{Name: name}, whole: true}
 	}
 	// Verify every record before writing anything.
 	pos := fetched
 	b := m.Data
 	off := m.Offset
+	var records int
+	var first uint64
 	for len(b) > 0 {
 		rec, n, err := DecodeRecord(b)
 		if err != nil {
@@ -573,6 +599,9 @@ func (s *Secondary) storeFetched(fl *fetchLog, m *wire.SegmentData, more bool) e
 		}
 		off += int64(n)
 		pos = Position{Segment: name.Seq, Offset: off, Seq: rec.Seq}
+		if records++; first == 0 {
+			first = rec.Seq
+		}
 		fl.sealed = rec.Kind == KindSegmentEnd
 		b = b[n:]
 	}
@@ -582,6 +611,13 @@ func (s *Secondary) storeFetched(fl *fetchLog, m *wire.SegmentData, more bool) e
 	}
 	fl.end = off
 	fl.pending = pos
+	if t := &fl.tally.info; records > 0 {
+		t.Records += records
+		if t.FirstSeq == 0 {
+			t.FirstSeq = first
+		}
+		t.LastSeq, t.End, t.Sealed = pos.Seq, off, fl.sealed
+	}
 	fl.unsynced += int64(len(m.Data))
 	s.fetchRate.Add(int64(len(m.Data)), time.Now())
 	if more && fl.unsynced < maxUnsynced && !fl.sealed {

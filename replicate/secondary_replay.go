@@ -300,6 +300,8 @@ func (s *Secondary) requestCut(at Position) {
 func (s *Secondary) cutLocalLog(fl *fetchLog, at Position) error {
 	fl.close()
 	fl.unsynced = 0
+	fl.synced = fetchTally{} // the records before the cut are not counted
+	s.forgetIndexed(func(n SegmentName) bool { return n.Seq >= at.Segment })
 	dir := s.opts.Dir
 	names, err := listSegments(OSFS{}, dir)
 	if err != nil {

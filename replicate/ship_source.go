@@ -219,7 +219,7 @@ func (s *primarySource) Status() ResourceStatus {
 	rs.Ack = s.p.Ack()
 	for _, seg := range st.Segments {
 		rs.Segments = append(rs.Segments, SegmentSummary{Name: seg.Name, Size: seg.Size, Sealed: seg.Sealed,
-			SHA256: segmentSum(s.p.opts.Dir, seg.Name, seg.Size, seg.Sealed)})
+			SHA256: s.p.segmentSum(seg.Name, seg.Size, seg.Sealed)})
 	}
 	return rs
 }
