@@ -11,8 +11,9 @@ import (
 	"github.com/tharsis/tharsis/blockdev"
 )
 
-// benchConn opens a structured-reply connection over TCP loopback.
-func benchConn(b *testing.B) (net.Conn, *bufio.Reader) {
+// benchConn opens a structured-reply connection over TCP loopback, over
+// TLS (a Go client, the server's tls = "on") when useTLS.
+func benchConn(b *testing.B, useTLS bool) (net.Conn, *bufio.Reader) {
 	b.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -20,7 +21,14 @@ func benchConn(b *testing.B) (net.Conn, *bufio.Reader) {
 	}
 	srv := newServer()
 	// Counted, as the appliance counts every export.
-	srv.SetExports([]Export{{Name: "b", Device: blockdev.NewMemory(64 << 20), Stats: new(blockdev.Stats)}})
+	e := Export{Name: "b", Device: blockdev.NewMemory(64 << 20), Stats: new(blockdev.Stats)}
+	var pki *testPKI
+	if useTLS {
+		pki = newTestPKI(b)
+		srv.SetTLSConfig(pki.server)
+		e.TLS = TLSOn
+	}
+	srv.SetExports([]Export{e})
 	go srv.Serve(l)
 	b.Cleanup(func() { srv.Shutdown(b.Context()) })
 	c, err := net.Dial("tcp", l.Addr().String())
@@ -30,14 +38,21 @@ func benchConn(b *testing.B) (net.Conn, *bufio.Reader) {
 	b.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(5 * time.Minute))
 	k := &client{t: b, c: c, br: bufio.NewReaderSize(c, 1<<20), reads: map[uint64]uint32{}}
-	k.open("b", true)
-	return c, k.br
+	if useTLS {
+		k.greet(flagCFixedNewstyle | flagCNoZeroes)
+		if err := k.startTLS(pki.clientConfig(nil)); err != nil {
+			b.Fatal(err)
+		}
+		k.br = bufio.NewReaderSize(k.c, 1<<20)
+	}
+	k.negotiate("b", true)
+	return k.c, k.br
 }
 
 // benchPipelined keeps depth requests of type typ in flight and reports
 // requests per second; it reads the replies without allocating.
-func benchPipelined(b *testing.B, typ command, size uint32, depth int) {
-	c, br := benchConn(b)
+func benchPipelined(b *testing.B, typ command, size uint32, depth int, useTLS bool) {
+	c, br := benchConn(b, useTLS)
 	var payload []byte
 	if typ == cmdWrite {
 		payload = make([]byte, size)
@@ -93,7 +108,13 @@ func benchPipelined(b *testing.B, typ command, size uint32, depth int) {
 	}
 }
 
-func BenchmarkRead4K(b *testing.B)    { benchPipelined(b, cmdRead, 4096, 32) }
-func BenchmarkRead256K(b *testing.B)  { benchPipelined(b, cmdRead, 256<<10, 16) }
-func BenchmarkWrite4K(b *testing.B)   { benchPipelined(b, cmdWrite, 4096, 32) }
-func BenchmarkWrite256K(b *testing.B) { benchPipelined(b, cmdWrite, 256<<10, 16) }
+func BenchmarkRead4K(b *testing.B)    { benchPipelined(b, cmdRead, 4096, 32, false) }
+func BenchmarkRead256K(b *testing.B)  { benchPipelined(b, cmdRead, 256<<10, 16, false) }
+func BenchmarkWrite4K(b *testing.B)   { benchPipelined(b, cmdWrite, 4096, 32, false) }
+func BenchmarkWrite256K(b *testing.B) { benchPipelined(b, cmdWrite, 256<<10, 16, false) }
+
+// The same over TLS; the client's cryptography runs in this process too.
+func BenchmarkTLSRead4K(b *testing.B)    { benchPipelined(b, cmdRead, 4096, 32, true) }
+func BenchmarkTLSRead256K(b *testing.B)  { benchPipelined(b, cmdRead, 256<<10, 16, true) }
+func BenchmarkTLSWrite4K(b *testing.B)   { benchPipelined(b, cmdWrite, 4096, 32, true) }
+func BenchmarkTLSWrite256K(b *testing.B) { benchPipelined(b, cmdWrite, 256<<10, 16, true) }

@@ -196,6 +196,13 @@ func (k *client) collect(opt, typ uint32, minLen int) (final uint32, replies [][
 func (k *client) open(name string, structured bool) {
 	k.t.Helper()
 	k.greet(flagCFixedNewstyle | flagCNoZeroes)
+	k.negotiate(name, structured)
+}
+
+// negotiate is open after the greeting: it asks for structured replies if
+// structured and enters transmission on export name with NBD_OPT_GO.
+func (k *client) negotiate(name string, structured bool) {
+	k.t.Helper()
 	if structured {
 		k.sendOpt(optStructuredReply, nil)
 		if typ, _ := k.optReply(optStructuredReply); typ != repAck {

@@ -49,7 +49,8 @@ type conn struct {
 	tlsConfig      *tls.Config
 	tlsMode        connTLS
 	tc             *tls.Conn
-	clientVerified bool // tc's client presented a certificate that verified
+	tt             *tlsTransport // under tc
+	clientVerified bool          // tc's client presented a certificate that verified
 
 	// Chosen in the handshake.
 	noZeroes   bool
@@ -551,13 +552,11 @@ func (c *conn) writer(done chan<- struct{}) {
 	arena := make([]byte, 0, maxBatch*maxReplyPrefixLen)
 	iov := make([][]byte, 0, 2*maxBatch)
 	batch := make([]*op, 0, maxBatch)
-	// Over TLS every Write is at least one record and one system call, so
-	// a batch is gathered in a buffer first and sealed in few records.
-	var out io.Writer = c.nc
+	// Over TLS every Write is at least one record, so small pieces are
+	// gathered first and sealed together.
 	var bw *bufio.Writer
 	if c.tc != nil {
-		bw = bufio.NewWriterSize(c.tc, 256<<10)
-		out = bw
+		bw = bufio.NewWriterSize(c.tc, tlsGather)
 	}
 	for o := range c.replies {
 		batch = append(batch[:0], o)
@@ -594,9 +593,11 @@ func (c *conn) writer(done chan<- struct{}) {
 			}
 			c.bufs = iov
 			c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-			_, err := c.bufs.WriteTo(out)
-			if err == nil && bw != nil {
-				err = bw.Flush()
+			var err error
+			if bw == nil {
+				_, err = c.bufs.WriteTo(c.nc)
+			} else {
+				err = c.sendTLS(bw, iov)
 			}
 			if err != nil {
 				c.failed.Store(true)
@@ -610,6 +611,38 @@ func (c *conn) writer(done chan<- struct{}) {
 			c.finish(o)
 		}
 	}
+}
+
+// sendTLS seals iov in few records and sends them in few system calls:
+// pieces shorter than a record (reply headers, short reads) are gathered in
+// bw and sealed together, longer ones are sealed straight from their
+// buffers, and c.tt holds the records until the batch is sealed.
+func (c *conn) sendTLS(bw *bufio.Writer, iov [][]byte) error {
+	c.tt.hold()
+	err := sealAll(bw, c.tc, iov)
+	if rerr := c.tt.release(); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// sealAll writes iov to tc, the short pieces through bw, and flushes bw.
+func sealAll(bw *bufio.Writer, tc io.Writer, iov [][]byte) error {
+	for _, b := range iov {
+		if len(b) < tlsMaxRecord {
+			if _, err := bw.Write(b); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		if _, err := tc.Write(b); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
 }
 
 // record counts the replies of batch in the export's Stats before they are

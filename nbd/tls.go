@@ -125,12 +125,13 @@ func (c *conn) startTLS(data []byte) error {
 		// those bytes were not protected by TLS.
 		return fmt.Errorf("client sent %d bytes after NBD_OPT_STARTTLS before the TLS handshake", c.br.Buffered())
 	}
-	tc := tls.Server(c.nc, c.tlsConfig)
+	tt := newTLSTransport(c.nc)
+	tc := tls.Server(tt, c.tlsConfig)
 	if err := tc.HandshakeContext(c.ctx); err != nil {
 		return fmt.Errorf("TLS handshake: %w (a client that does not trust this node's certificate, or whose certificate is not signed by the cluster CA, fails here; the client's own message says which)", err)
 	}
 	st := tc.ConnectionState()
-	c.tc, c.w = tc, tc
+	c.tc, c.tt, c.w = tc, tt, tc
 	c.br = bufio.NewReaderSize(tc, 64<<10)
 	c.clientVerified = len(st.VerifiedChains) > 0
 	c.structured, c.metaSet, c.metaExport = false, false, ""

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
@@ -363,4 +364,57 @@ func TestTLSMalformed(t *testing.T) {
 	k.expect(optStartTLS, nil, repAck)
 	k.write((&optionHeader{option: optList}).appendBinary(nil)) // plain text where a ClientHello belongs
 	k.expectClosed()
+}
+
+// Over TLS, replies larger than the server's write buffer and bursts of
+// pipelined replies (gathered into few records and system calls) arrive
+// whole and in one piece each, with simple and structured replies.
+func TestTLSLargeAndPipelinedReplies(t *testing.T) {
+	p := newTestPKI(t)
+	const size = 8 << 20
+	l := startServer(t, tlsServer(p), Export{Name: "on", Device: blockdev.NewMemory(size), TLS: TLSOn})
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i*7 + i>>12)
+	}
+	for _, structured := range []bool{false, true} {
+		k := dial(t, l)
+		k.greet(flagCFixedNewstyle | flagCNoZeroes)
+		if err := k.startTLS(p.clientConfig(nil)); err != nil {
+			t.Fatal(err)
+		}
+		k.negotiate("on", structured)
+		const big = 3 << 20
+		if r := k.do(cmdWrite, 0, 1, 0, big, data[:big]); r.errno != 0 {
+			t.Fatalf("write of %d bytes: %v", big, r)
+		}
+		if r := k.do(cmdWrite, 0, 2, big, size-big, data[big:]); r.errno != 0 {
+			t.Fatalf("write: %v", r)
+		}
+		// Sent before any reply is read: the server batches the replies.
+		want := map[uint64][]byte{}
+		for h := uint64(10); h < 200; h++ {
+			off := (h * 40961) % (size - 4096)
+			k.send(cmdRead, 0, h, off, 4096, nil)
+			want[h] = data[off : off+4096]
+		}
+		k.send(cmdRead, 0, 200, 1, size-2, nil)
+		want[200] = data[1 : size-1]
+		k.send(cmdRead, 0, 201, size, 4096, nil) // past the end: an error reply
+		for range len(want) + 1 {
+			r := k.recv()
+			if r.handle == 201 {
+				if r.errno == 0 {
+					t.Errorf("structured=%v: a read past the end succeeded", structured)
+				}
+				continue
+			}
+			w, ok := want[r.handle]
+			if !ok || r.errno != 0 || !bytes.Equal(r.data, w) {
+				t.Fatalf("structured=%v: reply for handle %d (errno %d, %d bytes) is not the %d bytes asked for", structured, r.handle, r.errno, len(r.data), len(w))
+			}
+			delete(want, r.handle)
+		}
+		k.send(cmdDisc, 0, 300, 0, 0, nil)
+	}
 }

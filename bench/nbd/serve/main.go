@@ -4,6 +4,7 @@
 //	go run ./bench/nbd/serve -mem 256MiB -listen 127.0.0.1:10809 -name bench
 //	go run ./bench/nbd/serve -file /dev/shm/disk.img -listen 127.0.0.1:10810
 //	go run ./bench/nbd/serve -mem 256MiB -tls-cert N.crt -tls-key N.key   # tls = "on"
+//	go run ./bench/nbd/serve -mem 256MiB -cpuprofile cpu.pprof            # profile until stopped
 //
 // It prints "ready" on stdout once it listens and stops on SIGINT/SIGTERM.
 package main
@@ -18,6 +19,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,7 +45,20 @@ func run() error {
 	verbose := flag.Bool("v", false, "log connections (and each TLS connection's version and cipher)")
 	tlsCert := flag.String("tls-cert", "", "serve the export with tls = \"on\" (plain and TLS clients) with this certificate (PEM)")
 	tlsKey := flag.String("tls-key", "", "the key of -tls-cert (PEM)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile (go tool pprof) to this file until the server stops")
 	flag.Parse()
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	var dev blockdev.Device
 	switch {
