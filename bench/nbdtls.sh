@@ -6,7 +6,9 @@
 # it runs, BENCH_ROUNDS times alternating:
 #   nbdcopy --no-extents: 256 MiB write (from a /dev/shm file), then read (to null:)
 #   fio --ioengine=nbd --rw=randrw --bs=4k --iodepth=32 --runtime=$BENCH_RUNTIME --time_based
-# prints the best of the rounds, the TLS/plain ratios and the negotiated TLS
+# prints the best of the rounds, the TLS/plain ratios, the server's CPU
+# seconds per GB moved (user+system from /proc, the least of the rounds:
+# steadier than throughput on a busy machine) and the negotiated TLS
 # version and cipher (from the server's log), and appends them, with the
 # date and the machine, to bench/RESULTS.md. It asserts nothing.
 #
@@ -70,7 +72,8 @@ head -c "$SIZE" /dev/urandom >"$WORK/src.img"
 
 "${SRV[@]}" "$WORK/serve" -mem 256MiB -name bench -listen "127.0.0.1:$PORT" -v \
 	-tls-cert "$WORK/tls/bench.crt" -tls-key "$WORK/tls/bench.key" >"$WORK/serve.out" 2>"$WORK/serve.log" &
-PIDS+=($!)
+SPID=$!
+PIDS+=("$SPID")
 
 declare -A URI
 URI[plain]="nbd://127.0.0.1:$PORT/bench"
@@ -85,30 +88,41 @@ done
 now() { date +%s.%N; }
 mbps() { python3 -c "print(f'{$SIZE / 1e6 / ($2 - $1):.0f}')"; }
 best() { python3 -c "import sys; print(max(int(x) for x in sys.argv[1:]))" "$@"; }
+least() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:]))" "$@"; }
+TCK=$(getconf CLK_TCK)
+# cpu prints the server's CPU time so far (user+system, clock ticks).
+cpu() { awk '{print $14 + $15}' "/proc/$SPID/stat"; }
+# pergb prints the server's CPU seconds per GB from ticks $1 to $2 over $3 bytes.
+pergb() { python3 -c "print(f'{($2 - $1) / $TCK / ($3 / 1e9):.2f}')"; }
 
-declare -A WMB RMB IOPS
+declare -A WMB RMB IOPS WCPU RCPU FCPU
 for round in $(seq "$ROUNDS"); do
 	for n in plain tls; do
 		uri=${URI[$n]}
-		t0=$(now)
+		c0=$(cpu) t0=$(now)
 		"${CLI[@]}" nbdcopy --no-extents "$WORK/src.img" "$uri"
-		t1=$(now)
+		c1=$(cpu) t1=$(now)
 		"${CLI[@]}" nbdcopy --no-extents "$uri" null:
-		t2=$(now)
+		c2=$(cpu) t2=$(now)
 		w=$(mbps "$t0" "$t1") r=$(mbps "$t1" "$t2")
+		wc=$(pergb "$c0" "$c1" "$SIZE") rc=$(pergb "$c1" "$c2" "$SIZE")
 		"${CLI[@]}" fio --name=bench --ioengine=nbd --uri="$uri" --rw=randrw --bs=4k --iodepth=32 \
 			--size=256M --runtime="$RUNTIME" --time_based --output-format=json >"$WORK/fio.json"
 		i=$(python3 -c '
 import json, sys
 text = open(sys.argv[1]).read()
 j = json.loads(text[text.index("{"):])["jobs"][0]  # fio may print a line before the JSON
-print("%.0f" % (j["read"]["iops"] + j["write"]["iops"]))' "$WORK/fio.json")
-		echo "round $round $n: nbdcopy write $w MB/s, read $r MB/s; fio randrw $i IOPS"
+print("%.0f %d" % (j["read"]["iops"] + j["write"]["iops"], j["read"]["io_bytes"] + j["write"]["io_bytes"]))' "$WORK/fio.json")
+		c3=$(cpu)
+		fc=$(pergb "$c2" "$c3" "${i#* }") i=${i% *}
+		echo "round $round $n: nbdcopy write $w MB/s, read $r MB/s; fio randrw $i IOPS; server CPU s/GB: write $wc, read $rc, fio $fc"
 		WMB[$n]="${WMB[$n]:-} $w" RMB[$n]="${RMB[$n]:-} $r" IOPS[$n]="${IOPS[$n]:-} $i"
+		WCPU[$n]="${WCPU[$n]:-} $wc" RCPU[$n]="${RCPU[$n]:-} $rc" FCPU[$n]="${FCPU[$n]:-} $fc"
 	done
 done
 for n in plain tls; do
 	WMB[$n]=$(best ${WMB[$n]}) RMB[$n]=$(best ${RMB[$n]}) IOPS[$n]=$(best ${IOPS[$n]})
+	WCPU[$n]=$(least ${WCPU[$n]}) RCPU[$n]=$(least ${RCPU[$n]}) FCPU[$n]=$(least ${FCPU[$n]})
 done
 
 cipher=$(grep -m1 -o 'version="[^"]*" cipher=[^ ]*' "$WORK/serve.log" | tr -d '"' || echo "version/cipher not logged")
@@ -127,6 +141,9 @@ section=$(
 	echo "| nbdcopy read MB/s | ${RMB[plain]} | ${RMB[tls]} | $(ratio "${RMB[tls]}" "${RMB[plain]}") |"
 	echo "| nbdcopy write MB/s | ${WMB[plain]} | ${WMB[tls]} | $(ratio "${WMB[tls]}" "${WMB[plain]}") |"
 	echo "| fio 4k randrw IOPS | ${IOPS[plain]} | ${IOPS[tls]} | $(ratio "${IOPS[tls]}" "${IOPS[plain]}") |"
+	echo "| server CPU s/GB, nbdcopy read | ${RCPU[plain]} | ${RCPU[tls]} | $(ratio "${RCPU[tls]}" "${RCPU[plain]}") |"
+	echo "| server CPU s/GB, nbdcopy write | ${WCPU[plain]} | ${WCPU[tls]} | $(ratio "${WCPU[tls]}" "${WCPU[plain]}") |"
+	echo "| server CPU s/GB, fio randrw | ${FCPU[plain]} | ${FCPU[tls]} | $(ratio "${FCPU[tls]}" "${FCPU[plain]}") |"
 )
 echo
 echo "$section"

@@ -1,16 +1,12 @@
 package nbd
 
 import (
-	"bufio"
 	"net"
 	"sync"
 )
 
 // Sizes of a tlsTransport's buffers.
 const (
-	// tlsReadBuffer: one read system call takes in several TLS records of a
-	// WRITE payload (crypto/tls asks for little more than one at a time).
-	tlsReadBuffer = 256 << 10
 	// tlsWriteBuffer: records gathered by a batch go out in system calls
 	// of this size (crypto/tls writes each 16 KiB record on its own).
 	tlsWriteBuffer = 256 << 10
@@ -21,16 +17,15 @@ const (
 )
 
 // tlsTransport is the connection under a server's tls.Conn. crypto/tls
-// reads a little more than one record per system call and writes every
-// record with one: 128 writes for a 2 MiB READ reply. tlsTransport reads
-// through a buffer and, between hold and release, gathers the records
+// writes every record with its own system call: 128 writes for a 2 MiB
+// READ reply. Between hold and release, tlsTransport gathers the records
 // written into large writes; outside a hold, writes (the handshake, alerts,
-// close_notify) pass straight through. A hold writes in order whatever
+// close_notify) pass straight through. A hold sends in order whatever
 // crypto/tls writes meanwhile, from any goroutine (crypto/tls orders its
-// records under its own lock).
+// records under its own lock). Reads pass through: buffering them below
+// crypto/tls saved no CPU (bench/RESULTS.md).
 type tlsTransport struct {
 	net.Conn
-	r *bufio.Reader
 
 	mu      sync.Mutex
 	holding bool
@@ -39,11 +34,8 @@ type tlsTransport struct {
 }
 
 func newTLSTransport(nc net.Conn) *tlsTransport {
-	return &tlsTransport{Conn: nc, r: bufio.NewReaderSize(nc, tlsReadBuffer)}
+	return &tlsTransport{Conn: nc}
 }
-
-// Read reads from the buffer, refilled with one system call when empty.
-func (t *tlsTransport) Read(p []byte) (int, error) { return t.r.Read(p) }
 
 // Write passes p through, or during a hold appends it to the buffer,
 // sending the buffer first when p does not fit.

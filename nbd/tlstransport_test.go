@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"net"
-	"strings"
 	"testing"
 )
 
@@ -95,40 +94,5 @@ func TestTLSTransportErrorSticks(t *testing.T) {
 	}
 	if len(w.writes) != 0 {
 		t.Errorf("sent %q after a failure", w.writes)
-	}
-}
-
-// readsConn serves reads from r and counts them.
-type readsConn struct {
-	net.Conn
-	r     *strings.Reader
-	reads int
-}
-
-func (c *readsConn) Read(p []byte) (int, error) {
-	c.reads++
-	return c.r.Read(p)
-}
-
-// Reads come through the buffer: one read of the connection serves many
-// small reads (crypto/tls reads a record header, then its body).
-func TestTLSTransportReadsBuffered(t *testing.T) {
-	want := strings.Repeat("record", 1000)
-	rc := &readsConn{r: strings.NewReader(want)}
-	tt := newTLSTransport(rc)
-	var got []byte
-	buf := make([]byte, 5)
-	for len(got) < len(want) {
-		n, err := tt.Read(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, buf[:n]...)
-	}
-	if string(got) != want {
-		t.Fatalf("read %d bytes, not what was sent", len(got))
-	}
-	if rc.reads != 1 {
-		t.Errorf("%d reads of the connection for %d bytes, want 1", rc.reads, len(want))
 	}
 }
