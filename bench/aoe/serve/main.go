@@ -5,7 +5,10 @@
 // DIR, as `tharsis run` does with replicated = true); put DIR on the same
 // disk-backed filesystem as the file (not tmpfs, where fsync is free).
 //
-//	serve -i IFACE -f FILE [-shelf 1] [-slot 1] [-write-cache] [-ro] [-bufcnt 64] [-log DIR [-sync]]
+// With -cpuprofile FILE it writes a pprof CPU profile of its whole run
+// (for bench/aoe-profile.sh).
+//
+//	serve -i IFACE -f FILE [-shelf 1] [-slot 1] [-write-cache] [-ro] [-bufcnt 64] [-log DIR [-sync]] [-cpuprofile FILE]
 package main
 
 import (
@@ -15,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/tharsis/tharsis/aoe"
@@ -32,9 +36,23 @@ func main() {
 	bufcnt := flag.Int("bufcnt", 64, "buffer count advertised")
 	logDir := flag.String("log", "", "replicate through a transaction log in this directory (replicate.Primary)")
 	syncEvery := flag.Bool("sync", false, "with -log: acknowledge a write only after the log's fdatasync (TOML sync = true)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "serve:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(*iface, *file, uint16(*shelf), uint8(*slot), *wc, *ro, *bufcnt, *logDir, *syncEvery); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
