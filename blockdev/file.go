@@ -21,6 +21,7 @@ type File struct {
 	block    bool         // f is a block device
 	readOnly bool
 	syncer   *Syncer
+	nowait   noWait // RWF_NOWAIT first (see nowait.go)
 }
 
 var _ Device = (*File)(nil)
@@ -97,6 +98,7 @@ func (d *File) use(f *os.File) error {
 		return fmt.Errorf("disk %s is neither a regular file nor a block device", f.Name())
 	}
 	d.f, d.path = f, f.Name()
+	d.nowait.use(f)
 	d.capacity.Store(capacity)
 	d.syncer = NewSyncer(func() error { return unix.Fdatasync(int(f.Fd())) })
 	return nil
@@ -182,7 +184,12 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 	if err := CheckRange(off, int64(len(p)), d.size.Load()); err != nil {
 		return 0, err
 	}
-	n, err := d.f.ReadAt(p, off)
+	done := d.nowait.try(p, off, false)
+	if done == len(p) {
+		return done, nil
+	}
+	n, err := d.f.ReadAt(p[done:], off+int64(done))
+	n += done
 	if errors.Is(err, io.EOF) && n == len(p) {
 		err = nil
 	}
@@ -200,7 +207,13 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	if err := CheckRange(off, int64(len(p)), d.size.Load()); err != nil {
 		return 0, err
 	}
-	n, err := d.f.WriteAt(p, off)
+	done := d.nowait.try(p, off, true)
+	if done == len(p) {
+		d.syncer.MarkDirty()
+		return done, nil
+	}
+	n, err := d.f.WriteAt(p[done:], off+int64(done))
+	n += done
 	d.syncer.MarkDirty()
 	if errors.Is(err, unix.ENOSPC) {
 		err = fmt.Errorf("%w: %w", ErrNoSpace, err)
