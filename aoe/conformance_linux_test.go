@@ -643,3 +643,19 @@ func TestBroadcastAndVersion(t *testing.T) {
 		})
 	}
 }
+
+// TestConformanceRecvmmsg runs the checks against tharsis receiving with
+// recvmmsg, the fallback where the kernel refuses a receive ring (the
+// other tests receive through the ring).
+func TestConformanceRecvmmsg(t *testing.T) {
+	aoe.SetRxRing(t, false)
+	e := setup(t, tharsis, 1500, tharsisOpts{})
+	e.discover()
+	for _, c := range checks {
+		t.Run(c.name, func(t *testing.T) {
+			ce := *e
+			ce.t = t
+			c.run(&ce)
+		})
+	}
+}

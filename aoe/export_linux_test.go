@@ -27,3 +27,17 @@ func ExchangeVersion(ctx context.Context, in *Initiator, ver uint8, dst MAC, she
 	h := Header{Dst: dst, Src: in.mac, Version: ver, Shelf: shelf, Slot: slot, Command: cmd}
 	return in.exchange(ctx, h, arg, wait, true)
 }
+
+// SetRxRing makes Servers created until the test ends receive through a
+// ring (on) or with recvmmsg (off).
+func SetRxRing(t testing.TB, on bool) {
+	old := rxRingSlots
+	rxRingSlots = 0
+	if on {
+		rxRingSlots = maxFrames
+	}
+	t.Cleanup(func() { rxRingSlots = old })
+}
+
+// UsesRing reports whether s receives through a ring.
+func UsesRing(s *Server) bool { return s.ring != nil }

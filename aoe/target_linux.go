@@ -74,6 +74,9 @@ type Server struct {
 	ifi  *net.Interface
 	conn *packet.Conn
 	raw  syscall.RawConn
+	// ring is the receive ring (ring_linux.go); nil: recvmmsg. Unmapped
+	// once no worker runs (releaseRing).
+	ring *rxRing
 
 	// tmu serialises AddTarget, RemoveTarget and the write stage's start
 	// and stop, and guards the fields up to mu. Receiving workers,
@@ -137,6 +140,15 @@ func NewServer(iface string, targets []TargetConfig, logger *slog.Logger) (*Serv
 		mtu = m
 	}
 	c.frameLen = EthernetLen + min(max(mtu, 9000), 65535)
+	if rxRingSlots > 0 {
+		var rerr error
+		if err := s.raw.Control(func(fd uintptr) { s.ring, rerr = newRxRing(int(fd), c.frameLen, rxRingSlots) }); err != nil {
+			rerr = err
+		}
+		if rerr != nil {
+			c.log.Info("AoE receive ring not available; receiving with recvmmsg", "interface", iface, "err", rerr)
+		}
+	}
 	c.setEnv(mac, mtu)
 	s.size(c.list())
 	for _, t := range c.list() {
@@ -385,6 +397,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	cancel()
 	s.Close()
 	s.wg.Wait()
+	s.releaseRing()
 	s.tmu.Lock()
 	s.stopStages() // frames in flight are finished (their responses are not sent)
 	s.tmu.Unlock()
@@ -492,7 +505,25 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	close(s.done)
-	return s.conn.Close()
+	err := s.conn.Close()
+	if !s.serving {
+		s.releaseRingLocked()
+	}
+	return err
+}
+
+// releaseRing unmaps the receive ring once no worker runs.
+func (s *Server) releaseRing() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.releaseRingLocked()
+}
+
+func (s *Server) releaseRingLocked() {
+	if s.ring != nil {
+		_ = s.ring.close()
+		s.ring = nil
+	}
 }
 
 // maxFrames bounds the write stage's frame buffers per Server (about 4.5 MB
@@ -786,9 +817,14 @@ func newWorker(s *Server) *worker {
 	return w
 }
 
-// doRead runs recvmmsg on the non-blocking socket; false asks the runtime
-// poller to wait for the socket to become readable.
+// doRead takes the frames waiting in the receive ring, or without a ring
+// runs recvmmsg on the non-blocking socket; false asks the runtime poller
+// to wait for the socket to become readable.
 func (w *worker) doRead(fd uintptr) bool {
+	if r := w.s.ring; r != nil {
+		w.nrecv, w.errno = r.recv(w.bufs, w.hdrs, w.names), 0
+		return w.nrecv > 0
+	}
 	for i := range w.hdrs {
 		w.hdrs[i].hdr.Namelen = unix.SizeofSockaddrLinklayer
 		w.hdrs[i].len = 0

@@ -1,0 +1,126 @@
+//go:build linux
+
+package aoe
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The Server receives through a PACKET_RX_RING (TPACKET_V2) mapped into
+// the process when the kernel allows one: the kernel copies every frame
+// the BPF filter accepts into the next free slot from the softirq that
+// delivers it (on a veth pair, the sending side's; on a NIC, the receive
+// interrupt's), and a receiving worker copies it from the slot into its
+// buffer with no system call. A worker only asks the kernel anything when
+// the ring is empty: it then waits on the runtime poller, which the kernel
+// wakes per frame (packet_poll). Without a ring every batch costs a
+// recvmmsg, and every wait one more that finds nothing (EAGAIN), which is
+// a third of the system calls of a latency-bound (window 1) request.
+//
+// TPACKET_V2, not V3: V3 hands over whole blocks, on a timer of at least a
+// millisecond when frames trickle in, which a window-1 initiator would
+// wait for; V2 hands over each frame at once. github.com/mdlayher/packet
+// has no ring support, so the ring is set up here with golang.org/x/sys
+// (see README's dependency table). Where the ring cannot be set up (an old
+// or restricted kernel) the Server falls back to recvmmsg.
+
+// rxRingSlots is how many frames the ring holds: every advertised frame of
+// targets with bufcnt up to maxFrames/2 in all, twice over (like the write
+// stage); a full ring drops frames, which initiators retransmit. 0
+// disables the ring (tests of the recvmmsg path).
+var rxRingSlots = maxFrames
+
+// tpacketHdrLen is TPACKET2_HDRLEN's first part: where struct
+// sockaddr_ll starts in a slot.
+const tpacketHdrLen = (unix.SizeofTpacket2Hdr + unix.TPACKET_ALIGNMENT - 1) &^ (unix.TPACKET_ALIGNMENT - 1)
+
+// rxRing is a mapped PACKET_RX_RING. head is only used by the worker that
+// holds the socket's read lock (RawConn.Read), so it needs no lock.
+type rxRing struct {
+	mem      []byte
+	slot     int // bytes per slot
+	perBlock int // slots per block
+	block    int // bytes per block
+	slots    int
+	head     int
+}
+
+// newRxRing sets up a TPACKET_V2 receive ring of at least slots slots on
+// the packet socket fd, each holding frames of up to frameLen bytes.
+func newRxRing(fd, frameLen, slots int) (*rxRing, error) {
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
+		return nil, fmt.Errorf("PACKET_VERSION TPACKET_V2: %w", err)
+	}
+	// The kernel puts a SOCK_RAW frame's Ethernet header at
+	// TPACKET_ALIGN(TPACKET2_HDRLEN + 16) - 14; 16 more bytes of room
+	// cover that alignment.
+	align := func(n, a int) int { return (n + a - 1) &^ (a - 1) }
+	slot := align(tpacketHdrLen+unix.SizeofSockaddrLinklayer+16+16+frameLen, unix.TPACKET_ALIGNMENT)
+	block := 1 << 16 // a power of two: the kernel allocates blocks by page order
+	for block < slot {
+		block <<= 1
+	}
+	page := os.Getpagesize()
+	block = align(block, page)
+	perBlock := block / slot
+	blocks := (slots + perBlock - 1) / perBlock
+	req := unix.TpacketReq{Block_size: uint32(block), Block_nr: uint32(blocks),
+		Frame_size: uint32(slot), Frame_nr: uint32(blocks * perBlock)}
+	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
+		return nil, fmt.Errorf("PACKET_RX_RING of %d blocks of %d bytes: %w", blocks, block, err)
+	}
+	mem, err := unix.Mmap(fd, 0, blocks*block, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map the receive ring (%d bytes): %w", blocks*block, err)
+	}
+	return &rxRing{mem: mem, slot: slot, perBlock: perBlock, block: block, slots: blocks * perBlock}, nil
+}
+
+// status is the tp_status word of slot i, shared with the kernel.
+func (r *rxRing) status(i int) *uint32 {
+	off := i/r.perBlock*r.block + i%r.perBlock*r.slot
+	return (*uint32)(unsafe.Pointer(&r.mem[off]))
+}
+
+// recv copies the frames waiting in the ring, up to len(bufs), into bufs
+// and hands their slots back to the kernel: hdrs[i].len is frame i's length
+// (larger than len(bufs[i]) when it did not fit: the caller drops it) and
+// names[i].Pkttype its packet type, as recvmmsg fills them. It returns how
+// many frames it took, 0 when the ring is empty.
+func (r *rxRing) recv(bufs [][]byte, hdrs []mmsghdr, names []unix.RawSockaddrLinklayer) int {
+	n := 0
+	for n < len(bufs) {
+		st := r.status(r.head)
+		if atomic.LoadUint32(st)&unix.TP_STATUS_USER == 0 {
+			break
+		}
+		off := int(uintptr(unsafe.Pointer(st)) - uintptr(unsafe.Pointer(&r.mem[0])))
+		s := r.mem[off : off+r.slot]
+		h := (*unix.Tpacket2Hdr)(unsafe.Pointer(&s[0]))
+		ll := (*unix.RawSockaddrLinklayer)(unsafe.Pointer(&s[tpacketHdrLen]))
+		names[n].Pkttype = ll.Pkttype
+		l, mac, snap := int(h.Len), int(h.Mac), int(h.Snaplen)
+		if mac > len(s) || snap > len(s)-mac {
+			snap, l = 0, len(bufs[n])+1 // malformed: dropped by the caller
+		}
+		copy(bufs[n], s[mac:mac+snap])
+		hdrs[n].len = uint32(l)
+		atomic.StoreUint32(st, unix.TP_STATUS_KERNEL)
+		r.head++
+		if r.head == r.slots {
+			r.head = 0
+		}
+		n++
+	}
+	return n
+}
+
+// close unmaps the ring; no worker may use it any more.
+func (r *rxRing) close() error {
+	return unix.Munmap(r.mem)
+}
