@@ -22,6 +22,12 @@ import (
 // recvmmsg, and every wait one more that finds nothing (EAGAIN), which is
 // a third of the system calls of a latency-bound (window 1) request.
 //
+// A frame is copied out of its slot at once, not handled in place: the
+// kernel fills slots strictly in turn and drops every frame while the next
+// one is still taken, so one request held up in a slot (a read missing the
+// page cache, a preempted worker) would stall the whole ring once the
+// others have gone round it (tried: TestAddRemoveUnderLoad lost requests).
+//
 // TPACKET_V2, not V3: V3 hands over whole blocks, on a timer of at least a
 // millisecond when frames trickle in, which a window-1 initiator would
 // wait for; V2 hands over each frame at once. github.com/mdlayher/packet

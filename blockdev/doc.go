@@ -4,4 +4,9 @@
 //
 // Export packages know only this interface; replication knows nothing about
 // the exports. The appliance wires them together.
+//
+// File serves what the page cache holds with raw preadv2/pwritev2 system
+// calls flagged RWF_NOWAIT, which the Go scheduler does not see as
+// blocking (see nowait.go); everything else takes the ordinary os.File
+// path.
 package blockdev
