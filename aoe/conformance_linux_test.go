@@ -503,15 +503,19 @@ var checks = []check{
 func TestConformance(t *testing.T) {
 	for _, im := range []impl{vblade, tharsis} {
 		t.Run(im.name, func(t *testing.T) {
-			e := setup(t, im, 1500, tharsisOpts{})
-			e.discover()
-			for _, c := range checks {
-				t.Run(c.name, func(t *testing.T) {
-					ce := *e
-					ce.t = t
-					c.run(&ce)
-				})
-			}
+			runChecks(t, setup(t, im, 1500, tharsisOpts{}))
+		})
+	}
+}
+
+// runChecks discovers e's target and runs every check against it.
+func runChecks(t *testing.T, e *env) {
+	e.discover()
+	for _, c := range checks {
+		t.Run(c.name, func(t *testing.T) {
+			ce := *e
+			ce.t = t
+			c.run(&ce)
 		})
 	}
 }
@@ -649,13 +653,5 @@ func TestBroadcastAndVersion(t *testing.T) {
 // other tests receive through the ring).
 func TestConformanceRecvmmsg(t *testing.T) {
 	aoe.SetRxRing(t, false)
-	e := setup(t, tharsis, 1500, tharsisOpts{})
-	e.discover()
-	for _, c := range checks {
-		t.Run(c.name, func(t *testing.T) {
-			ce := *e
-			ce.t = t
-			c.run(&ce)
-		})
-	}
+	runChecks(t, setup(t, tharsis, 1500, tharsisOpts{}))
 }

@@ -37,32 +37,19 @@ SIZE=$((256 << 20))
 
 [ "$(id -u)" = 0 ] || { echo "bench/aoe-profile.sh: needs root" >&2; exit 1; }
 mkdir -p "$OUT"
-WORK=$(mktemp -d /var/tmp/tharsis-aoe-prof.XXXXXX)
-ID=$$
-NS_T=aoept-$ID NS_I=aoepi-$ID IF_T=apt$ID IF_I=api$ID
-TPID=""
-cleanup() {
-	[ -n "$TPID" ] && kill "$TPID" 2>/dev/null && wait "$TPID" 2>/dev/null || true
-	ip netns del "$NS_T" 2>/dev/null || true
-	ip netns del "$NS_I" 2>/dev/null || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. bench/aoe/lib.sh
+aoe_setup /var/tmp p
 
 go build -o "$WORK/load" ./bench/aoe/load
 go build -o "$OUT/serve" ./bench/aoe/serve
 head -c "$SIZE" /dev/urandom >"$WORK/disk.img"
 cat "$WORK/disk.img" >/dev/null
 
-ip netns add "$NS_T"
-ip netns add "$NS_I"
-ip link add "$IF_T" netns "$NS_T" type veth peer name "$IF_I" netns "$NS_I"
-ip -n "$NS_T" link set "$IF_T" mtu "$MTU" up
-ip -n "$NS_I" link set "$IF_I" mtu "$MTU" up
+aoe_veth
+ip -n "$NS_T" link set "$IF_T" mtu "$MTU"
+ip -n "$NS_I" link set "$IF_I" mtu "$MTU"
 
 TCK=$(getconf CLK_TCK)
-cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 EVENTS=syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmmsg,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_nanosleep,syscalls:sys_enter_fdatasync,syscalls:sys_enter_pread64,syscalls:sys_enter_pwrite64,context-switches
 
 for op in $OPS; do

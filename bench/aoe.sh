@@ -47,18 +47,8 @@ done
 # A disk-backed directory, so that fdatasync (tharsis durable) and O_SYNC
 # (vblade -s) cost what they cost; the file is read once into the page cache.
 base=${BENCH_DIR:-/var/tmp}
-WORK=$(mktemp -d "$base/tharsis-aoe-bench.XXXXXX")
-ID=$$
-NS_T=aoebt-$ID NS_I=aoebi-$ID IF_T=abt$ID IF_I=abi$ID
-TPID=""
-cleanup() {
-	[ -n "$TPID" ] && kill "$TPID" 2>/dev/null && wait "$TPID" 2>/dev/null || true
-	ip netns del "$NS_T" 2>/dev/null || true
-	ip netns del "$NS_I" 2>/dev/null || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. bench/aoe/lib.sh
+aoe_setup "$base" b
 
 SRV=() CLI=() PIN="not pinned"
 if [ "${BENCH_NOPIN:-}" != 1 ] && [ "$(nproc)" -ge 2 ]; then
@@ -79,15 +69,10 @@ head -c "$SIZE" /dev/urandom >"$WORK/disk.img"
 sync "$WORK/disk.img"
 cat "$WORK/disk.img" >/dev/null # into the page cache
 
-ip netns add "$NS_T"
-ip netns add "$NS_I"
-ip link add "$IF_T" netns "$NS_T" type veth peer name "$IF_I" netns "$NS_I"
-ip -n "$NS_T" link set "$IF_T" up
-ip -n "$NS_I" link set "$IF_I" up
+aoe_veth
 ip -n "$NS_T" link set lo up # the daemon's replication listener
 
 TCK=$(getconf CLK_TCK)
-cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # tharsis_run NAME REPLICATED SYNC WRITE_CACHE: `tharsis run` of a
 # one-node cluster exporting the file as e1.1 on the target interface;
