@@ -342,5 +342,5 @@ func (p *Primary) segmentSum(name string, size int64, sealed bool) string {
 	if !ok || !sealed {
 		return ""
 	}
-	return p.book.sum(p.opts.Dir, n, size, p.saveIndex)
+	return p.book.sum(p.opts.Dir, n, size, nil) // saved by the checkpoint loop (never after Close)
 }
