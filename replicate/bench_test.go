@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,13 +17,30 @@ import (
 // BenchmarkPrimaryWrite measures the write path (log pwrite, apply,
 // acknowledge) with 32 concurrent writers of bs bytes on a file device, as
 // an NBD client at queue depth 32 drives it. With sync=false nothing is
-// synced but the background checkpoint; sync=true syncs every write. The
-// log and image live in the test's temp dir (TMPDIR).
+// synced but the background checkpoint; sync=true syncs every write; fua
+// writes with WriteAtFUA (sync=false), each waiting for the group commit.
+// Besides MB/s it reports writes/s and the log's fdatasyncs/s (segment
+// syncs only). The log and image live in the test's temp dir (TMPDIR).
 func BenchmarkPrimaryWrite(b *testing.B) {
 	for _, bs := range []int{4 << 10, 256 << 10} {
 		b.Run(fmt.Sprintf("bs=%dk/file", bs>>10), func(b *testing.B) { benchPlainWrite(b, bs) })
-		for _, syncOn := range []bool{false, true} {
-			b.Run(fmt.Sprintf("bs=%dk/sync=%v", bs>>10, syncOn), func(b *testing.B) { benchPrimaryWrite(b, bs, syncOn) })
+		for _, mode := range []string{"sync=false", "sync=true", "fua"} {
+			b.Run(fmt.Sprintf("bs=%dk/%s", bs>>10, mode), func(b *testing.B) { benchPrimaryWrite(b, bs, mode) })
+		}
+	}
+}
+
+// BenchmarkLogSync compares the write path with sync=true with and without
+// preallocated log segments (Options.prealloc), at queue depth 1 (every
+// write one fdatasync) and 32 (group commit), 4 KiB writes. -count N runs
+// each N times in a row: to compare under the same noise, run the test
+// binary N times instead (bench/RESULTS.md).
+func BenchmarkLogSync(b *testing.B) {
+	for _, qd := range []int{1, 32} {
+		for _, chunk := range []int64{0, benchPrealloc} {
+			b.Run(fmt.Sprintf("qd=%d/prealloc=%dM", qd, chunk>>20), func(b *testing.B) {
+				benchPrimaryWriteOpts(b, 4<<10, "sync=true", qd, chunk)
+			})
 		}
 	}
 }
@@ -39,44 +57,84 @@ func benchPlainWrite(b *testing.B, bs int) {
 		b.Fatal(err)
 	}
 	defer data.Close()
-	benchWrites(b, data, bs)
+	benchWrites(b, data.WriteAt, bs, 32)
 }
 
-func benchPrimaryWrite(b *testing.B, bs int, syncOn bool) {
+func benchPrimaryWrite(b *testing.B, bs int, mode string) { benchPrimaryWriteOpts(b, bs, mode, 32, 0) }
+
+func benchPrimaryWriteOpts(b *testing.B, bs int, mode string, qd int, prealloc int64) {
 	dir := b.TempDir()
 	data, err := blockdev.CreateFile(filepath.Join(dir, "data.img"), benchSize)
 	if err != nil {
 		b.Fatal(err)
 	}
-	p, err := OpenPrimary(data, Options{Dir: filepath.Join(dir, "log"), Node: "bench", Resource: "bench", Sync: syncOn, CheckpointInterval: benchCheckpoint})
+	syncs := new(atomic.Int64)
+	p, err := OpenPrimary(data, Options{Dir: filepath.Join(dir, "log"), Node: "bench", Resource: "bench", Sync: mode == "sync=true",
+		CheckpointInterval: benchCheckpoint, FS: syncCountFS{syncs: syncs}, prealloc: prealloc})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	benchWrites(b, p, bs)
+	write := p.WriteAt
+	if mode == "fua" {
+		write = p.WriteAtFUA
+	}
+	syncs.Store(0)
+	benchWrites(b, write, bs, qd)
+	b.ReportMetric(float64(syncs.Load())/b.Elapsed().Seconds(), "syncs/s")
 }
 
-func benchWrites(b *testing.B, d blockdev.Device, bs int) {
+// syncCountFS counts the fdatasyncs of log segments; the files keep the
+// optional interfaces of the OS files (pwritev, preallocation).
+type syncCountFS struct {
+	OSFS
+	syncs *atomic.Int64
+}
+
+type syncCountFile struct {
+	osFile
+	syncs *atomic.Int64
+}
+
+func (f syncCountFile) Sync() error { f.syncs.Add(1); return f.osFile.Sync() }
+
+func (c syncCountFS) Create(name string) (File, error) { return c.wrap(c.OSFS.Create(name)) }
+func (c syncCountFS) Open(name string) (File, error)   { return c.wrap(c.OSFS.Open(name)) }
+
+func (c syncCountFS) wrap(f File, err error) (File, error) {
+	if err != nil || !strings.HasPrefix(filepath.Base(f.(osFile).Name()), "log-") {
+		return f, err
+	}
+	return syncCountFile{osFile: f.(osFile), syncs: c.syncs}, nil
+}
+
+func benchWrites(b *testing.B, write func([]byte, int64) (int, error), bs, qd int) {
 	const size = benchSize
 	var seed atomic.Uint64
 	b.SetBytes(int64(bs))
 	b.ReportAllocs()
-	b.SetParallelism(32 / max(1, testingProcs()))
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
+	writer := func(next func() bool) {
 		r := rand.New(rand.NewPCG(seed.Add(1), 1))
 		buf := make([]byte, bs)
 		for i := range buf {
 			buf[i] = byte(r.Uint32())
 		}
-		for pb.Next() {
+		for next() {
 			off := r.Int64N(size/int64(bs)) * int64(bs)
-			if _, err := d.WriteAt(buf, off); err != nil {
+			if _, err := write(buf, off); err != nil {
 				b.Error(err)
 				return
 			}
 		}
-	})
+	}
+	b.ResetTimer()
+	if qd == 1 {
+		writer(b.Loop)
+	} else {
+		b.SetParallelism(max(1, qd/max(1, testingProcs())))
+		b.RunParallel(func(pb *testing.PB) { writer(pb.Next) })
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
 }
 
 func testingProcs() int { return runtime.GOMAXPROCS(0) }

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -46,6 +47,9 @@ type faultFS struct {
 	// onWrite, if set, runs before every segment write (outside mu); an
 	// error fails the write after half of it is written.
 	onWrite func(off int64) error
+	// preallocErr fails every segment preallocation; preallocs counts them.
+	preallocErr error
+	preallocs   int
 }
 
 func newFaultFS() *faultFS { return &faultFS{avail: -1} }
@@ -121,6 +125,20 @@ func (f *faultFile) Sync() error {
 		return err
 	}
 	return f.File.Sync()
+}
+
+func (f *faultFile) Preallocate(off, n int64) error {
+	f.fs.mu.Lock()
+	err := f.fs.preallocErr
+	if f.seg {
+		f.fs.preallocs++
+	}
+	f.fs.mu.Unlock()
+	p, ok := f.File.(preallocator)
+	if err != nil && f.seg || !ok {
+		return errors.Join(err, errors.ErrUnsupported)
+	}
+	return p.Preallocate(off, n)
 }
 
 func (f *faultFS) syncs() int {

@@ -95,6 +95,22 @@ func writeVAt(f File, bufs [][]byte, off int64, scratch *[]byte) (int, error) {
 	return f.WriteAt(b, off)
 }
 
+// preallocator is a File that can reserve disk blocks for bytes not
+// written yet without changing its size.
+type preallocator interface {
+	// Preallocate reserves the blocks of [off, off+n); the file's size
+	// stays what it is. It may reserve part and fail (ENOSPC).
+	Preallocate(off, n int64) error
+}
+
+// Preallocate implements preallocator with fallocate(FALLOC_FL_KEEP_SIZE):
+// an fdatasync after writing into reserved blocks need not allocate any,
+// and every reader that takes the file's size as the end of what was
+// written stays right. Truncating the file frees what lies past its size.
+func (f osFile) Preallocate(off, n int64) error {
+	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
 func (f osFile) Size() (int64, error) {
 	st, err := f.Stat()
 	if err != nil {

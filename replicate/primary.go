@@ -52,6 +52,11 @@ type Options struct {
 	// applied to the data device (TOML `apply_window`); a writer waits
 	// while it is full. 0 means DefaultApplyWindow.
 	ApplyWindow int64
+	// prealloc, if > 0, keeps the blocks of the current segment reserved
+	// that far past its records (logWriter.grow). Off by default: on ext4
+	// it did not pay (bench/RESULTS.md, "log preallocation"); benchmarks
+	// and tests turn it on.
+	prealloc int64
 	// MinAppliedByPeers, if set, returns the lowest position applied on
 	// every other node of the resource; DeleteApplied keeps what it does
 	// not cover. Nil: only this node counts.
@@ -276,7 +281,7 @@ func (p *Primary) recover() error {
 	p.w = startWriter(&logWriter{
 		fsys: fsys, dir: dir, node: p.opts.Node, segSize: p.opts.SegmentSize, minFree: p.opts.MinFree,
 		resource: resName(p.opts.Resource), logger: p.logger, onRotate: func(SegmentInfo) { p.kickCheckpoint() },
-		syncEvery: p.opts.Sync, afterRotate: p.writeIndex,
+		syncEvery: p.opts.Sync, afterRotate: p.writeIndex, prealloc: p.opts.prealloc,
 	}, cur, segs, last.Seq, last)
 	p.book.load(idx)
 	p.writeIndex()
@@ -284,8 +289,9 @@ func (p *Primary) recover() error {
 }
 
 // sealSegment appends the segment-end marker to the unsealed segment s
-// (every record of which is intact) after making what it holds durable, and
-// returns the position after the marker.
+// (every record of which is intact) after making what it holds durable,
+// cuts the file to the marker's end (freeing blocks preallocated past it),
+// and returns the position after the marker.
 func sealSegment(fsys FS, dir string, s *SegmentInfo) (Position, error) {
 	path := filepath.Join(dir, s.Name.String())
 	f, err := fsys.Open(path)
@@ -300,6 +306,9 @@ func sealSegment(fsys FS, dir string, s *SegmentInfo) (Position, error) {
 	b, _ := marker.AppendBinary(nil)
 	if err == nil {
 		_, err = f.WriteAt(b, s.End)
+	}
+	if err == nil {
+		err = f.Truncate(s.End + int64(len(b)))
 	}
 	if err == nil {
 		err = f.Sync()

@@ -77,6 +77,13 @@ type logWriter struct {
 	// go on (in flushLoop, without mu).
 	afterRotate func()
 	syncEvery   bool // every written record is synced at once (Options.Sync)
+	// prealloc, if > 0: how far past the reserved records the blocks of
+	// the current segment are kept reserved (fallocate
+	// FALLOC_FL_KEEP_SIZE, the file's size unchanged), grown by that much
+	// whenever less than half of it is left (grow), so an fdatasync after
+	// an append need not allocate blocks. At most this much of the log
+	// filesystem is taken ahead; a sealed segment is cut to its end.
+	prealloc int64
 
 	mu       sync.Mutex
 	cond     *sync.Cond // flushLoop waits here for rotations, and for the records in flight
@@ -128,7 +135,18 @@ type logWriter struct {
 	availBytes   int64 // statfs answer at availAt
 	availAt      time.Time
 	sinceStatfs  int64 // bytes reserved since availAt
+
+	// Preallocation of the current segment (see grow): allocated, under
+	// mu, is the offset up to which its blocks are reserved. growMu is
+	// held while the segment grows and by the rotation, which cuts the
+	// sealed segment to its end: nothing is reserved past it after.
+	growMu    sync.Mutex
+	allocated int64
 }
+
+// benchPrealloc is the preallocation benchmarks and tests turn on
+// (Options.prealloc).
+const benchPrealloc = 16 << 20
 
 // backgroundSyncBytes of unsynced log start an fdatasync in the background.
 const backgroundSyncBytes = 16 << 20
@@ -155,6 +173,7 @@ func startWriter(w *logWriter, f File, segs []SegmentInfo, lastSeq uint64, lastP
 	w.loopDone = make(chan struct{})
 	w.syncDone = make(chan struct{})
 	w.statfsMaxAge = defaultStatfsMaxAge
+	w.grow()
 	go w.flushLoop()
 	go w.syncLoop()
 	return w
@@ -455,6 +474,46 @@ func (w *logWriter) syncLoop() {
 			w.durable = target
 		}
 		w.releaseDurable()
+		if w.prealloc > 0 && w.reserved+w.prealloc/2 > w.allocated && w.err == nil {
+			w.mu.Unlock()
+			w.grow()
+			w.mu.Lock()
+		}
+	}
+}
+
+// grow reserves the blocks of the current segment up to w.prealloc past
+// its reserved records (not past the segment size) when less than half of
+// that is left. It runs when the writer starts and in the sync stage after
+// an fdatasync. Failure (ENOSPC, a filesystem without fallocate) costs only
+// the gain: the records are then plain appends. Call without mu.
+func (w *logWriter) grow() {
+	w.growMu.Lock()
+	defer w.growMu.Unlock()
+	w.mu.Lock()
+	f, from, to := w.f, max(w.allocated, w.reserved), min(w.reserved+w.prealloc, w.segSize)
+	if w.prealloc <= 0 || w.reserved+w.prealloc/2 <= w.allocated {
+		to = from
+	}
+	w.mu.Unlock()
+	if to <= from {
+		return
+	}
+	w.preallocate(f, from, to)
+	w.mu.Lock()
+	w.allocated = to
+	w.mu.Unlock()
+}
+
+// preallocate reserves the blocks of [from, to) of f if it can. A failure is
+// only logged (and the range not tried again).
+func (w *logWriter) preallocate(f File, from, to int64) {
+	p, ok := f.(preallocator)
+	if !ok {
+		return
+	}
+	if err := p.Preallocate(from, to-from); err != nil {
+		w.logger.Debug("cannot preallocate the log segment; appending without", "from", from, "to", to, "err", err)
 	}
 }
 
@@ -598,8 +657,12 @@ func (w *logWriter) noSpace(need int, cause error) error {
 // on the log filesystem. Call with mu held. It asks statfs only when the figure it has is old
 // or could be too high; when statfs fails the write is tried anyway (ENOSPC
 // from the write itself is handled too).
+//
+// Blocks preallocated past the reserved records (grow) count as free: the
+// records written into them take no more space, so a full filesystem
+// refuses the same writes as without preallocation.
 func (w *logWriter) spaceFor(n int64) bool {
-	need := n + w.minFree + spaceReserve
+	need := n + w.minFree + spaceReserve - max(0, w.allocated-w.reserved)
 	est := w.availBytes - w.sinceStatfs
 	if now := time.Now(); now.Sub(w.availAt) >= w.statfsMaxAge || w.sinceStatfs > statfsMaxBytes || est < need {
 		avail, err := w.fsys.Available(w.dir)
@@ -642,6 +705,9 @@ func (w *logWriter) rotateNow(explicit bool) error {
 	if w.written == 0 {
 		return nil // nothing to seal: the current segment is already fresh
 	}
+	// No growing of the old segment after it is cut to its end below.
+	w.growMu.Lock()
+	defer w.growMu.Unlock()
 	old := w.current()
 	next := SegmentName{Seq: old.Seq + 1, Node: w.node}
 	nf, err := w.fsys.Create(w.segPath(next))
@@ -658,10 +724,18 @@ func (w *logWriter) rotateNow(explicit bool) error {
 	}
 	// The marker claims only what is durable already; its own fdatasync
 	// then covers the rest of the segment before anything is written to
-	// the next one.
+	// the next one. The segment is cut to its end (the blocks preallocated
+	// past it are freed): a sealed segment's size is its end.
 	marker := Record{Kind: KindSegmentEnd, Segment: old.Seq, Seq: w.lastSeq + 1, Synced: w.durableIn(old.Seq)}
 	b, _ := marker.AppendBinary(nil)
-	if n, err := w.f.WriteAt(b, w.written); err != nil || n != len(b) {
+	n, err := w.f.WriteAt(b, w.written)
+	if err == nil && n != len(b) {
+		err = fmt.Errorf("short write (%d of %d bytes)", n, len(b))
+	}
+	if err == nil {
+		err = w.f.Truncate(w.written + int64(len(b)))
+	}
+	if err != nil {
 		if terr := w.f.Truncate(w.written); terr != nil {
 			undo()
 			return w.fail(fmt.Errorf("write segment-end marker to %s: %v; cutting it failed too: %w", w.segPath(old), err, terr))
@@ -673,9 +747,14 @@ func (w *logWriter) rotateNow(explicit bool) error {
 		undo()
 		return w.fail(fmt.Errorf("fdatasync log segment %s: %w; check the disk, then restart the daemon", w.segPath(old), err))
 	}
+	alloc := min(w.prealloc, w.segSize)
+	if alloc > 0 {
+		w.preallocate(nf, 0, alloc)
+	}
 	oldf := w.f
 	w.mu.Lock()
 	w.f = nf
+	w.allocated = alloc
 	w.lastSeq++
 	w.lastPos = Position{Segment: old.Seq, Offset: w.written + int64(len(b)), Seq: w.lastSeq}
 	cur := &w.segs[len(w.segs)-1]
