@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -207,6 +208,13 @@ type (
 		Err     string
 		Exports json.RawMessage
 	}
+	// EvDesignation is a peer's designation learned outside a status poll:
+	// a fetch request carries the fetcher's (see RoleStatus.RefuseShip).
+	// A newer one is adopted at once, as from a status.
+	EvDesignation struct {
+		From        string
+		Designation Designation
+	}
 )
 
 func (EvStart) isEvent()      {}
@@ -218,6 +226,7 @@ func (EvMessage) isEvent()    {}
 func (EvSendFailed) isEvent() {}
 func (EvSwitched) isEvent()   {}
 func (EvConfig) isEvent()     {}
+func (EvDesignation) isEvent() {}
 
 // Result is progress (Done false) or the outcome of an operator command.
 type Result struct {
@@ -261,6 +270,11 @@ type Ready struct {
 	// current history (split brain, losing side); it must not ship its log.
 	Consistent bool
 	Diverged   bool
+	// Unverified: this node was the primary of an older designation and
+	// learned of a newer one, and has not yet compared its log with the
+	// current history: what it wrote meanwhile may be the losing side of a
+	// fork, so it must not ship its log (RoleStatus.RefuseShip).
+	Unverified bool
 	// Invalidate: discard the local log and run a full sync (join after a
 	// leave).
 	Invalidate bool
@@ -310,7 +324,14 @@ type RoleCore struct {
 	peers    map[string]*peerView
 	diverged bool
 	ho       *handover
-	cmd      *pendingCmd
+	// stale is the designation under which this node was primary until it
+	// adopted a newer one, while its log is not yet compared with the
+	// current history's (nil: nothing to check). finalFacts: the local
+	// facts were read with the data path not writing as primary (they
+	// hold everything this node wrote).
+	stale      *Designation
+	finalFacts bool
+	cmd        *pendingCmd
 	ready    Ready // one-shot parts
 	started  bool
 	attempts uint64 // numbers handover ids
@@ -343,6 +364,7 @@ func (c *RoleCore) Step(ev Event) {
 	case EvStart:
 		c.started = true
 		c.local = ev.Local
+		c.finalFacts = ev.Local.Role != RolePrimary
 		if ev.Persisted {
 			c.st = ev.State
 		} else {
@@ -361,6 +383,7 @@ func (c *RoleCore) Step(ev Event) {
 		c.resendSealed()
 	case EvLocal:
 		c.local = ev.Local
+		c.finalFacts = ev.Local.Role != RolePrimary
 		c.recompute()
 		c.checkPromotion()
 	case EvPeer:
@@ -373,6 +396,9 @@ func (c *RoleCore) Step(ev Event) {
 		c.stepSendFailed(ev)
 	case EvSwitched:
 		c.stepSwitched(ev)
+	case EvDesignation:
+		c.adopt(ev.Designation, ev.From)
+		c.recompute()
 	case EvConfig:
 		c.cfg.Members, c.cfg.Connect, c.cfg.ConfigPrimary = ev.Members, ev.Connect, ev.ConfigPrimary
 		c.cfg.AckSecondaries, c.cfg.AckForever = ev.AckSecondaries, ev.AckForever
@@ -394,6 +420,7 @@ func (c *RoleCore) Ready() Ready {
 	rd.FetchFrom = c.fetchFrom()
 	rd.Consistent = c.consistent()
 	rd.Diverged = c.diverged
+	rd.Unverified = c.unverified()
 	if rd.Role != RolePrimary && c.local.Role == RolePrimary {
 		rd.Seal = true
 	}
@@ -531,6 +558,11 @@ func (c *RoleCore) adopt(d Designation, from string) {
 	}
 	c.st.Designation = d
 	c.persist()
+	// A primary that did not hand over may have written (and
+	// acknowledged) records the new primary never got: a fork until its
+	// log proves otherwise (verify).
+	handedOver := c.phase == PhaseHandingOver && c.ho != nil && c.ho.sealed && c.ho.peer == d.Primary
+	suspect := old.Primary == c.cfg.Node && old.Generation > 0 && !handedOver && c.stale == nil
 	switch {
 	case old.Generation == d.Generation && d.Generation == 0:
 		c.note(slog.LevelWarn, fmt.Sprintf("the configs disagree on the primary of %s: %s's names %s, this node's %s; following %s (of two first designations the name that sorts first wins): fix the config",
@@ -560,6 +592,11 @@ func (c *RoleCore) adopt(d Designation, from string) {
 			c.abortPromotion(fmt.Sprintf("the designation changed meanwhile: %s (learned from %s)", d, from))
 		}
 	}
+	if suspect {
+		c.stale = &old
+		c.note(slog.LevelWarn, fmt.Sprintf("this node was primary of %s as %s: it ships no log of it (and serves no sync) until its log is compared with the current history's, as what it wrote meanwhile may be the losing side of a fork",
+			c.cfg.Resource, old))
+	}
 }
 
 // recompute updates the forks with every peer and whether this node's log
@@ -582,10 +619,78 @@ func (c *RoleCore) recompute() {
 	}
 	was := c.diverged
 	c.diverged = c.computeDiverged()
+	c.verify()
 	if c.diverged && !was {
 		c.note(slog.LevelError, fmt.Sprintf("this node's log of %s forks from the current history (%s is primary): it serves nothing, fetches nothing and is not consistent; run `tharsis invalidate %s` here to discard what it wrote after the fork and resync, or `tharsis leave-resource %s`",
 			c.cfg.Resource, c.st.Designation, c.cfg.Resource, c.cfg.Resource))
 	}
+}
+
+// unverified reports whether this node must not ship its log because it
+// was the primary of an older designation and its log is not yet compared
+// with the current history (see Ready.Unverified).
+func (c *RoleCore) unverified() bool {
+	return c.stale != nil && c.st.Designation.Primary != c.cfg.Node
+}
+
+// verify ends the unverified state once this node's complete log (facts
+// read after it stopped writing as primary) compares as one history with
+// the current history's holder: the designated primary's status under the
+// current designation, or (no primary) a peer that follows it and does not
+// diverge. A fork keeps it (the node is diverged then as well).
+func (c *RoleCore) verify() {
+	if c.stale == nil {
+		return
+	}
+	d := c.st.Designation
+	if d.Primary == c.cfg.Node {
+		c.stale = nil // primary again: its log is the history
+		return
+	}
+	if !c.finalFacts {
+		return
+	}
+	ref := ""
+	for _, n := range c.peerNames() {
+		s, ok := c.fresh(n)
+		if !ok || s.Designation != d || c.peers[n].fork != nil {
+			continue
+		}
+		if n == d.Primary || d.Primary == "" && !s.Diverged && s.Phase != PhaseStarting && s.Phase != PhaseLeft {
+			ref = n
+			break
+		}
+	}
+	if ref == "" {
+		return
+	}
+	c.stale = nil
+	c.note(slog.LevelInfo, fmt.Sprintf("this node's log of %s and %s's are one history (compared under %s): it ships its log again", c.cfg.Resource, ref, d))
+}
+
+// ErrStaleDesignation: a node follows an older designation than the peer
+// that asks it for its log, so its log may be the losing side of a fork.
+var ErrStaleDesignation = errors.New("older designation than the fetcher's")
+
+// RefuseShip says why a node whose role status is st must not ship its log
+// (or serve a full sync) to a peer that follows designation fetcher (nil:
+// the peer did not say, as nodes of older releases), or nil. It refuses
+// while the node's log forks from the current history or is unverified,
+// and when the fetcher's designation is newer than the node's (wrapping
+// ErrStaleDesignation: the node should adopt it, EvDesignation). A fetcher
+// of an older designation is served: this node's history is the newer
+// one, and the fetcher's own fork check (status, record continuity) keeps
+// it from taking records of another history. RefuseShip is pure.
+func (st RoleStatus) RefuseShip(fetcher *Designation) error {
+	switch {
+	case fetcher != nil && fetcher.Newer(st.Designation):
+		return fmt.Errorf("%w: it follows %s, the fetcher %s: its log may be the losing side of a fork", ErrStaleDesignation, st.Designation, *fetcher)
+	case st.Diverged:
+		return errors.New("its log forks from the current history (split brain)")
+	case st.Unverified:
+		return fmt.Errorf("it was primary as %s and learned of %s: its log is not yet compared with the current history's (it may be the losing side of a fork)", st.StaleDesignation, st.Designation)
+	}
+	return nil
 }
 
 func (c *RoleCore) computeDiverged() bool {
@@ -1170,6 +1275,9 @@ func (c *RoleCore) stepSwitched(ev EvSwitched) {
 		}
 		return
 	}
+	if c.local.Role == RolePrimary && ev.Role != RolePrimary {
+		c.finalFacts = false // the facts are from before the log was closed
+	}
 	c.local.Role = ev.Role
 	switch {
 	case c.phase == PhaseHandingOver && ev.Role == RoleSecondary && c.ho != nil:
@@ -1217,6 +1325,10 @@ type RoleStatus struct {
 	Handover string
 	// Detached: the data device is detached (`tharsis detach`).
 	Detached bool
+	// Unverified (see Ready.Unverified); StaleDesignation is the
+	// designation under which this node was primary.
+	Unverified       bool
+	StaleDesignation Designation
 }
 
 // PeerFork is a fork between this node's log and a peer's.
@@ -1232,6 +1344,9 @@ func (c *RoleCore) Status() RoleStatus {
 	st := RoleStatus{Phase: c.phase, Designation: c.st.Designation, Diverged: c.diverged, Consistent: c.consistent(), Detached: c.st.Detached}
 	if c.ho != nil {
 		st.Handover = c.ho.peer
+	}
+	if st.Unverified = c.unverified(); st.Unverified {
+		st.StaleDesignation = *c.stale
 	}
 	for _, n := range c.peerNames() {
 		v := c.peers[n]

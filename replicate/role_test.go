@@ -2,6 +2,7 @@ package replicate
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -207,6 +208,21 @@ func (h *roleHarness) handle(t *testing.T, d *datadriven.TestData) string {
 			ev.Connect = list("connect")
 		}
 		h.c.Step(ev)
+	case "designation":
+		// A fetch request from a peer carried its designation.
+		h.c.Step(EvDesignation{From: args["from"], Designation: parseDes(t, d, args["des"])})
+	case "ship":
+		// Would the node ship its log to a fetcher of designation des
+		// (none: a fetcher that does not say)?
+		var f *Designation
+		if v, ok := args["des"]; ok {
+			x := parseDes(t, d, v)
+			f = &x
+		}
+		if err := h.c.Status().RefuseShip(f); err != nil {
+			return fmt.Sprintf("refused (stale %v): %v", errors.Is(err, ErrStaleDesignation), err)
+		}
+		return "shipped"
 	case "status":
 		return describeRoleStatus(h.c.Status())
 	default:
@@ -318,6 +334,9 @@ func describeReady(rd Ready) string {
 	if rd.Diverged {
 		b.WriteString(" DIVERGED")
 	}
+	if rd.Unverified {
+		b.WriteString(" UNVERIFIED")
+	}
 	if rd.Seal {
 		b.WriteString(" seal")
 	}
@@ -375,6 +394,9 @@ func describeRoleStatus(st RoleStatus) string {
 	fmt.Fprintf(&b, "phase=%s des=%s consistent=%v diverged=%v", st.Phase, fmtDes(st.Designation), st.Consistent, st.Diverged)
 	if st.Handover != "" {
 		fmt.Fprintf(&b, " handover=%s", st.Handover)
+	}
+	if st.Unverified {
+		fmt.Fprintf(&b, " unverified (primary as %s)", fmtDes(st.StaleDesignation))
 	}
 	b.WriteString("\n")
 	for _, f := range st.Forks {
