@@ -217,15 +217,15 @@ type (
 	}
 )
 
-func (EvStart) isEvent()      {}
-func (EvTick) isEvent()       {}
-func (EvLocal) isEvent()      {}
-func (EvPeer) isEvent()       {}
-func (EvCommand) isEvent()    {}
-func (EvMessage) isEvent()    {}
-func (EvSendFailed) isEvent() {}
-func (EvSwitched) isEvent()   {}
-func (EvConfig) isEvent()     {}
+func (EvStart) isEvent()       {}
+func (EvTick) isEvent()        {}
+func (EvLocal) isEvent()       {}
+func (EvPeer) isEvent()        {}
+func (EvCommand) isEvent()     {}
+func (EvMessage) isEvent()     {}
+func (EvSendFailed) isEvent()  {}
+func (EvSwitched) isEvent()    {}
+func (EvConfig) isEvent()      {}
 func (EvDesignation) isEvent() {}
 
 // Result is progress (Done false) or the outcome of an operator command.
@@ -332,9 +332,9 @@ type RoleCore struct {
 	stale      *Designation
 	finalFacts bool
 	cmd        *pendingCmd
-	ready    Ready // one-shot parts
-	started  bool
-	attempts uint64 // numbers handover ids
+	ready      Ready // one-shot parts
+	started    bool
+	attempts   uint64 // numbers handover ids
 }
 
 // NewRoleCore returns a core in PhaseStarting; feed it EvStart first.
