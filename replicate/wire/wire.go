@@ -33,6 +33,14 @@
 // lists FeatureFetchAccept; without Accept a server sends SegmentData only,
 // which keeps fetchers of older releases working. The frame version stays 1.
 //
+// # Designations
+//
+// A fetcher also says in Fetch which designation of the resource it follows
+// (primary and generation): a server that follows an older one refuses it
+// (CodeStale; its log may be the losing side of a fork) and learns the newer
+// one. It is a trailing field after Accept, sent only to a server whose
+// status lists FeatureFetchDesignation, for the same reason as Accept.
+//
 // Nothing is encrypted: the log, chunks and status cross the network in the
 // clear. Authentication (Hello, Challenge, Response) proves that both ends
 // know the cluster secret, but does not protect the data from an observer or
@@ -168,6 +176,7 @@ const (
 	CodeBadRequest    uint16 = 6 // the request makes no sense
 	CodeDiverged      uint16 = 7 // the peer's log is not the current history (or not open yet): no log from it
 	CodeCorrupt       uint16 = 8 // the peer's copy of the log is damaged at the records asked for next
+	CodeStale         uint16 = 9 // the peer follows an older designation than the fetcher (its log may be a losing fork)
 )
 
 // Error reports a failed request.
@@ -193,15 +202,27 @@ type Status struct{ JSON []byte }
 // stream of SegmentData (or CompressedData, when Accept allows it) and
 // Heartbeat until the connection closes.
 //
-//	resource string | from Position (segment u64, offset i64, seq u64) | [accept u32]
+//	resource string | from Position (segment u64, offset i64, seq u64) |
+//	    [accept u32 | [generation u64 | primary string]]
 //
-// Accept is present only when not 0 (see Compression in the package doc).
+// Accept is present when not 0 or when Designation follows (see
+// Compression and Designations in the package doc).
 type Fetch struct {
 	Resource string
 	From     Position
 	// Accept is the set of encodings the fetcher decodes, a bit 1<<e for
 	// each Encoding e; 0: plain SegmentData only.
 	Accept uint32
+	// Designation is the fetcher's designation of the resource (nil: not
+	// said, as by fetchers of older releases).
+	Designation *Designation
+}
+
+// Designation names a resource's designated primary and its generation
+// (see replicate.Designation).
+type Designation struct {
+	Primary    string
+	Generation uint64
 }
 
 // Encoding is a compression of segment data (CompressedData.Encoding).
@@ -226,6 +247,10 @@ func (e Encoding) Bit() uint32 { return 1 << (e & 31) }
 // FeatureFetchAccept is listed in the status of a node whose ship server
 // reads Fetch.Accept.
 const FeatureFetchAccept = "fetch-accept"
+
+// FeatureFetchDesignation is listed in the status of a node whose ship
+// server reads Fetch.Designation.
+const FeatureFetchDesignation = "fetch-designation"
 
 // CompressedData is a SegmentData whose Data is compressed with Encoding;
 // RawLen is the length of the data decompressed (at most the reader's
@@ -608,8 +633,11 @@ func (m *Emergency) decode(body []byte) error {
 
 func (m *Fetch) AppendBody(b []byte) []byte {
 	b = appendPos(appendString(b, m.Resource), m.From)
-	if m.Accept != 0 {
+	if m.Accept != 0 || m.Designation != nil {
 		b = binary.LittleEndian.AppendUint32(b, m.Accept)
+	}
+	if m.Designation != nil {
+		b = appendString(binary.LittleEndian.AppendUint64(b, m.Designation.Generation), m.Designation.Primary)
 	}
 	return b
 }
@@ -618,8 +646,12 @@ func (m *Fetch) decode(body []byte) error {
 	m.Resource = d.str()
 	m.From = d.pos()
 	if d.err == nil && len(d.b) > 0 {
-		if m.Accept = d.u32(); m.Accept == 0 && d.err == nil {
-			d.err = errors.New("accept 0 present (it is sent as absent)")
+		m.Accept = d.u32()
+		if d.err == nil && len(d.b) > 0 {
+			m.Designation = &Designation{Generation: d.u64()}
+			m.Designation.Primary = d.str()
+		} else if m.Accept == 0 && d.err == nil {
+			d.err = errors.New("accept 0 present without a designation (it is sent as absent)")
 		}
 	}
 	return d.end()

@@ -25,6 +25,8 @@ func samples() []Message {
 		&Emergency{JSON: []byte(`{"resource":"r0"}`)},
 		&Fetch{Resource: "r0", From: Position{Segment: 3, Offset: 4096, Seq: 77}},
 		&Fetch{Resource: "r0", From: Position{Segment: 3, Offset: 4096, Seq: 77}, Accept: EncodingZstd.Bit()},
+		&Fetch{Resource: "r0", From: Position{Segment: 3, Offset: 4096, Seq: 77}, Accept: EncodingZstd.Bit(), Designation: &Designation{Primary: "beta", Generation: 2}},
+		&Fetch{Resource: "r0", From: Position{Segment: 3}, Designation: &Designation{Generation: 5}},
 		&CompressedData{Segment: "log-000000003-alpha", Offset: 56, End: Position{3, 200, 9}, Encoding: EncodingZstd, RawLen: 7, Data: []byte("zstd")},
 		&SegmentData{Segment: "log-000000003-alpha", Offset: 56, End: Position{3, 200, 9}, Data: []byte("records")},
 		&Heartbeat{End: Position{1, 2, 3}},
@@ -112,6 +114,37 @@ func TestHeaderErrors(t *testing.T) {
 	}
 	if len(c.rbuf) != 0 {
 		t.Error("allocated before checking the length")
+	}
+}
+
+// TestFetchCompat: the optional trailing fields of Fetch decode as nodes of
+// each release send them, and a non-canonical or cut designation is
+// malformed.
+func TestFetchCompat(t *testing.T) {
+	base := (&Fetch{Resource: "r0"}).AppendBody(nil)
+	withAccept := (&Fetch{Resource: "r0", Accept: 2}).AppendBody(nil)
+	withDes := (&Fetch{Resource: "r0", Accept: 2, Designation: &Designation{Primary: "beta", Generation: 2}}).AppendBody(nil)
+	if !bytes.HasPrefix(withDes, withAccept) || !bytes.HasPrefix(withAccept, base) {
+		t.Fatalf("the trailing fields do not extend the older encodings: %x, %x, %x", base, withAccept, withDes)
+	}
+	tests := []struct {
+		name string
+		body []byte
+		ok   bool
+	}{
+		{"no trailing fields", base, true},
+		{"accept only", withAccept, true},
+		{"accept and designation", withDes, true},
+		{"accept 0 alone", append(bytes.Clone(base), 0, 0, 0, 0), false},
+		{"generation cut", withDes[:len(withAccept)+5], false},
+		{"primary cut", withDes[:len(withDes)-1], false},
+		{"stray bytes", append(bytes.Clone(withDes), 1), false},
+	}
+	for _, tt := range tests {
+		_, err := Decode(TypeFetch, tt.body)
+		if (err == nil) != tt.ok {
+			t.Errorf("%s: err = %v, want ok %v", tt.name, err, tt.ok)
+		}
 	}
 }
 
