@@ -49,6 +49,10 @@ type ResourceStatus struct {
 	Handover string `json:"handover,omitempty"`
 	// Detached: the node's data device is detached (`tharsis detach`).
 	Detached bool `json:"detached,omitempty"`
+	// Unverified: the node was primary of an older designation and has
+	// not yet compared its log with the current history's: it ships
+	// nothing (RoleStatus.RefuseShip).
+	Unverified bool `json:"unverified,omitempty"`
 	// End is the durable end of the log held here: what was written (on
 	// the primary) or fetched and fsync'd (on a secondary).
 	End Position `json:"end"`

@@ -668,27 +668,29 @@ func (c *RoleCore) verify() {
 	c.note(slog.LevelInfo, fmt.Sprintf("this node's log of %s and %s's are one history (compared under %s): it ships its log again", c.cfg.Resource, ref, d))
 }
 
-// ErrStaleDesignation: a node follows an older designation than the peer
-// that asks it for its log, so its log may be the losing side of a fork.
-var ErrStaleDesignation = errors.New("older designation than the fetcher's")
+// ErrStaleDesignation: a node's log may be the losing side of a fork of an
+// older designation: it follows an older designation than the peer that
+// asks it for its log, or was primary of one and is unverified.
+var ErrStaleDesignation = errors.New("its log may be the losing side of a fork")
 
 // RefuseShip says why a node whose role status is st must not ship its log
 // (or serve a full sync) to a peer that follows designation fetcher (nil:
 // the peer did not say, as nodes of older releases), or nil. It refuses
 // while the node's log forks from the current history or is unverified,
-// and when the fetcher's designation is newer than the node's (wrapping
-// ErrStaleDesignation: the node should adopt it, EvDesignation). A fetcher
+// and when the fetcher's designation is newer than the node's (the node
+// should adopt it: EvDesignation); the last two wrap ErrStaleDesignation.
+// A fetcher
 // of an older designation is served: this node's history is the newer
 // one, and the fetcher's own fork check (status, record continuity) keeps
 // it from taking records of another history. RefuseShip is pure.
 func (st RoleStatus) RefuseShip(fetcher *Designation) error {
 	switch {
 	case fetcher != nil && fetcher.Newer(st.Designation):
-		return fmt.Errorf("%w: it follows %s, the fetcher %s: its log may be the losing side of a fork", ErrStaleDesignation, st.Designation, *fetcher)
+		return fmt.Errorf("%w: it follows %s, the fetcher %s", ErrStaleDesignation, st.Designation, *fetcher)
 	case st.Diverged:
 		return errors.New("its log forks from the current history (split brain)")
 	case st.Unverified:
-		return fmt.Errorf("it was primary as %s and learned of %s: its log is not yet compared with the current history's (it may be the losing side of a fork)", st.StaleDesignation, st.Designation)
+		return fmt.Errorf("%w: it was primary as %s and learned of %s, and has not yet compared its log with the current history's", ErrStaleDesignation, st.StaleDesignation, st.Designation)
 	}
 	return nil
 }

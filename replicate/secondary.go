@@ -74,6 +74,12 @@ type SecondaryOptions struct {
 	// fetched, but nothing is replayed, synced or verified (none of which
 	// may touch the device) until the Secondary is opened attached.
 	Detached bool
+	// Designation, if set, returns the designation of the resource this
+	// node follows (ok false: none yet): every fetch says it, so a peer of
+	// an older designation refuses to ship (its log may be the losing side
+	// of a fork) and learns the newer one, and such peers are not probed
+	// as preferred sources.
+	Designation func() (d Designation, ok bool)
 	// fsys (tests; nil: OSFS) is what opening reads the log and the
 	// segment index through.
 	fsys FS
@@ -200,7 +206,7 @@ type Secondary struct {
 	fetchLog, fetchWire int64
 	fetchComp           string
 	// noAccept makes the fetcher act as one of an older release (tests):
-	// it never sends Fetch.Accept.
+	// it never sends Fetch.Accept (nor Fetch.Designation).
 	noAccept bool
 
 	// discardLog asks the fetcher to drop the local log (a sync starts

@@ -141,6 +141,10 @@ func (s *Secondary) fetchLoop(ctx context.Context) {
 					switch {
 					case errors.Is(err, ErrAuth):
 						s.logger.Warn(msg)
+					case we != nil && we.Code == wire.CodeStale:
+						// Expected for a moment after a partition heals:
+						// the peer learns the newer designation from it.
+						s.logger.Info("a peer of an older designation refused to ship its log; trying the next peer", "peer", p.String(), "err", err)
 					case isNoSpace(err) || errors.Is(err, blockdev.ErrNoSpace):
 						s.logger.Error("this node's log filesystem is full: fetching stops until space is freed (`tharsis log-delete` removes replayed segments)", "dir", s.opts.Dir, "err", err)
 					default:
@@ -292,11 +296,11 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 	if i > 0 {
 		go s.probePreferred(sctx, cancel, peers[:i])
 	}
-	accept, err := s.accept(sctx, pc)
+	accept, des, err := s.negotiate(sctx, pc)
 	if err != nil {
 		return err
 	}
-	if err := pc.c.SendFlush(&wire.Fetch{Resource: s.opts.Resource, From: toWire(from), Accept: accept}); err != nil {
+	if err := pc.c.SendFlush(&wire.Fetch{Resource: s.opts.Resource, From: toWire(from), Accept: accept, Designation: des}); err != nil {
 		return err
 	}
 	s.logger.Info("fetching the log", "peer", p.String(), "from", from.String())
@@ -376,24 +380,54 @@ func (s *Secondary) fetchPeer(ctx context.Context, fl *fetchLog, peers []Peer, i
 	}
 }
 
-// accept returns the encodings to accept from the peer of pc: zstd when its
-// status says it reads Fetch.Accept (a node of an older release refuses a
-// Fetch with it), else none.
-func (s *Secondary) accept(ctx context.Context, pc *peerConn) (uint32, error) {
+// negotiate returns the optional fields of the Fetch to the peer of pc, each
+// only when its status says it reads it (a node of an older release
+// refuses a Fetch with a field it does not know): the encodings to accept
+// (zstd), and this node's designation of the resource.
+func (s *Secondary) negotiate(ctx context.Context, pc *peerConn) (uint32, *wire.Designation, error) {
 	s.mu.Lock()
 	s.fetchComp = ""
 	s.mu.Unlock()
 	if s.noAccept {
-		return 0, nil
+		return 0, nil, nil
 	}
 	st, err := pc.status(ctx)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
+	var accept uint32
 	if slices.Contains(st.Features, wire.FeatureFetchAccept) {
-		return wire.EncodingZstd.Bit(), nil
+		accept = wire.EncodingZstd.Bit()
 	}
-	return 0, nil
+	var des *wire.Designation
+	if d, ok := s.designation(); ok && slices.Contains(st.Features, wire.FeatureFetchDesignation) {
+		des = &wire.Designation{Primary: d.Primary, Generation: d.Generation}
+	}
+	return accept, des, nil
+}
+
+// mayFork says why a peer whose status is rs must not be a source (its log
+// may be the losing side of a fork: diverged, unverified, or of an older
+// designation than this node's), or nil.
+func (s *Secondary) mayFork(rs ResourceStatus) error {
+	d, ok := s.designation()
+	switch {
+	case rs.Diverged:
+		return errors.New("its log forks from the current history (split brain)")
+	case rs.Unverified:
+		return fmt.Errorf("it was primary of an older designation than %s and has not yet compared its log with the current history's", rs.Designation)
+	case ok && d.Newer(rs.Designation):
+		return fmt.Errorf("it follows %s, this node %s", rs.Designation, d)
+	}
+	return nil
+}
+
+// designation is the designation this node follows (Options.Designation).
+func (s *Secondary) designation() (Designation, bool) {
+	if s.opts.Designation == nil {
+		return Designation{}, false
+	}
+	return s.opts.Designation()
 }
 
 // sendAck tells the source how far the fetched log is durable here
@@ -433,6 +467,9 @@ func (s *Secondary) probePreferred(ctx context.Context, cancel context.CancelCau
 				continue
 			}
 			rs, ok := st.Resource(s.opts.Resource)
+			if ok && s.mayFork(rs) != nil {
+				continue // it would refuse (its log may be a losing fork)
+			}
 			if ok && rs.End.Seq > 0 && rs.Phase != PhaseLeft && !rs.Diverged {
 				s.mu.Lock()
 				if rs.End.Seq > s.bestEnd.Seq {

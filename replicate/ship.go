@@ -73,6 +73,10 @@ type ShipServer struct {
 	// (tests): no features listed, a Fetch with Accept refused as
 	// malformed.
 	noFetchAccept bool
+	// noFetchDesignation makes the server act as one of the release
+	// before Fetch.Designation (tests): only fetch-accept listed, a Fetch
+	// with a designation refused as malformed.
+	noFetchDesignation bool
 	// mangle, if set, may change every data frame before it is sent
 	// (tests: damage in transit).
 	mangle func(wire.Message)
@@ -189,6 +193,9 @@ func (s *ShipServer) NodeStatus() NodeStatus {
 	st := NodeStatus{Node: s.Node, Time: time.Now(), Resources: []ResourceStatus{}}
 	if !s.noFetchAccept {
 		st.Features = []string{wire.FeatureFetchAccept}
+		if !s.noFetchDesignation {
+			st.Features = append(st.Features, wire.FeatureFetchDesignation)
+		}
 	}
 	for _, n := range names {
 		rs := srcs[n].Status()
@@ -378,15 +385,17 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 				c.SendFlush(&wire.Error{Code: wire.CodeNoResource, Message: fmt.Sprintf("node %s holds no log of resource %q", s.Node, m.Resource)})
 				return
 			}
-			if rf, ok := r.src.(Refuser); ok {
-				if err := rf.Refuse(); err != nil {
-					c.SendFlush(&wire.Error{Code: wire.CodeDiverged, Message: fmt.Sprintf("node %s ships no log of %s: %v", s.Node, m.Resource, err)})
-					log.Info("log fetch refused", "resource", m.Resource, "why", err)
-					return
-				}
+			if (s.noFetchAccept || s.noFetchDesignation) && m.Designation != nil || s.noFetchAccept && m.Accept != 0 {
+				log.Debug("replication connection ended", "err", "malformed fetch (accept or designation)")
+				return
 			}
-			if s.noFetchAccept && m.Accept != 0 {
-				log.Debug("replication connection ended", "err", "malformed fetch (accept)")
+			if err := s.refuseFetch(r, peer, m); err != nil {
+				code := wire.CodeDiverged // what fetchers of older releases know
+				if errors.Is(err, ErrStaleDesignation) && m.Designation != nil {
+					code = wire.CodeStale
+				}
+				c.SendFlush(&wire.Error{Code: code, Message: fmt.Sprintf("node %s ships no log of %s: %v", s.Node, m.Resource, err)})
+				log.Info("log fetch refused", "resource", m.Resource, "why", err)
 				return
 			}
 			var comp *wire.Compressor
@@ -431,6 +440,21 @@ func (s *ShipServer) serveConn(nc net.Conn) {
 			return
 		}
 	}
+}
+
+// refuseFetch says why r's log is not shipped to peer (nil: it is): the
+// fetcher's designation is newer than this node's, or the source refuses
+// anyone (Refuser).
+func (s *ShipServer) refuseFetch(r *shipRes, peer string, m *wire.Fetch) error {
+	if fc, ok := r.src.(FetchChecker); ok && m.Designation != nil {
+		if err := fc.CheckFetch(peer, Designation{Primary: m.Designation.Primary, Generation: m.Designation.Generation}); err != nil {
+			return err
+		}
+	}
+	if rf, ok := r.src.(Refuser); ok {
+		return rf.Refuse()
+	}
+	return nil
 }
 
 // lingerClose half-closes nc after an error frame and waits (a while) for

@@ -43,6 +43,15 @@ type Refuser interface {
 	Refuse() error
 }
 
+// FetchChecker is implemented by Sources that check the designation a
+// fetcher follows before shipping their log to it (see
+// RoleStatus.RefuseShip): CheckFetch returns why not (wrapping
+// ErrStaleDesignation when this node's designation is the older one), or
+// nil. Fetchers that do not say (older releases) are not checked.
+type FetchChecker interface {
+	CheckFetch(peer string, d Designation) error
+}
+
 // SendRole delivers a role message to peer p (over a new authenticated
 // connection) and returns once p's daemon took it, or why not.
 func SendRole(ctx context.Context, node string, auth Auth, p Peer, m RoleMessage) error {

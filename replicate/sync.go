@@ -234,6 +234,11 @@ func (s *Secondary) dialSource(ctx context.Context, p Peer) (*peerConn, Resource
 	if err == nil && !rs.Consistent {
 		err = fmt.Errorf("peer %s is not consistent itself", p)
 	}
+	if err == nil {
+		if why := s.mayFork(rs); why != nil {
+			err = fmt.Errorf("peer %s cannot be a sync source: its data may hold a losing fork (%w)", p, why)
+		}
+	}
 	if err != nil {
 		pc.close()
 		return nil, ResourceStatus{}, err
