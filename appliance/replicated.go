@@ -196,6 +196,11 @@ func (d *Daemon) openSecondary(r *resource, wasPrimary bool) error {
 			}
 			return out
 		},
+		// Every fetch says which designation this node follows.
+		Designation: func() (replicate.Designation, bool) {
+			st := r.role.snapshot()
+			return st.Designation, st.Phase != replicate.PhaseStarting
+		},
 		// Cascading: keep what the nodes fetching from us still need.
 		MinAppliedByPeers: d.minApplied(r, func() []string { return d.fetchers(rc) }),
 		SyncLimiter:       d.rates.sync,

@@ -184,7 +184,8 @@ func (d *Daemon) roleMembers(rc *config.Resource) (members, connect []string) {
 }
 
 // roleSource decorates a Source's status with the role core's view, and
-// refuses to ship while the node's log forks from the current history.
+// refuses to ship while the node's log may be the losing side of a fork
+// (replicate.RoleStatus.RefuseShip).
 type roleSource struct {
 	replicate.Source
 	r *resource
@@ -194,6 +195,7 @@ func (s roleSource) Status() replicate.ResourceStatus {
 	rs := s.Source.Status()
 	st := s.r.role.snapshot()
 	rs.Phase, rs.Designation, rs.Diverged, rs.Forks, rs.Handover, rs.Detached = st.Phase, st.Designation, st.Diverged, st.Forks, st.Handover, st.Detached
+	rs.Unverified = st.Unverified
 	rs.Released = s.r.releases()
 	rs.DiskCapacity = s.r.disk.Capacity()
 	rs.Exports = s.r.role.exportsNow()
@@ -239,13 +241,25 @@ func (s roleSource) NoteDamage(cerr *replicate.CorruptError) {
 }
 
 func (s roleSource) Refuse() error {
-	if s.r.role.snapshot().Diverged {
-		return errors.New("its log forks from the current history (split brain)")
+	if err := s.r.role.snapshot().RefuseShip(nil); err != nil {
+		return err
 	}
 	if rf, ok := s.Source.(replicate.Refuser); ok {
 		return rf.Refuse()
 	}
 	return nil
+}
+
+// CheckFetch refuses a fetcher that follows a newer designation than this
+// node (its log may be the losing side of a fork) and hands that
+// designation to the role core, which adopts it at once (a stale primary
+// stops serving without waiting for a status poll).
+func (s roleSource) CheckFetch(peer string, d replicate.Designation) error {
+	st := s.r.role.snapshot()
+	if d.Newer(st.Designation) {
+		s.r.role.post(replicate.EvDesignation{From: peer, Designation: d})
+	}
+	return st.RefuseShip(&d)
 }
 
 // localFacts reads what the data path reports of r's local copy.
@@ -363,6 +377,12 @@ func (d *Daemon) applyReady(r *resource) {
 			}
 		}
 		rs.core.Advance()
+		// The sources refuse to ship by this snapshot: update it before
+		// the data path switches (a primary that adopted a newer
+		// designation must not ship meanwhile).
+		rs.mu.Lock()
+		rs.status = rs.core.Status()
+		rs.mu.Unlock()
 
 		switched := d.reconcile(r, rd)
 		rs.mu.Lock()
