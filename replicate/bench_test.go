@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -127,6 +128,7 @@ func benchWrites(b *testing.B, write func([]byte, int64) (int, error), bs, qd in
 			}
 		}
 	}
+	cpu0 := processCPU()
 	b.ResetTimer()
 	if qd == 1 {
 		writer(b.Loop)
@@ -135,6 +137,18 @@ func benchWrites(b *testing.B, write func([]byte, int64) (int, error), bs, qd in
 		b.RunParallel(func(pb *testing.PB) { writer(pb.Next) })
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
+	// CPU time per write (user + system, the whole process): robust on a
+	// shared machine, where ns/op is not.
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+// processCPU returns the CPU time the process used so far (user + system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func testingProcs() int { return runtime.GOMAXPROCS(0) }
