@@ -649,9 +649,10 @@ func TestBroadcastAndVersion(t *testing.T) {
 }
 
 // TestConformanceRecvmmsg runs the checks against tharsis receiving with
-// recvmmsg, the fallback where the kernel refuses a receive ring (the
-// other tests receive through the ring).
+// recvmmsg and sending with sendmmsg, the fallbacks where the kernel
+// refuses rings (the other tests receive and send through rings).
 func TestConformanceRecvmmsg(t *testing.T) {
 	aoe.SetRxRing(t, false)
+	aoe.SetTxRing(t, false)
 	runChecks(t, setup(t, tharsis, 1500, tharsisOpts{}))
 }

@@ -41,3 +41,17 @@ func SetRxRing(t testing.TB, on bool) {
 
 // UsesRing reports whether s receives through a ring.
 func UsesRing(s *Server) bool { return s.ring != nil }
+
+// SetTxRing makes Servers created until the test ends send through a
+// transmit ring (on) or with sendmmsg (off).
+func SetTxRing(t testing.TB, on bool) {
+	old := txRingSlots
+	txRingSlots = 0
+	if on {
+		txRingSlots = maxFrames / 2
+	}
+	t.Cleanup(func() { txRingSlots = old })
+}
+
+// UsesTxRing reports whether s sends through a transmit ring.
+func UsesTxRing(s *Server) bool { return s.tx != nil }

@@ -45,24 +45,25 @@ var rxRingSlots = maxFrames
 // sockaddr_ll starts in a slot.
 const tpacketHdrLen = (unix.SizeofTpacket2Hdr + unix.TPACKET_ALIGNMENT - 1) &^ (unix.TPACKET_ALIGNMENT - 1)
 
-// rxRing is a mapped PACKET_RX_RING. head is only used by the worker that
-// holds the socket's read lock (RawConn.Read), so it needs no lock.
-type rxRing struct {
+// ring is a mapped TPACKET_V2 ring of slots, each starting with its
+// struct tpacket2_hdr (whose first word, tp_status, is shared with the
+// kernel).
+type ring struct {
 	mem      []byte
 	slot     int // bytes per slot
 	perBlock int // slots per block
 	block    int // bytes per block
 	slots    int
-	head     int
 }
 
-// newRxRing sets up a TPACKET_V2 receive ring of at least slots slots on
-// the packet socket fd, each holding frames of up to frameLen bytes.
-func newRxRing(fd, frameLen, slots int) (*rxRing, error) {
+// newRing sets up a TPACKET_V2 ring (opt: PACKET_RX_RING or
+// PACKET_TX_RING) of at least slots slots on the packet socket fd, each
+// holding frames of up to frameLen bytes, and maps it.
+func newRing(fd, opt, frameLen, slots int) (ring, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
-		return nil, fmt.Errorf("PACKET_VERSION TPACKET_V2: %w", err)
+		return ring{}, fmt.Errorf("PACKET_VERSION TPACKET_V2: %w", err)
 	}
-	// The kernel puts a SOCK_RAW frame's Ethernet header at
+	// The kernel puts a received SOCK_RAW frame's Ethernet header at
 	// TPACKET_ALIGN(TPACKET2_HDRLEN + 16) - 14; 16 more bytes of room
 	// cover that alignment.
 	align := func(n, a int) int { return (n + a - 1) &^ (a - 1) }
@@ -77,20 +78,42 @@ func newRxRing(fd, frameLen, slots int) (*rxRing, error) {
 	blocks := (slots + perBlock - 1) / perBlock
 	req := unix.TpacketReq{Block_size: uint32(block), Block_nr: uint32(blocks),
 		Frame_size: uint32(slot), Frame_nr: uint32(blocks * perBlock)}
-	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
-		return nil, fmt.Errorf("PACKET_RX_RING of %d blocks of %d bytes: %w", blocks, block, err)
+	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, opt, &req); err != nil {
+		return ring{}, fmt.Errorf("ring of %d blocks of %d bytes: %w", blocks, block, err)
 	}
 	mem, err := unix.Mmap(fd, 0, blocks*block, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("map the receive ring (%d bytes): %w", blocks*block, err)
+		return ring{}, fmt.Errorf("map the ring (%d bytes): %w", blocks*block, err)
 	}
-	return &rxRing{mem: mem, slot: slot, perBlock: perBlock, block: block, slots: blocks * perBlock}, nil
+	return ring{mem: mem, slot: slot, perBlock: perBlock, block: block, slots: blocks * perBlock}, nil
 }
 
-// status is the tp_status word of slot i, shared with the kernel.
-func (r *rxRing) status(i int) *uint32 {
+// at returns slot i.
+func (r *ring) at(i int) []byte {
 	off := i/r.perBlock*r.block + i%r.perBlock*r.slot
-	return (*uint32)(unsafe.Pointer(&r.mem[off]))
+	return r.mem[off : off+r.slot : off+r.slot]
+}
+
+// status is the tp_status word of slot s.
+func status(s []byte) *uint32 {
+	return (*uint32)(unsafe.Pointer(&s[0]))
+}
+
+// rxRing is a mapped PACKET_RX_RING. head is only used by the worker that
+// holds the socket's read lock (RawConn.Read), so it needs no lock.
+type rxRing struct {
+	ring
+	head int
+}
+
+// newRxRing sets up a receive ring of at least slots slots on the packet
+// socket fd, each holding frames of up to frameLen bytes.
+func newRxRing(fd, frameLen, slots int) (*rxRing, error) {
+	r, err := newRing(fd, unix.PACKET_RX_RING, frameLen, slots)
+	if err != nil {
+		return nil, fmt.Errorf("PACKET_RX_RING: %w", err)
+	}
+	return &rxRing{ring: r}, nil
 }
 
 // recv copies the frames waiting in the ring, up to len(bufs), into bufs
@@ -101,12 +124,11 @@ func (r *rxRing) status(i int) *uint32 {
 func (r *rxRing) recv(bufs [][]byte, hdrs []mmsghdr, names []unix.RawSockaddrLinklayer) int {
 	n := 0
 	for n < len(bufs) {
-		st := r.status(r.head)
+		s := r.at(r.head)
+		st := status(s)
 		if atomic.LoadUint32(st)&unix.TP_STATUS_USER == 0 {
 			break
 		}
-		off := int(uintptr(unsafe.Pointer(st)) - uintptr(unsafe.Pointer(&r.mem[0])))
-		s := r.mem[off : off+r.slot]
 		h := (*unix.Tpacket2Hdr)(unsafe.Pointer(&s[0]))
 		ll := (*unix.RawSockaddrLinklayer)(unsafe.Pointer(&s[tpacketHdrLen]))
 		names[n].Pkttype = ll.Pkttype
@@ -126,7 +148,7 @@ func (r *rxRing) recv(bufs [][]byte, hdrs []mmsghdr, names []unix.RawSockaddrLin
 	return n
 }
 
-// close unmaps the ring; no worker may use it any more.
-func (r *rxRing) close() error {
+// close unmaps the ring; nothing may use it any more.
+func (r *ring) close() error {
 	return unix.Munmap(r.mem)
 }

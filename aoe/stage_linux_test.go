@@ -496,23 +496,30 @@ func TestFUAWriterWritesDurably(t *testing.T) {
 }
 
 // TestReceivePaths: through the receive ring (where the kernel allows one,
-// as here) and through recvmmsg, writes at window 1 and at a window that
-// fills batches read back the same.
+// as here) and through recvmmsg, sending through the transmit ring and
+// with sendmmsg, writes at window 1 and at a window that fills batches
+// read back the same.
 func TestReceivePaths(t *testing.T) {
 	for _, ring := range []bool{true, false} {
-		t.Run(fmt.Sprintf("ring=%v", ring), func(t *testing.T) {
-			aoe.SetRxRing(t, ring)
-			l := serveLive(t, aoe.TargetConfig{Device: blockdev.NewMemory(diskSize)})
-			if got := aoe.UsesRing(l.srv); got != ring {
-				t.Fatalf("server receives through a ring: %v, want %v", got, ring)
-			}
-			for _, w := range []int{1, 64} {
-				data, err := l.writes(300, w)
-				if err != nil {
-					t.Fatalf("window %d: %v", w, err)
+		for _, tx := range []bool{true, false} {
+			t.Run(fmt.Sprintf("ring=%v/tx=%v", ring, tx), func(t *testing.T) {
+				aoe.SetRxRing(t, ring)
+				aoe.SetTxRing(t, tx)
+				l := serveLive(t, aoe.TargetConfig{Device: blockdev.NewMemory(diskSize)})
+				if got := aoe.UsesRing(l.srv); got != ring {
+					t.Fatalf("server receives through a ring: %v, want %v", got, ring)
 				}
-				l.checkData(data)
-			}
-		})
+				if got := aoe.UsesTxRing(l.srv); got != tx {
+					t.Fatalf("server sends through a ring: %v, want %v", got, tx)
+				}
+				for _, w := range []int{1, 64} {
+					data, err := l.writes(300, w)
+					if err != nil {
+						t.Fatalf("window %d: %v", w, err)
+					}
+					l.checkData(data)
+				}
+			})
+		}
 	}
 }
