@@ -5,7 +5,9 @@ package aoe
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -17,8 +19,9 @@ import (
 // delivers it (on a veth pair, the sending side's; on a NIC, the receive
 // interrupt's), and a receiving worker copies it from the slot into its
 // buffer with no system call. A worker only asks the kernel anything when
-// the ring is empty: it then waits on the runtime poller, which the kernel
-// wakes per frame (packet_poll). Without a ring every batch costs a
+// the ring is empty: it then polls the ring for a while if it has just
+// answered frames (ringSpin), and waits on the runtime poller, which the
+// kernel wakes per frame (packet_poll). Without a ring every batch costs a
 // recvmmsg, and every wait one more that finds nothing (EAGAIN), which is
 // a third of the system calls of a latency-bound (window 1) request.
 //
@@ -146,6 +149,31 @@ func (r *rxRing) recv(bufs [][]byte, hdrs []mmsghdr, names []unix.RawSockaddrLin
 		n++
 	}
 	return n
+}
+
+// ringSpin is how long a worker that has just answered frames polls the
+// empty receive ring before it waits on the runtime poller. A
+// latency-bound (window 1) initiator's next request comes within it (on
+// the bench's veth pair, 20 µs caught about 80 % of them, 50 µs 95 %), so
+// the worker no longer parks and is woken per request (two epoll_pwait and
+// a context switch, and for writes through os.File the wake-up of the
+// runtime's sysmon thread); it costs up to ringSpin of CPU after the last
+// request of a burst.
+var ringSpin = 50 * time.Microsecond
+
+// poll is recv, polling the ring for up to d while it is empty, letting
+// other goroutines run in between.
+func (r *rxRing) poll(bufs [][]byte, hdrs []mmsghdr, names []unix.RawSockaddrLinklayer, d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	start := time.Now()
+	for {
+		runtime.Gosched()
+		if n := r.recv(bufs, hdrs, names); n > 0 || time.Since(start) >= d {
+			return n
+		}
+	}
 }
 
 // close unmaps the ring; nothing may use it any more.

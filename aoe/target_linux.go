@@ -821,6 +821,7 @@ type worker struct {
 
 	nrecv  int
 	errno  syscall.Errno
+	spin   bool // doRead polls the ring for a while before waiting
 	readFn func(fd uintptr) bool
 }
 
@@ -850,6 +851,10 @@ func newWorker(s *Server) *worker {
 func (w *worker) doRead(fd uintptr) bool {
 	if r := w.s.ring; r != nil {
 		w.nrecv, w.errno = r.recv(w.bufs, w.hdrs, w.names), 0
+		if w.nrecv == 0 && w.spin {
+			w.spin = false
+			w.nrecv = r.poll(w.bufs, w.hdrs, w.names, ringSpin)
+		}
 		return w.nrecv > 0
 	}
 	for i := range w.hdrs {
@@ -1006,6 +1011,7 @@ func (w *worker) run() error {
 			w.commit()
 		}
 		w.commit()
+		w.spin = w.nrecv > 0
 	}
 }
 
