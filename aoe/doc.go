@@ -53,14 +53,15 @@
 //
 // A Server's receiving workers take batches of frames from a
 // PACKET_RX_RING mapped into the process (TPACKET_V2; no system call while
-// frames wait, and the worker waits on the runtime poller only when the
-// ring is empty), or with recvmmsg where the kernel refuses a ring, and
-// answer reads and other quick requests themselves (no allocation per
-// frame), sending the batch's responses with one sendmmsg. With a
-// blockdev.File, a read or write that the page cache serves at once is a
-// raw preadv2/pwritev2 with RWF_NOWAIT (see blockdev), so an idle target
-// woken by one request pays one context switch, like vblade's blocking
-// read. A frame whose
+// frames wait; a worker that has just answered a lone frame polls the
+// empty ring for up to 50 µs, so that a latency-bound initiator's next request does
+// not wake it through the runtime poller), or with recvmmsg where the
+// kernel refuses a ring, and answer reads and other quick requests
+// themselves (no allocation per frame), sending the batch's responses
+// through a PACKET_TX_RING with one sendto (on its own send-only socket),
+// or with one sendmmsg where the kernel refuses that ring or it is full.
+// With a blockdev.File, a read or write that the page cache serves at once
+// is a raw preadv2/pwritev2 with RWF_NOWAIT (see blockdev). A frame whose
 // answer waits for the device to sync never holds a worker up: the worker
 // exchanges its buffer for a free one of a fixed pool (twice the
 // advertised bufcnt, at most 512 frames) and goes on receiving.

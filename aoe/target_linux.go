@@ -821,7 +821,7 @@ type worker struct {
 
 	nrecv  int
 	errno  syscall.Errno
-	spin   bool // doRead polls the ring for a while before waiting
+	spin   bool // doRead polls the empty ring for a while before waiting
 	readFn func(fd uintptr) bool
 }
 
@@ -1011,7 +1011,10 @@ func (w *worker) run() error {
 			w.commit()
 		}
 		w.commit()
-		w.spin = w.nrecv > 0
+		// A batch of one frame: a latency-bound initiator, whose next
+		// request is worth polling for (larger batches mean requests
+		// queue up anyway, and waiting lets the next batch fill).
+		w.spin = w.nrecv == 1
 	}
 }
 

@@ -5,7 +5,7 @@
 # generator to CPU 1). For each op and window it prints:
 #   - req/s and the target's CPU µs/request (utime+stime, /proc/PID/stat);
 #   - system calls and context switches per request of the target
-#     (perf stat tracepoints: recvmmsg, sendmmsg, epoll_pwait, futex, ...),
+#     (perf stat tracepoints: recvmmsg, sendmmsg, sendto (the transmit ring), epoll_pwait, futex, ...),
 #     when perf is installed;
 #   - the top of the target's pprof CPU profile (Go's, with runtime and
 #     syscall time).
@@ -50,7 +50,7 @@ ip -n "$NS_T" link set "$IF_T" mtu "$MTU"
 ip -n "$NS_I" link set "$IF_I" mtu "$MTU"
 
 TCK=$(getconf CLK_TCK)
-EVENTS=syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmmsg,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_nanosleep,syscalls:sys_enter_fdatasync,syscalls:sys_enter_pread64,syscalls:sys_enter_pwrite64,context-switches
+EVENTS=syscalls:sys_enter_recvmmsg,syscalls:sys_enter_sendmmsg,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_nanosleep,syscalls:sys_enter_fdatasync,syscalls:sys_enter_pread64,syscalls:sys_enter_pwrite64,context-switches
 
 for op in $OPS; do
 	for w in $WINDOWS; do

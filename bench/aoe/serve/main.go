@@ -8,7 +8,10 @@
 // With -cpuprofile FILE it writes a pprof CPU profile of its whole run
 // (for bench/aoe-profile.sh).
 //
-//	serve -i IFACE -f FILE [-shelf 1] [-slot 1] [-write-cache] [-ro] [-bufcnt 64] [-log DIR [-sync]] [-cpuprofile FILE]
+// With -qdisc-bypass responses skip the interface's queueing discipline
+// (aoe.Server.QdiscBypass; tcpdump no longer sees them).
+//
+//	serve -i IFACE -f FILE [-shelf 1] [-slot 1] [-write-cache] [-ro] [-bufcnt 64] [-log DIR [-sync]] [-qdisc-bypass] [-cpuprofile FILE]
 package main
 
 import (
@@ -25,6 +28,9 @@ import (
 	"github.com/tharsis/tharsis/blockdev"
 	"github.com/tharsis/tharsis/replicate"
 )
+
+// qdiscBypass is -qdisc-bypass.
+var qdiscBypass = flag.Bool("qdisc-bypass", false, "send responses past the interface's queueing discipline (tcpdump misses them)")
 
 func main() {
 	iface := flag.String("i", "", "interface")
@@ -83,6 +89,7 @@ func run(iface, file string, shelf uint16, slot uint8, wc, ro bool, bufcnt int, 
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	srv.QdiscBypass = *qdiscBypass
 	fmt.Printf("pid %d: e%d.%d on %s\n", os.Getpid(), shelf, slot, iface)
 	return srv.Serve(ctx)
 }
