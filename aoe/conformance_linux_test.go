@@ -501,6 +501,7 @@ var checks = []check{
 // present). Broadcasts other than Query Config and requests of another AoE
 // version differ on purpose: see TestBroadcastAndVersion.
 func TestConformance(t *testing.T) {
+	aoe.SetTxRing(t, true) // veth: not by default
 	for _, im := range []impl{vblade, tharsis} {
 		t.Run(im.name, func(t *testing.T) {
 			runChecks(t, setup(t, im, 1500, tharsisOpts{}))
@@ -650,7 +651,8 @@ func TestBroadcastAndVersion(t *testing.T) {
 
 // TestConformanceRecvmmsg runs the checks against tharsis receiving with
 // recvmmsg and sending with sendmmsg, the fallbacks where the kernel
-// refuses rings (the other tests receive and send through rings).
+// refuses rings (TestConformance receives and sends through rings; on veth
+// the other tests send with sendmmsg).
 func TestConformanceRecvmmsg(t *testing.T) {
 	aoe.SetRxRing(t, false)
 	aoe.SetTxRing(t, false)

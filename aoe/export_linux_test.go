@@ -43,14 +43,14 @@ func SetRxRing(t testing.TB, on bool) {
 func UsesRing(s *Server) bool { return s.ring != nil }
 
 // SetTxRing makes Servers created until the test ends send through a
-// transmit ring (on) or with sendmmsg (off).
+// transmit ring (on, veth interfaces included) or with sendmmsg (off).
 func SetTxRing(t testing.TB, on bool) {
-	old := txRingSlots
-	txRingSlots = 0
+	old, oldAny := txRingSlots, txRingAnyDriver
+	txRingSlots, txRingAnyDriver = 0, on
 	if on {
 		txRingSlots = maxFrames / 2
 	}
-	t.Cleanup(func() { txRingSlots = old })
+	t.Cleanup(func() { txRingSlots, txRingAnyDriver = old, oldAny })
 }
 
 // UsesTxRing reports whether s sends through a transmit ring.

@@ -523,3 +523,17 @@ func TestReceivePaths(t *testing.T) {
 		}
 	}
 }
+
+// TestNoTxRingOnVeth: by default a Server on a veth interface (which
+// copies a ring frame's pages) sends with sendmmsg.
+func TestNoTxRingOnVeth(t *testing.T) {
+	l := serveLive(t, aoe.TargetConfig{Device: blockdev.NewMemory(diskSize)})
+	if aoe.UsesTxRing(l.srv) {
+		t.Fatal("server on a veth interface sends through a transmit ring")
+	}
+	data, err := l.writes(50, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.checkData(data)
+}

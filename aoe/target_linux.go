@@ -82,7 +82,8 @@ type Server struct {
 	// ring is the receive ring (ring_linux.go); nil: recvmmsg. Unmapped
 	// once no worker runs (releaseRing).
 	ring *rxRing
-	// tx is the transmit ring (txring_linux.go); nil: sendmmsg. Closed
+	// tx is the transmit ring (txring_linux.go); nil: sendmmsg (also on
+	// veth and tun interfaces, where the ring costs more). Closed
 	// by Close, after which it takes nothing.
 	tx *txRing
 
@@ -157,7 +158,11 @@ func NewServer(iface string, targets []TargetConfig, logger *slog.Logger) (*Serv
 			c.log.Info("AoE receive ring not available; receiving with recvmmsg", "interface", iface, "err", rerr)
 		}
 	}
-	if txRingSlots > 0 {
+	copies := false
+	if txRingSlots > 0 && !txRingAnyDriver {
+		_ = s.raw.Control(func(fd uintptr) { copies = copiesRingFrames(int(fd), iface) })
+	}
+	if txRingSlots > 0 && !copies {
 		if s.tx, err = newTxRing(ifi.Index, c.frameLen, txRingSlots); err != nil {
 			c.log.Info("AoE transmit ring not available; sending with sendmmsg", "interface", iface, "err", err)
 		}
