@@ -118,8 +118,8 @@ type NodeView struct {
 	Generation uint64 `json:"generation"`
 	// DiskState is one of the Disk* constants; ReplicationState one of
 	// primary, replicating, syncing, sync-needed, paused, stopped-at-mark,
-	// disconnected, split-brain, detached, starting, handing-over,
-	// promoting, left, stale, unreachable.
+	// disconnected, split-brain, unverified, detached, starting,
+	// handing-over, promoting, left, stale, unreachable.
 	DiskState        string `json:"disk_state"`
 	ReplicationState string `json:"replication_state"`
 	Source           string `json:"source"` // the peer it fetches from ("": none)
@@ -345,6 +345,8 @@ func newNodeView(in nodeInput, end *replicate.Position, segs []replicate.Segment
 		n.ReplicationState = rs.Phase.String()
 	case rs.Diverged:
 		n.ReplicationState = "split-brain"
+	case rs.Unverified:
+		n.ReplicationState = "unverified"
 	case syncing:
 		n.ReplicationState = "syncing"
 	case rs.Sync != nil && rs.Sync.State == replicate.SyncNeeded:

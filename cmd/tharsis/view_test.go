@@ -167,3 +167,14 @@ func TestViewLagIsToThePrimarysEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestViewUnverified: a former primary that learned of a newer generation
+// and has not compared its log with the new primary's yet says so.
+func TestViewUnverified(t *testing.T) {
+	beta := secondaryRS(endA)
+	beta.Unverified = true
+	v := appliance.NewView(clusterStatus(primaryRS(), beta, time.Second, ""), appliance.DefaultStaleAfter)
+	if n := v.Resources[0].Nodes[1]; n.Node != "beta" || n.ReplicationState != "unverified" {
+		t.Errorf("node %s: replication %q, want beta unverified", n.Node, n.ReplicationState)
+	}
+}
