@@ -101,6 +101,20 @@ func TestDamagedSegmentNoSource(t *testing.T) {
 			if caughtUp(a.prim, b.sec) {
 				t.Fatal("beta counts as caught up")
 			}
+			if !current {
+				// alpha moved the segment out of its log: a fetcher
+				// that connects afresh (or missed the first refusal)
+				// still hears of the damage, not of a segment gone.
+				b.stopSecondary()
+				b.startSecondary(func() []Peer { return []Peer{a.peer()} }, nil)
+				testutil.WaitFor(t, 20*time.Second, "beta, restarted, to report the damage again", func() bool {
+					st := b.sec.Status()
+					if strings.Contains(st.Err, "holds no segment") {
+						t.Fatalf("alpha told the restarted beta the damaged segment is gone: %s", st.Err)
+					}
+					return strings.Contains(st.Err, "damaged")
+				})
+			}
 			// Writes go on (into the segment after the damage: alpha
 			// sealed a damaged current segment early). A sync started
 			// before any of them would start inside the damaged segment

@@ -69,7 +69,7 @@ func (s *ShipServer) stream(r *shipRes, res, peer string, nc net.Conn, c *wire.C
 		}
 		if cur.Seq == 0 {
 			if len(segs) == 0 || from.Segment < segs[0].Seq {
-				return &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("node %s no longer holds segment %d of the log, which the fetcher needs next (run a full sync: `tharsis invalidate RES`)", s.Node, from.Segment)}
+				return s.missing(src, from.Segment, &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("node %s no longer holds segment %d of the log, which the fetcher needs next (run a full sync: `tharsis invalidate RES`)", s.Node, from.Segment)})
 			}
 			cur = SegmentName{Seq: from.Segment}
 		} else if cur.Seq < src.End().Segment {
@@ -95,6 +95,13 @@ func (s *ShipServer) stream(r *shipRes, res, peer string, nc net.Conn, c *wire.C
 				} else if ok {
 					cur = n
 					continue
+				}
+				if end.Segment > cur.Seq {
+					// This node's log is past the segment but lacks
+					// it: moved out for damage, it may never come.
+					if e := s.missing(src, cur.Seq, nil); e != nil {
+						return e
+					}
 				}
 			}
 		} else {
@@ -145,7 +152,7 @@ func (s *ShipServer) stream(r *shipRes, res, peer string, nc net.Conn, c *wire.C
 					return err
 				}
 				if !ok {
-					return &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("node %s holds no segment %d of the log after %s", s.Node, cur.Seq+1, cur)}
+					return s.missing(src, cur.Seq+1, &wire.Error{Code: wire.CodeGone, Message: fmt.Sprintf("node %s holds no segment %d of the log after %s", s.Node, cur.Seq+1, cur)})
 				}
 				cur, off = next, 0
 				continue
@@ -202,6 +209,20 @@ func readAcks(c *wire.Conn, src Source, peer string, shipped *ackBound) {
 			sink.NoteAck(peer, p)
 		}
 	}
+}
+
+// missing returns the refusal for segment seq, which this node does not
+// hold: the damage, when the segment was moved out of the log for it and
+// is not restored yet (a fetcher that missed the first refusal still learns
+// why, and tries another peer instead of taking the segment for gone);
+// else gone (which may be nil).
+func (s *ShipServer) missing(src Source, seq uint64, gone *wire.Error) *wire.Error {
+	for _, d := range src.Status().Damage {
+		if n, ok := ParseSegmentName(d.Segment); ok && n.Seq == seq && d.Quarantined != "" && !d.Restored {
+			return &wire.Error{Code: wire.CodeCorrupt, Message: fmt.Sprintf("node %s's copy of log segment %s is damaged at offset %d (%s)", s.Node, d.Segment, d.Offset, d.Reason)}
+		}
+	}
+	return gone
 }
 
 // findSegment looks up the segment numbered seq in dir.
