@@ -30,27 +30,15 @@ for tool in go nbdcopy nbdinfo nbdkit qemu-nbd nbd-server fio python3; do
 	}
 done
 
+. bench/nbd/lib.sh
 base=/dev/shm
 [ -w "$base" ] || base=${TMPDIR:-/tmp}
-WORK=$(mktemp -d "$base/tharsis-nbd-bench.XXXXXX")
-PIDS=()
+bench_work nbd "$base"
 NBD_SERVER_PIDFILE=$WORK/nbd-server.pid
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	if [ -s "$NBD_SERVER_PIDFILE" ]; then kill "$(cat "$NBD_SERVER_PIDFILE")" 2>/dev/null || true; fi
+bench_kill_more() {
 	# nbd-server forks a child per connection; they exit with their client.
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$WORK"
+	if [ -s "$NBD_SERVER_PIDFILE" ]; then kill "$(cat "$NBD_SERVER_PIDFILE")" 2>/dev/null || true; fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Pin servers to core 0 and clients to core 1 when there are two cores.
-SRV=() CLI=() PIN="not pinned"
-if [ "${BENCH_NOPIN:-}" != 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-	SRV=(taskset -c 0) CLI=(taskset -c 1)
-	PIN="servers pinned to CPU 0, clients to CPU 1 (taskset)"
-fi
 
 echo "building the tharsis export server..."
 go build -o "$WORK/serve" ./bench/nbd/serve

@@ -36,23 +36,10 @@ for tool in go nbdcopy nbdinfo fio python3; do
 	}
 done
 
+. bench/nbd/lib.sh
 base=/dev/shm
 [ -w "$base" ] || base=${TMPDIR:-/tmp}
-WORK=$(mktemp -d "$base/tharsis-nbdtls-bench.XXXXXX")
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-SRV=() CLI=() PIN="not pinned"
-if [ "${BENCH_NOPIN:-}" != 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-	SRV=(taskset -c 0) CLI=(taskset -c 1)
-	PIN="server pinned to CPU 0, clients to CPU 1 (taskset)"
-fi
+bench_work nbdtls "$base"
 
 echo "building the export server and tharsis..."
 go build -o "$WORK/serve" ./bench/nbd/serve

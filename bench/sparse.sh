@@ -30,21 +30,8 @@ for tool in go nbdcopy nbdinfo nbdkit python3; do
 	}
 done
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/tharsis-sparse-bench.XXXXXX")
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-SRV=() CLI=() PIN="not pinned"
-if [ "${BENCH_NOPIN:-}" != 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-	SRV=(taskset -c 0) CLI=(taskset -c 1)
-	PIN="servers pinned to CPU 0, clients to CPU 1 (taskset)"
-fi
+. bench/nbd/lib.sh
+bench_work sparse
 
 echo "building the tharsis export server..."
 go build -o "$WORK/serve" ./bench/nbd/serve
