@@ -23,14 +23,9 @@ RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
 PORT=${BENCH_PORT:-21800}
 SIZE=$((256 << 20))
 
-for tool in go nbdcopy nbdinfo nbdkit qemu-nbd nbd-server fio python3; do
-	command -v "$tool" >/dev/null || {
-		echo "bench/nbd.sh: $tool is missing; install with: apt-get install libnbd-bin nbdkit qemu-utils nbd-server fio python3" >&2
-		exit 1
-	}
-done
-
 . bench/nbd/lib.sh
+bench_need "libnbd-bin nbdkit qemu-utils nbd-server fio python3" go nbdcopy nbdinfo nbdkit qemu-nbd nbd-server fio python3
+
 base=/dev/shm
 [ -w "$base" ] || base=${TMPDIR:-/tmp}
 bench_work nbd "$base"
@@ -73,14 +68,7 @@ cat >"$WORK/nbd-server.conf" <<EOF
 EOF
 "${SRV[@]}" nbd-server -C "$WORK/nbd-server.conf" -p "$NBD_SERVER_PIDFILE" >"$WORK/nbd-server.log" 2>&1
 
-for n in "${names[@]}"; do
-	ok=
-	for _ in $(seq 100); do
-		if nbdinfo --size "${URI[$n]}" >/dev/null 2>&1; then ok=1; break; fi
-		sleep 0.1
-	done
-	[ -n "$ok" ] || { echo "bench/nbd.sh: $n did not come up at ${URI[$n]}" >&2; exit 1; }
-done
+for n in "${names[@]}"; do bench_wait_up "${URI[$n]}"; done
 
 now() { date +%s.%N; }
 mbps() { python3 -c "import sys; print(f'{$SIZE / 1e6 / ($2 - $1):.0f}')" ; }

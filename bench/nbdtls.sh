@@ -29,14 +29,9 @@ RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
 PORT=${BENCH_PORT:-21810}
 SIZE=$((256 << 20))
 
-for tool in go nbdcopy nbdinfo fio python3; do
-	command -v "$tool" >/dev/null || {
-		echo "bench/nbdtls.sh: $tool is missing; install with: apt-get install libnbd-bin fio python3" >&2
-		exit 1
-	}
-done
-
 . bench/nbd/lib.sh
+bench_need "libnbd-bin fio python3" go nbdcopy nbdinfo fio python3
+
 base=/dev/shm
 [ -w "$base" ] || base=${TMPDIR:-/tmp}
 bench_work nbdtls "$base"

@@ -23,14 +23,9 @@ REPEAT=${BENCH_REPEAT:-5}
 RESULTS=${BENCH_RESULTS:-bench/RESULTS.md}
 PORT=${BENCH_PORT:-21810}
 
-for tool in go nbdcopy nbdinfo nbdkit python3; do
-	command -v "$tool" >/dev/null || {
-		echo "bench/sparse.sh: $tool is missing; install with: apt-get install libnbd-bin nbdkit python3" >&2
-		exit 1
-	}
-done
-
 . bench/nbd/lib.sh
+bench_need "libnbd-bin nbdkit python3" go nbdcopy nbdinfo nbdkit python3
+
 bench_work sparse
 
 echo "building the tharsis export server..."
@@ -53,14 +48,7 @@ PIDS+=($!)
 PID[nbdkit]=$!
 URI[nbdkit]="nbd://127.0.0.1:$((PORT + 1))/"
 names=(tharsis nbdkit)
-for n in "${names[@]}"; do
-	ok=
-	for _ in $(seq 100); do
-		if nbdinfo --size "${URI[$n]}" >/dev/null 2>&1; then ok=1; break; fi
-		sleep 0.1
-	done
-	[ -n "$ok" ] || { echo "bench/sparse.sh: $n did not come up at ${URI[$n]}" >&2; exit 1; }
-done
+for n in "${names[@]}"; do bench_wait_up "${URI[$n]}"; done
 
 rchar() { awk '/^rchar:/ {print $2}' "/proc/$1/io"; }
 # copy NAME MODE: median seconds of $REPEAT copies, and MiB read per copy.

@@ -28,3 +28,30 @@ if [ "${BENCH_NOPIN:-}" != 1 ] && command -v taskset >/dev/null && [ "$(nproc)" 
 	SRV=(taskset -c 0) CLI=(taskset -c 1)
 	PIN="servers pinned to CPU 0, clients to CPU 1 (taskset)"
 fi
+
+# bench_need PACKAGES TOOL...: exit, naming the Debian packages to install,
+# when a tool is missing.
+bench_need() {
+	local pkgs=$1 tool
+	shift
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null || {
+			echo "$0: $tool is missing; install with: apt-get install $pkgs" >&2
+			exit 1
+		}
+	done
+}
+
+# bench_wait_up URI...: wait (10 s at most) until each NBD URI answers;
+# exit naming the first that does not.
+bench_wait_up() {
+	local uri ok
+	for uri in "$@"; do
+		ok=
+		for _ in $(seq 100); do
+			if nbdinfo --size "$uri" >/dev/null 2>&1; then ok=1; break; fi
+			sleep 0.1
+		done
+		[ -n "$ok" ] || { echo "$0: no NBD server came up at $uri" >&2; exit 1; }
+	done
+}
