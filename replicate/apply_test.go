@@ -407,6 +407,7 @@ func TestEmergencyAfterUnappliedWrites(t *testing.T) {
 	p := openTest(t, dev, t.TempDir(), func(o *Options) {
 		o.FS = fsys
 		o.MinAppliedByPeers = func() Position { return Position{} }
+		o.ZeroAhead = noZeroAhead
 	})
 	p.w.mu.Lock()
 	p.w.statfsMaxAge = 0

@@ -31,16 +31,20 @@ func BenchmarkPrimaryWrite(b *testing.B) {
 	}
 }
 
-// BenchmarkLogSync compares the write path with sync=true with and without
-// preallocated log segments (Options.prealloc), at queue depth 1 (every
-// write one fdatasync) and 32 (group commit), 4 KiB writes. -count N runs
-// each N times in a row: to compare under the same noise, run the test
-// binary N times instead (bench/RESULTS.md).
+// BenchmarkLogSync compares the write path with and without zeros written
+// ahead of the records (Options.ZeroAhead): 4 KiB writes with sync=true at
+// queue depth 1 (every write one fdatasync) and 32 (group commit), FUA
+// writes, and 256 KiB writes with and without sync (where zeros would only
+// cost bandwidth). -count N runs each N times in a row: to compare under
+// the same noise, run the test binary N times instead (bench/RESULTS.md).
 func BenchmarkLogSync(b *testing.B) {
-	for _, qd := range []int{1, 32} {
-		for _, chunk := range []int64{0, benchPrealloc} {
-			b.Run(fmt.Sprintf("qd=%d/prealloc=%dM", qd, chunk>>20), func(b *testing.B) {
-				benchPrimaryWriteOpts(b, 4<<10, "sync=true", qd, chunk)
+	for _, c := range []struct {
+		bs, qd int
+		mode   string
+	}{{4 << 10, 1, "sync=true"}, {4 << 10, 32, "sync=true"}, {4 << 10, 32, "fua"}, {256 << 10, 32, "sync=true"}, {256 << 10, 32, "sync=false"}} {
+		for _, ahead := range []int64{-1, DefaultZeroAhead} {
+			b.Run(fmt.Sprintf("bs=%dk/qd=%d/%s/zeroahead=%dM", c.bs>>10, c.qd, c.mode, max(0, ahead)>>20), func(b *testing.B) {
+				benchPrimaryWriteOpts(b, c.bs, c.mode, c.qd, ahead)
 			})
 		}
 	}
@@ -63,7 +67,7 @@ func benchPlainWrite(b *testing.B, bs int) {
 
 func benchPrimaryWrite(b *testing.B, bs int, mode string) { benchPrimaryWriteOpts(b, bs, mode, 32, 0) }
 
-func benchPrimaryWriteOpts(b *testing.B, bs int, mode string, qd int, prealloc int64) {
+func benchPrimaryWriteOpts(b *testing.B, bs int, mode string, qd int, zeroAhead int64) {
 	dir := b.TempDir()
 	data, err := blockdev.CreateFile(filepath.Join(dir, "data.img"), benchSize)
 	if err != nil {
@@ -71,7 +75,7 @@ func benchPrimaryWriteOpts(b *testing.B, bs int, mode string, qd int, prealloc i
 	}
 	syncs := new(atomic.Int64)
 	p, err := OpenPrimary(data, Options{Dir: filepath.Join(dir, "log"), Node: "bench", Resource: "bench", Sync: mode == "sync=true",
-		CheckpointInterval: benchCheckpoint, FS: syncCountFS{syncs: syncs}, prealloc: prealloc})
+		CheckpointInterval: benchCheckpoint, FS: syncCountFS{syncs: syncs}, ZeroAhead: zeroAhead})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -86,7 +90,7 @@ func benchPrimaryWriteOpts(b *testing.B, bs int, mode string, qd int, prealloc i
 }
 
 // syncCountFS counts the fdatasyncs of log segments; the files keep the
-// optional interfaces of the OS files (pwritev, preallocation).
+// optional interfaces of the OS files (pwritev).
 type syncCountFS struct {
 	OSFS
 	syncs *atomic.Int64

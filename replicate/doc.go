@@ -13,9 +13,14 @@
 //
 // where seq numbers segments of the resource (globally, across nodes) and node
 // names the node that wrote it. Every segment but the newest ends with a
-// segment-end marker record; a segment is written only by appending and is
-// never reused. Beside the segments, the file "applied" holds the persisted
-// applied position (JSON, replaced atomically by tmp+fsync+rename).
+// segment-end marker record; records are only appended, and a segment is
+// never reused. While the log is synced often, the primary keeps the newest
+// segment written with zeros (and fdatasync'd) ahead of its records, so
+// the fdatasync after a record overwrites blocks instead of growing the
+// file (Options.ZeroAhead); an all-zero tail of the newest segment is its
+// end (SegmentInfo.Zero), and a segment sealed or closed is cut to its end.
+// Beside the segments, the file "applied" holds the persisted applied
+// position (JSON, replaced atomically by tmp+fsync+rename).
 //
 // # Records
 //
@@ -43,7 +48,9 @@
 // # Torn tails and corruption
 //
 // A crash can leave the end of the newest segment half written: a short
-// record, zeroed bytes, or a bad checksum. Because writes are batched between
+// record, zeroed bytes, or a bad checksum. (An all-zero tail is reported
+// as SegmentInfo.Zero rather than Torn: it is usually the zeros written
+// ahead; either is cut.) Because writes are batched between
 // fdatasyncs, the pages of an unsynced batch may reach the disk in any order,
 // so a bad record followed by valid ones is not necessarily corruption. The
 // synced field resolves it, as pebble's WAL does: a bad record at offset X in

@@ -79,7 +79,7 @@ func write(p *Primary, s string, off int64) func() error {
 func TestSyncOffAcksBeforeSync(t *testing.T) {
 	fsys := newFaultFS()
 	mem := blockdev.NewMemory(devSize)
-	p := openTest(t, mem, t.TempDir(), func(o *Options) { o.FS = fsys })
+	p := openTest(t, mem, t.TempDir(), func(o *Options) { o.FS = fsys; o.ZeroAhead = noZeroAhead })
 	t.Cleanup(func() { p.Close() })
 	entered, release := gateSyncs(t, fsys)
 	base := fsys.syncs()
@@ -122,7 +122,7 @@ func TestSyncOffAcksBeforeSync(t *testing.T) {
 func TestSyncOnWaitsForSync(t *testing.T) {
 	fsys := newFaultFS()
 	mem := blockdev.NewMemory(devSize)
-	p := openTest(t, mem, t.TempDir(), func(o *Options) { o.FS = fsys; o.Sync = true })
+	p := openTest(t, mem, t.TempDir(), func(o *Options) { o.FS = fsys; o.Sync = true; o.ZeroAhead = noZeroAhead })
 	t.Cleanup(func() { p.Close() })
 	entered, release := gateSyncs(t, fsys)
 	base := fsys.syncs()
@@ -156,7 +156,7 @@ func TestSyncOnWaitsForSync(t *testing.T) {
 func TestCheckpointNotPastDurable(t *testing.T) {
 	fsys := newFaultFS()
 	dir := t.TempDir()
-	p := openTest(t, blockdev.NewMemory(devSize), dir, func(o *Options) { o.FS = fsys })
+	p := openTest(t, blockdev.NewMemory(devSize), dir, func(o *Options) { o.FS = fsys; o.ZeroAhead = noZeroAhead })
 	t.Cleanup(func() { p.Close() })
 	for i := range 5 {
 		if _, err := p.WriteAt(bytes.Repeat([]byte{1}, 700), int64(i)*1000); err != nil {

@@ -19,7 +19,7 @@ func TestEmergencyMode(t *testing.T) {
 	mem := blockdev.NewMemory(16 << 20)
 	held := func() Position { return Position{} } // a peer that replayed nothing
 	open := func() *Primary {
-		p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys; o.MinAppliedByPeers = held })
+		p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys; o.MinAppliedByPeers = held; o.ZeroAhead = noZeroAhead })
 		p.w.mu.Lock()
 		p.w.statfsMaxAge = 0
 		p.w.mu.Unlock()
@@ -106,7 +106,7 @@ func TestEmergencySecondaryResync(t *testing.T) {
 	const size = 16 << 20
 	a, b := newNode(t, "alpha", size), newNode(t, "beta", size)
 	fsys := newFaultFS()
-	p, err := OpenPrimary(noClose{a.data}, Options{Dir: a.dir, Node: "alpha", Resource: "r0", SegmentSize: 1 << 20, FS: fsys,
+	p, err := OpenPrimary(noClose{a.data}, Options{Dir: a.dir, Node: "alpha", Resource: "r0", SegmentSize: 1 << 20, FS: fsys, ZeroAhead: noZeroAhead,
 		CheckpointInterval: time.Hour, Logger: a.logger(), MinAppliedByPeers: func() Position {
 			if b.sec == nil {
 				return Position{}

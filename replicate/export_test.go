@@ -1,7 +1,7 @@
 package replicate
 
 import (
-	"errors"
+	"bytes"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,6 +28,9 @@ func (p *Primary) crash() {
 	p.stopApplier() // what the window holds stays unapplied, as after a kill
 	close(p.stop)
 	p.bg.Wait()
+	p.w.mu.Lock()
+	p.w.allocated = 0 // a kill leaves the zeros ahead behind: close must not cut them
+	p.w.mu.Unlock()
 	p.w.close()
 	p.em.close()
 }
@@ -47,9 +50,10 @@ type faultFS struct {
 	// onWrite, if set, runs before every segment write (outside mu); an
 	// error fails the write after half of it is written.
 	onWrite func(off int64) error
-	// preallocErr fails every segment preallocation; preallocs counts them.
-	preallocErr error
-	preallocs   int
+	// zeroErr fails every segment write of zeros (the writer's zeros
+	// ahead; a record is never all zero); zeroWrites counts them.
+	zeroErr    error
+	zeroWrites int
 }
 
 func newFaultFS() *faultFS { return &faultFS{avail: -1} }
@@ -93,8 +97,15 @@ type faultFile struct {
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
+	zero := f.seg && len(p) > 0 && p[0] == 0 && bytes.Equal(p, make([]byte, len(p)))
 	f.fs.mu.Lock()
 	err, hook := f.fs.writeErr, f.fs.onWrite
+	if zero {
+		f.fs.zeroWrites++
+		if f.fs.zeroErr != nil {
+			err = f.fs.zeroErr
+		}
+	}
 	f.fs.mu.Unlock()
 	if hook != nil && f.seg && err == nil {
 		err = hook(off)
@@ -125,20 +136,6 @@ func (f *faultFile) Sync() error {
 		return err
 	}
 	return f.File.Sync()
-}
-
-func (f *faultFile) Preallocate(off, n int64) error {
-	f.fs.mu.Lock()
-	err := f.fs.preallocErr
-	if f.seg {
-		f.fs.preallocs++
-	}
-	f.fs.mu.Unlock()
-	p, ok := f.File.(preallocator)
-	if err != nil && f.seg || !ok {
-		return errors.Join(err, errors.ErrUnsupported)
-	}
-	return p.Preallocate(off, n)
 }
 
 func (f *faultFS) syncs() int {

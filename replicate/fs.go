@@ -95,22 +95,6 @@ func writeVAt(f File, bufs [][]byte, off int64, scratch *[]byte) (int, error) {
 	return f.WriteAt(b, off)
 }
 
-// preallocator is a File that can reserve disk blocks for bytes not
-// written yet without changing its size.
-type preallocator interface {
-	// Preallocate reserves the blocks of [off, off+n); the file's size
-	// stays what it is. It may reserve part and fail (ENOSPC).
-	Preallocate(off, n int64) error
-}
-
-// Preallocate implements preallocator with fallocate(FALLOC_FL_KEEP_SIZE):
-// an fdatasync after writing into reserved blocks need not allocate any,
-// and every reader that takes the file's size as the end of what was
-// written stays right. Truncating the file frees what lies past its size.
-func (f osFile) Preallocate(off, n int64) error {
-	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, off, n)
-}
-
 func (f osFile) Size() (int64, error) {
 	st, err := f.Stat()
 	if err != nil {
@@ -179,6 +163,30 @@ func (OSFS) Available(dir string) (int64, error) {
 		return 0, err
 	}
 	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// zerosAheadUseless says whether dir (or, while it does not exist, its
+// nearest existing parent) lies on a filesystem where zeros written ahead
+// of the log's records gain nothing: copy-on-write ones (btrfs, ZFS,
+// bcachefs), where an overwrite allocates blocks as an append does, and
+// memory ones (tmpfs, ramfs), where fdatasync has nothing to write.
+func zerosAheadUseless(dir string) bool {
+	const zfsMagic, bcachefsMagic = 0x2fc12fc1, 0xca451a4e
+	for {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err == nil {
+			switch int64(st.Type) {
+			case unix.BTRFS_SUPER_MAGIC, zfsMagic, bcachefsMagic, unix.TMPFS_MAGIC, unix.RAMFS_MAGIC:
+				return true
+			}
+			return false
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return false
+		}
+		dir = parent
+	}
 }
 
 // isNoSpace reports whether err says the filesystem is full.

@@ -50,7 +50,7 @@ func TestParallelWritesCompleteInOrder(t *testing.T) {
 	logDir := t.TempDir()
 	fsys := newFaultFS()
 	mem := blockdev.NewMemory(devSize)
-	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys; o.NoEmergency = true })
+	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys; o.NoEmergency = true; o.ZeroAhead = noZeroAhead })
 	if _, err := p.WriteAt([]byte("acked"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestHoleIsTornTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	fsys := newFaultFS()
-	p := openTest(t, data, logDir, func(o *Options) { o.FS = fsys })
+	p := openTest(t, data, logDir, func(o *Options) { o.FS = fsys; o.ZeroAhead = noZeroAhead })
 	t.Cleanup(func() { p.Close() }) // after the held write is released
 	acked := bytes.Repeat([]byte("k"), 3000)
 	if _, err := p.WriteAt(acked, 4096); err != nil {

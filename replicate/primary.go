@@ -52,11 +52,13 @@ type Options struct {
 	// applied to the data device (TOML `apply_window`); a writer waits
 	// while it is full. 0 means DefaultApplyWindow.
 	ApplyWindow int64
-	// prealloc, if > 0, keeps the blocks of the current segment reserved
-	// that far past its records (logWriter.grow). Off by default: on ext4
-	// it did not pay (bench/RESULTS.md, "log preallocation"); benchmarks
-	// and tests turn it on.
-	prealloc int64
+	// ZeroAhead is how far ahead of its records the current log segment
+	// is kept written with zeros and fdatasync'd while the log is synced
+	// often, so an fdatasync overwrites blocks instead of allocating them
+	// (bench/RESULTS.md, "Zeros ahead"). 0 means DefaultZeroAhead, or
+	// off where it gains nothing: on a copy-on-write filesystem (btrfs,
+	// ZFS), where overwrites allocate too, and on tmpfs; < 0 turns it off.
+	ZeroAhead int64
 	// MinAppliedByPeers, if set, returns the lowest position applied on
 	// every other node of the resource; DeleteApplied keeps what it does
 	// not cover. Nil: only this node counts.
@@ -143,6 +145,12 @@ var _ blockdev.Device = (*Primary)(nil)
 func OpenPrimary(data blockdev.Device, opts Options) (*Primary, error) {
 	if opts.Dir == "" || !validNode(opts.Node) {
 		return nil, fmt.Errorf("replicate: need a log directory and a node name of letters, digits, '_', '.', '-' (got dir %q node %q)", opts.Dir, opts.Node)
+	}
+	if opts.ZeroAhead == 0 {
+		opts.ZeroAhead = DefaultZeroAhead
+		if _, osfs := opts.FS.(OSFS); (opts.FS == nil || osfs) && zerosAheadUseless(opts.Dir) {
+			opts.ZeroAhead = -1
+		}
 	}
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = DefaultSegmentSize
@@ -281,7 +289,7 @@ func (p *Primary) recover() error {
 	p.w = startWriter(&logWriter{
 		fsys: fsys, dir: dir, node: p.opts.Node, segSize: p.opts.SegmentSize, minFree: p.opts.MinFree,
 		resource: resName(p.opts.Resource), logger: p.logger, onRotate: func(SegmentInfo) { p.kickCheckpoint() },
-		syncEvery: p.opts.Sync, afterRotate: p.writeIndex, prealloc: p.opts.prealloc,
+		syncEvery: p.opts.Sync, afterRotate: p.writeIndex, zeroAhead: max(0, p.opts.ZeroAhead),
 	}, cur, segs, last.Seq, last)
 	p.book.load(idx)
 	p.writeIndex()
@@ -290,7 +298,7 @@ func (p *Primary) recover() error {
 
 // sealSegment appends the segment-end marker to the unsealed segment s
 // (every record of which is intact) after making what it holds durable,
-// cuts the file to the marker's end (freeing blocks preallocated past it),
+// cuts the file to the marker's end (freeing the zeros written past it),
 // and returns the position after the marker.
 func sealSegment(fsys FS, dir string, s *SegmentInfo) (Position, error) {
 	path := filepath.Join(dir, s.Name.String())

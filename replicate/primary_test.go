@@ -20,6 +20,12 @@ import (
 
 const devSize = 1 << 20
 
+// noZeroAhead turns the zeros written ahead of the records off, for tests
+// that count the log's fdatasyncs, watch the segment's size or fill the log
+// filesystem by statfs (the zeros ahead count as free:
+// TestZeroAheadCountsAsFree).
+const noZeroAhead = -1
+
 func openTest(t *testing.T, data blockdev.Device, dir string, mod func(*Options)) *Primary {
 	t.Helper()
 	opts := Options{Dir: dir, Node: "alpha", Resource: "r0", CheckpointInterval: time.Hour}
@@ -304,7 +310,7 @@ func TestPrimaryNoSpace(t *testing.T) {
 	logDir := t.TempDir()
 	fsys := newFaultFS()
 	mem := blockdev.NewMemory(devSize)
-	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys; o.NoEmergency = true })
+	p := openTest(t, mem, logDir, func(o *Options) { o.FS = fsys; o.NoEmergency = true; o.ZeroAhead = noZeroAhead })
 	p.w.mu.Lock()
 	p.w.statfsMaxAge = 0 // see every change of the fake free space at once
 	p.w.mu.Unlock()

@@ -196,20 +196,24 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 			return res, err
 		}
 		found(info)
-		if info.Torn > 0 {
+		if info.Torn > 0 || info.Zero > 0 {
 			res.cut = info.Torn
 			if opt.CutTornTail {
-				logger.Warn("cutting the torn tail of the newest log segment (it was never acknowledged)",
-					"segment", path, "offset", info.End, "bytes", info.Torn, "why", info.TornErr)
+				if info.Torn > 0 {
+					logger.Warn("cutting the torn tail of the newest log segment (it was never acknowledged)",
+						"segment", path, "offset", info.End, "bytes", info.Torn, "why", info.TornErr)
+				} else {
+					logger.Debug("cutting the zeros written ahead of the newest log segment's records", "segment", path, "offset", info.End, "bytes", info.Zero)
+				}
 				err = f.Truncate(info.End)
 				if err == nil {
 					err = f.Sync()
 				}
 				if err != nil {
 					f.Close()
-					return res, fmt.Errorf("cut torn tail of %s at %d: %w", path, info.End, err)
+					return res, fmt.Errorf("cut the tail of %s at %d: %w", path, info.End, err)
 				}
-				info.Torn = 0
+				info.Torn, info.Zero = 0, 0
 			}
 		}
 		f.Close()

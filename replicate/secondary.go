@@ -377,8 +377,10 @@ func (s *Secondary) recoverFetched() (Position, SegmentInfo, error) {
 			f.Close()
 			return Position{}, SegmentInfo{}, err
 		}
-		if info.Torn > 0 {
-			s.logger.Warn("cutting the torn tail of the newest fetched segment (it was never reported as fetched)", "segment", path, "offset", info.End, "bytes", info.Torn)
+		if info.Torn > 0 || info.Zero > 0 {
+			if info.Torn > 0 {
+				s.logger.Warn("cutting the torn tail of the newest fetched segment (it was never reported as fetched)", "segment", path, "offset", info.End, "bytes", info.Torn)
+			}
 			if err := f.Truncate(info.End); err != nil {
 				f.Close()
 				return Position{}, SegmentInfo{}, err

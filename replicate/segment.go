@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -129,6 +130,11 @@ type SegmentInfo struct {
 	Sealed   bool  // ends with a segment-end marker
 	Torn     int64 // bytes after End that were found to be a torn tail
 	TornErr  error // why the tail was judged torn (nil if Torn == 0)
+	// Zero counts the bytes after End that are all zero: the writer's
+	// zeros ahead of its records (or, after a machine crash, unsynced
+	// records that never reached the disk). Only the newest segment may
+	// end so; like a torn tail, recovery cuts them.
+	Zero int64
 }
 
 // ScanOptions configure ScanSegment.
@@ -187,6 +193,10 @@ func ScanSegment(r io.ReaderAt, size int64, n SegmentName, opt ScanOptions, fn f
 			}
 			if off < opt.Durable {
 				return info, corrupt(off, "%v, but the applied position at offset %d says everything before it had been synced", err, opt.Durable)
+			}
+			if zeroTo(r, off, size, &buf) {
+				info.Zero = size - off
+				return info, nil
 			}
 			if proof, ok := syncedPast(r, size, off, n.Seq, &buf); ok {
 				return info, corrupt(off, "%v, but the record at offset %d says everything before offset %d had been synced", err, proof.at, proof.synced)
@@ -267,6 +277,27 @@ func readRecord(r io.ReaderAt, size, off int64, buf *[]byte) (Record, int64, err
 		rec.Payload = b[HeaderSize:n:n]
 	}
 	return rec, off + n, nil
+}
+
+// zeroTo says whether r holds only zero bytes from off to size.
+func zeroTo(r io.ReaderAt, off, size int64, buf *[]byte) bool {
+	b := *buf
+	if cap(b) < 64<<10 {
+		b = make([]byte, 64<<10)
+		*buf = b
+	}
+	b = b[:cap(b)]
+	for off < size {
+		n, err := r.ReadAt(b[:min(int64(len(b)), size-off)], off)
+		if !bytes.Equal(b[:n], zeros[:n]) {
+			return false
+		}
+		if n == 0 || err != nil && !errors.Is(err, io.EOF) {
+			return false
+		}
+		off += int64(n)
+	}
+	return true
 }
 
 type syncProof struct{ at, synced int64 }

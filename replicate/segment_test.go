@@ -54,6 +54,7 @@ func TestScanSegment(t *testing.T) {
 		newest   bool
 		records  int   // fn calls
 		torn     bool  // a torn tail was found
+		zero     bool  // a zero tail was found
 		end      int64 // -1: len(b)
 		corrupt  bool
 		errMatch string
@@ -63,7 +64,7 @@ func TestScanSegment(t *testing.T) {
 		{name: "sealed without marker", b: good, corrupt: true, errMatch: "without its segment-end marker"},
 		{name: "newest cut mid-header", b: good[:offs[4]+10], newest: true, records: 4, torn: true, end: offs[4]},
 		{name: "newest cut mid-payload", b: good[:len(good)-1], newest: true, records: 4, torn: true, end: offs[4]},
-		{name: "newest zeroed tail", b: append(bytes.Clone(good[:offs[3]]), make([]byte, len(good)-int(offs[3]))...), newest: true, records: 3, torn: true, end: offs[3]},
+		{name: "newest zeroed tail", b: append(bytes.Clone(good[:offs[3]]), make([]byte, len(good)-int(offs[3]))...), newest: true, records: 3, zero: true, end: offs[3]},
 		{name: "newest bad crc in last batch", b: corruptAt(good, offs[3]), newest: true, records: 3, torn: true, end: offs[3]},
 		{name: "newest bad crc before a synced batch", b: corruptAt(good, offs[1]), newest: true, corrupt: true, errMatch: "had been synced"},
 		{name: "sealed bad crc", b: corruptAt(sealed, offs[4]), corrupt: true, errMatch: "checksum"},
@@ -89,11 +90,11 @@ func TestScanSegment(t *testing.T) {
 			if end < 0 {
 				end = int64(len(tt.b))
 			}
-			if n != tt.records || (info.Torn > 0) != tt.torn || info.End != end {
-				t.Fatalf("records %d torn %d end %d; want %d %v %d", n, info.Torn, info.End, tt.records, tt.torn, end)
+			if n != tt.records || (info.Torn > 0) != tt.torn || (info.Zero > 0) != tt.zero || info.End != end {
+				t.Fatalf("records %d torn %d zero %d end %d; want %d %v %v %d", n, info.Torn, info.Zero, info.End, tt.records, tt.torn, tt.zero, end)
 			}
-			if info.End+info.Torn != int64(len(tt.b)) {
-				t.Fatalf("end %d + torn %d != %d", info.End, info.Torn, len(tt.b))
+			if info.End+info.Torn+info.Zero != int64(len(tt.b)) {
+				t.Fatalf("end %d + torn %d + zero %d != %d", info.End, info.Torn, info.Zero, len(tt.b))
 			}
 		})
 	}

@@ -103,25 +103,62 @@ func (s idleSource) Status() ResourceStatus {
 
 // LogSegments lists the segments of the log in dir, oldest first, with
 // their sizes; a segment counts as sealed when it ends with a segment-end
-// marker.
+// marker. The newest segment, if unsealed and ending in zeros (written
+// ahead of its records by a primary that did not close it), is listed up
+// to the end of its records.
 func LogSegments(dir string) []SegmentSummary {
 	names, _ := listSegments(OSFS{}, dir)
 	out := []SegmentSummary{}
-	for _, n := range names {
+	for i, n := range names {
 		f, err := os.Open(filepath.Join(dir, n.String()))
 		if err != nil {
 			continue
 		}
 		var size int64
-		if st, err := f.Stat(); err == nil {
+		st, err := f.Stat()
+		if err == nil {
 			size = st.Size()
 		}
 		sealed := isSealedAt(f, size)
+		if i == len(names)-1 && !sealed && st != nil {
+			size = recordsEnd(f, n, st)
+		}
 		f.Close()
 		out = append(out, SegmentSummary{Name: n.String(), Size: size, Sealed: sealed})
 	}
 	return out
 }
+
+// recordsEnd returns the end of the records of the unsealed newest
+// segment f: its size, unless it ends in a zero byte, in which case it is
+// scanned (once per size and modification time: the answer is cached).
+func recordsEnd(f *os.File, n SegmentName, st os.FileInfo) int64 {
+	size := st.Size()
+	var last [1]byte
+	if size == 0 {
+		return 0
+	}
+	if _, err := f.ReadAt(last[:], size-1); err != nil || last[0] != 0 {
+		return size
+	}
+	key := recordsEndKey{size: size, mtime: st.ModTime().UnixNano()}
+	if c, ok := recordsEnds.Load(f.Name()); ok && c.(recordsEndKey).size == key.size && c.(recordsEndKey).mtime == key.mtime {
+		return c.(recordsEndKey).end
+	}
+	info, err := ScanSegment(f, size, n, ScanOptions{Newest: true, Path: f.Name()}, nil)
+	if err != nil {
+		return size
+	}
+	key.end = info.End
+	recordsEnds.Store(f.Name(), key)
+	return info.End
+}
+
+type recordsEndKey struct{ size, mtime, end int64 }
+
+// recordsEnds caches recordsEnd by path: one entry per log directory
+// whose newest segment ended in zeros when it was listed.
+var recordsEnds sync.Map
 
 // PrimarySource returns the Source of a Primary's log and data device, to
 // give to ShipServer.AddResource on the resource's primary node. Call it

@@ -77,13 +77,15 @@ type logWriter struct {
 	// go on (in flushLoop, without mu).
 	afterRotate func()
 	syncEvery   bool // every written record is synced at once (Options.Sync)
-	// prealloc, if > 0: how far past the reserved records the blocks of
-	// the current segment are kept reserved (fallocate
-	// FALLOC_FL_KEEP_SIZE, the file's size unchanged), grown by that much
-	// whenever less than half of it is left (grow), so an fdatasync after
-	// an append need not allocate blocks. At most this much of the log
-	// filesystem is taken ahead; a sealed segment is cut to its end.
-	prealloc int64
+	// zeroAhead, if > 0: how far past the reserved records the current
+	// segment is kept written with zeros and fdatasync'd (grow), so that
+	// the fdatasync after an append overwrites blocks the file already
+	// has instead of allocating them and growing the file (ext4 then
+	// commits no metadata for it). Zeros are written only while the log
+	// is synced often (syncs of less than zeroSyncMax bytes each);
+	// readers take an all-zero tail of the newest segment as its end, and
+	// a sealed segment, or one closed cleanly, is cut to its end.
+	zeroAhead int64
 
 	mu       sync.Mutex
 	cond     *sync.Cond // flushLoop waits here for rotations, and for the records in flight
@@ -136,17 +138,47 @@ type logWriter struct {
 	availAt      time.Time
 	sinceStatfs  int64 // bytes reserved since availAt
 
-	// Preallocation of the current segment (see grow): allocated, under
-	// mu, is the offset up to which its blocks are reserved. growMu is
-	// held while the segment grows and by the rotation, which cuts the
-	// sealed segment to its end: nothing is reserved past it after.
+	// Zeros ahead of the records (see grow), under mu: allocated is the
+	// offset up to which the current segment is written (records or
+	// zeros), and [zeroLo, allocated) is zeros (before zeroLo there may
+	// be a hole the records have not reached yet). While grow writes zeros from zeroFrom on, zeroing is open
+	// and reservations that would reach zeroFrom wait for it to close;
+	// zeroGen counts rewinds (a zero write that straddles one does not
+	// count). growMu is held while zeros are written and by the rotation,
+	// which cuts the sealed segment to its end: nothing is written past
+	// it after.
 	growMu    sync.Mutex
+	zeroLo    int64 // [zeroLo, allocated) is zeros
 	allocated int64
+	zeroFrom  int64
+	zeroing   chan struct{}
+	zeroGen   uint64
+	zeroOff   bool // a zero write failed (ENOSPC): none until the next segment
 }
 
-// benchPrealloc is the preallocation benchmarks and tests turn on
-// (Options.prealloc).
-const benchPrealloc = 16 << 20
+// DefaultZeroAhead is how far ahead of the records the current segment is
+// kept zeroed (Options.ZeroAhead).
+const DefaultZeroAhead = 4 << 20
+
+// zeroSyncMax: zeros are written ahead only after an fdatasync that
+// covered less than this. A log synced in larger batches gains little
+// from it (the data dominates the sync) and would write twice the bytes.
+const zeroSyncMax = 1 << 20
+
+// zeroGap: when the records have caught up with the zeros, the next zeros
+// start this far past them, so appenders do not wait for the zero write.
+const zeroGap = 128 << 10
+
+// zeroMinFree: no zeros are written ahead while the log filesystem has
+// less than this many times zeroAhead free; a log that is nearly full is
+// retention's and emergency mode's business.
+const zeroMinFree = 16
+
+// zeroChunk is the largest single write of zeros.
+const zeroChunk = 1 << 20
+
+// zeros is the source of every zero write.
+var zeros [zeroChunk]byte
 
 // backgroundSyncBytes of unsynced log start an fdatasync in the background.
 const backgroundSyncBytes = 16 << 20
@@ -185,8 +217,9 @@ func (w *logWriter) current() SegmentName { return w.segs[len(w.segs)-1].Name }
 
 // reserve gives es (in order, contiguously) their places in the current
 // segment and their sequence numbers, and sets their positions. While the
-// segment rotates it reserves nothing and returns a channel closed when the
-// rotation is over: try again then. The caller then calls write.
+// segment rotates (or zeros are written where they would go) it reserves
+// nothing and returns a channel closed when that is over: try again then.
+// The caller then calls write.
 func (w *logWriter) reserve(es []*entry) (retry <-chan struct{}, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -207,6 +240,10 @@ func (w *logWriter) reserve(es []*entry) (retry <-chan struct{}, err error) {
 	var size int64
 	for _, e := range es {
 		size += HeaderSize + int64(len(e.rec.Payload))
+	}
+	if w.zeroing != nil && w.reserved+size > w.zeroFrom {
+		// grow is writing zeros where these records would go.
+		return w.zeroing, nil
 	}
 	if !w.spaceFor(size) {
 		return nil, w.noSpace(int(size), nil)
@@ -384,6 +421,10 @@ func (w *logWriter) rewindLocked() {
 	w.inflight = w.inflight[:0]
 	w.reserved = w.written
 	w.resSeq = w.lastSeq
+	// The cut took the zeros ahead too.
+	w.allocated = min(w.allocated, w.written)
+	w.zeroLo = 0
+	w.zeroGen++
 }
 
 // resolve wakes e's waiter. Call with mu held.
@@ -416,9 +457,9 @@ func (w *logWriter) rotate() error {
 }
 
 // close refuses new records, waits for those in flight, stops the flush
-// loop, then the sync loop (after the syncs already asked for), and closes
-// the segment. It neither syncs what nobody asked to be durable nor seals
-// the segment.
+// loop, then the sync loop (after the syncs already asked for), cuts the
+// zeros written ahead, and closes the segment. It neither syncs what nobody
+// asked to be durable nor seals the segment.
 func (w *logWriter) close() error {
 	w.mu.Lock()
 	if w.closing {
@@ -436,6 +477,18 @@ func (w *logWriter) close() error {
 	w.syncCond.Signal()
 	w.mu.Unlock()
 	<-w.syncDone
+	w.growMu.Lock()
+	defer w.growMu.Unlock()
+	w.mu.Lock()
+	cut := w.allocated > w.written && w.err == nil
+	w.mu.Unlock()
+	if cut {
+		// The zeros ahead are not left behind: a closed segment's size is
+		// its end (as a crash's are cut by the next open).
+		if err := w.f.Truncate(w.written); err != nil {
+			w.logger.Warn("cannot cut the zeros written ahead from the log segment; the next open cuts them", "segment", w.current(), "err", err)
+		}
+	}
 	return w.f.Close()
 }
 
@@ -456,7 +509,7 @@ func (w *logWriter) syncLoop() {
 		}
 		// Every record up to target is in the file f: one fdatasync makes
 		// all of them durable, whatever is written meanwhile.
-		target, f := w.lastPos, w.f
+		target, f, before := w.lastPos, w.f, w.durableInLocked(w.lastPos.Segment)
 		w.syncMu.Lock()
 		w.mu.Unlock()
 		err := f.Sync()
@@ -474,7 +527,7 @@ func (w *logWriter) syncLoop() {
 			w.durable = target
 		}
 		w.releaseDurable()
-		if w.prealloc > 0 && w.reserved+w.prealloc/2 > w.allocated && w.err == nil {
+		if w.zeroAhead > 0 && err == nil && target.Offset-before < zeroSyncMax && w.wantsZeros() {
 			w.mu.Unlock()
 			w.grow()
 			w.mu.Lock()
@@ -482,39 +535,76 @@ func (w *logWriter) syncLoop() {
 	}
 }
 
-// grow reserves the blocks of the current segment up to w.prealloc past
-// its reserved records (not past the segment size) when less than half of
-// that is left. It runs when the writer starts and in the sync stage after
-// an fdatasync. Failure (ENOSPC, a filesystem without fallocate) costs only
-// the gain: the records are then plain appends. Call without mu.
+// wantsZeros says whether less than half of zeroAhead is left zeroed past
+// the reserved records. Call with mu held.
+func (w *logWriter) wantsZeros() bool {
+	return w.zeroAhead > 0 && !w.zeroOff && w.err == nil && !w.closing &&
+		w.reserved+w.zeroAhead/2 > w.allocated && w.allocated < w.segSize &&
+		w.availBytes-w.sinceStatfs >= zeroMinFree*w.zeroAhead
+}
+
+// zeroCredit returns the bytes of zeros past the reserved records: appends
+// into them take no more space. Call with mu held.
+func (w *logWriter) zeroCredit() int64 {
+	return max(0, w.allocated-max(w.reserved, w.zeroLo))
+}
+
+// grow writes zeros ahead of the reserved records of the current segment,
+// up to zeroAhead past them (not past the segment size), and fdatasyncs
+// them, when less than half of that is left (wantsZeros). It runs when the
+// writer starts and in the sync stage after an fdatasync. Appenders go on
+// meanwhile below the zeros; one that would reach them waits (reserve).
+// Failure (ENOSPC) costs only the gain: the records are then plain
+// appends, until the next segment. Call without mu.
 func (w *logWriter) grow() {
 	w.growMu.Lock()
 	defer w.growMu.Unlock()
 	w.mu.Lock()
-	f, from, to := w.f, max(w.allocated, w.reserved), min(w.reserved+w.prealloc, w.segSize)
-	if w.prealloc <= 0 || w.reserved+w.prealloc/2 <= w.allocated {
-		to = from
-	}
-	w.mu.Unlock()
-	if to <= from {
+	if !w.wantsZeros() {
+		w.mu.Unlock()
 		return
 	}
-	w.preallocate(f, from, to)
+	f, gen := w.f, w.zeroGen
+	from := max(w.allocated, w.reserved+min(zeroGap, w.zeroAhead/4))
+	to := min(w.reserved+w.zeroAhead, w.segSize)
+	if to <= from {
+		w.mu.Unlock()
+		return
+	}
+	w.zeroFrom, w.zeroing = from, make(chan struct{})
+	w.mu.Unlock()
+	err := writeZeros(f, from, to)
+	if err == nil {
+		err = f.Sync()
+	}
 	w.mu.Lock()
-	w.allocated = to
+	close(w.zeroing)
+	w.zeroing = nil
+	switch {
+	case gen != w.zeroGen:
+		// A rewind cut the segment meanwhile: what is zeroed is unknown.
+	case err != nil:
+		w.zeroOff = true
+		w.logger.Debug("cannot write zeros ahead of the log records; appending without", "segment", w.current(), "from", from, "to", to, "err", err)
+	default:
+		if from > w.allocated {
+			w.zeroLo = from // a gap before the zeros: no credit for it
+		}
+		w.allocated = to
+	}
 	w.mu.Unlock()
 }
 
-// preallocate reserves the blocks of [from, to) of f if it can. A failure is
-// only logged (and the range not tried again).
-func (w *logWriter) preallocate(f File, from, to int64) {
-	p, ok := f.(preallocator)
-	if !ok {
-		return
+// writeZeros writes zeros over [from, to) of f.
+func writeZeros(f File, from, to int64) error {
+	for off := from; off < to; {
+		n, err := f.WriteAt(zeros[:min(to-off, zeroChunk)], off)
+		if err != nil {
+			return err
+		}
+		off += int64(n)
 	}
-	if err := p.Preallocate(from, to-from); err != nil {
-		w.logger.Debug("cannot preallocate the log segment; appending without", "from", from, "to", to, "err", err)
-	}
+	return nil
 }
 
 // releaseDurable wakes every waitDurable. Call with mu held.
@@ -658,11 +748,11 @@ func (w *logWriter) noSpace(need int, cause error) error {
 // or could be too high; when statfs fails the write is tried anyway (ENOSPC
 // from the write itself is handled too).
 //
-// Blocks preallocated past the reserved records (grow) count as free: the
-// records written into them take no more space, so a full filesystem
-// refuses the same writes as without preallocation.
+// Zeros written past the reserved records (grow) count as free: the
+// records written over them take no more space, so a full filesystem
+// refuses the same writes as without them.
 func (w *logWriter) spaceFor(n int64) bool {
-	need := n + w.minFree + spaceReserve - max(0, w.allocated-w.reserved)
+	need := n + w.minFree + spaceReserve - w.zeroCredit()
 	est := w.availBytes - w.sinceStatfs
 	if now := time.Now(); now.Sub(w.availAt) >= w.statfsMaxAge || w.sinceStatfs > statfsMaxBytes || est < need {
 		avail, err := w.fsys.Available(w.dir)
@@ -724,7 +814,7 @@ func (w *logWriter) rotateNow(explicit bool) error {
 	}
 	// The marker claims only what is durable already; its own fdatasync
 	// then covers the rest of the segment before anything is written to
-	// the next one. The segment is cut to its end (the blocks preallocated
+	// the next one. The segment is cut to its end (the zeros written
 	// past it are freed): a sealed segment's size is its end.
 	marker := Record{Kind: KindSegmentEnd, Segment: old.Seq, Seq: w.lastSeq + 1, Synced: w.durableIn(old.Seq)}
 	b, _ := marker.AppendBinary(nil)
@@ -747,14 +837,11 @@ func (w *logWriter) rotateNow(explicit bool) error {
 		undo()
 		return w.fail(fmt.Errorf("fdatasync log segment %s: %w; check the disk, then restart the daemon", w.segPath(old), err))
 	}
-	alloc := min(w.prealloc, w.segSize)
-	if alloc > 0 {
-		w.preallocate(nf, 0, alloc)
-	}
 	oldf := w.f
 	w.mu.Lock()
 	w.f = nf
-	w.allocated = alloc
+	w.allocated, w.zeroLo = 0, 0
+	w.zeroOff = false
 	w.lastSeq++
 	w.lastPos = Position{Segment: old.Seq, Offset: w.written + int64(len(b)), Seq: w.lastSeq}
 	cur := &w.segs[len(w.segs)-1]

@@ -1,0 +1,307 @@
+package replicate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/tharsis/tharsis/blockdev"
+	"github.com/tharsis/tharsis/internal/testutil"
+)
+
+const testZeroAhead = 1 << 20
+
+// scanEnd scans the segment file at path as the newest of its log.
+func scanEnd(t *testing.T, path string) SegmentInfo {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	n, _ := ParseSegmentName(filepath.Base(path))
+	info, err := ScanSegment(f, st.Size(), n, ScanOptions{Newest: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// warnings collects the WARN and ERROR records of a logger.
+type warnings struct {
+	mu  sync.Mutex
+	msg []string
+}
+
+func (w *warnings) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (w *warnings) Handle(_ context.Context, r slog.Record) error {
+	w.mu.Lock()
+	w.msg = append(w.msg, r.Message)
+	w.mu.Unlock()
+	return nil
+}
+func (w *warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *warnings) WithGroup(string) slog.Handler      { return w }
+
+func (w *warnings) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.msg, "; ")
+}
+
+// TestZeroAheadSizes: with a log synced often, the current segment is
+// written with zeros ahead of its records, yet every reader sees the end
+// of the records: the scan (a zero tail, not torn), Status, LogSegments
+// of the directory. Every segment sealed (rotation, recovery, CloseSealed)
+// or closed is cut to its end; a crash loses nothing and warns of no torn
+// tail.
+func TestZeroAheadSizes(t *testing.T) {
+	dir := t.TempDir()
+	logDir := filepath.Join(dir, "log")
+	mem := blockdev.NewMemory(devSize)
+	warns := &warnings{}
+	open := func() *Primary {
+		return openTest(t, mem, logDir, func(o *Options) {
+			o.Sync, o.ZeroAhead, o.Logger = true, testZeroAhead, slog.New(warns)
+		})
+	}
+	p := open()
+	want := make([]byte, devSize)
+	n := 0
+	write := func(count int) {
+		for range count {
+			b := bytes.Repeat([]byte{byte(n + 1)}, 4096)
+			off := int64(n%200) * 4096
+			if _, err := p.WriteAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+			copy(want[off:], b)
+			n++
+		}
+	}
+	checkLive := func(records int) {
+		t.Helper()
+		cur := filepath.Join(logDir, p.Status().Current)
+		end := int64(records) * (HeaderSize + 4096)
+		info := scanEnd(t, cur)
+		if info.End != end || info.Torn != 0 || info.Zero == 0 {
+			t.Fatalf("current segment scanned: end %d (want %d), torn %d, zeros %d (want some)", info.End, end, info.Torn, info.Zero)
+		}
+		if size := fileSize(t, cur); size < end+testZeroAhead/2 {
+			t.Fatalf("current segment of %d bytes of records is %d bytes: no zeros written ahead", end, size)
+		}
+		st := p.Status()
+		if got := st.Segments[len(st.Segments)-1].Size; got != end {
+			t.Fatalf("status lists the current segment with %d bytes, want %d", got, end)
+		}
+		segs := LogSegments(logDir)
+		if got := segs[len(segs)-1]; got.Size != end || got.Sealed {
+			t.Fatalf("LogSegments lists the current segment as %+v, want %d bytes, unsealed", got, end)
+		}
+	}
+	checkCut := func(path string, sealed bool) {
+		t.Helper()
+		info := scanEnd(t, path)
+		if info.Sealed != sealed || info.Zero != 0 || info.Torn != 0 || fileSize(t, path) != info.End {
+			t.Fatalf("segment %s: size %d, %+v; want it cut to its end, sealed %v", path, fileSize(t, path), info, sealed)
+		}
+	}
+
+	write(20)
+	checkLive(20)
+	cur := filepath.Join(logDir, p.Status().Current)
+	if err := p.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	checkCut(cur, true)
+
+	// A crash with zeros past the records: recovery finds every
+	// acknowledged record, warns of nothing, and seals the segment to its
+	// end.
+	write(30)
+	checkLive(30)
+	cur = filepath.Join(logDir, p.Status().Current)
+	p.crash()
+	if info := scanEnd(t, cur); info.Zero == 0 {
+		t.Fatalf("the crash left no zeros after the records of %s (%+v): the test tests nothing", cur, info)
+	}
+	if segs := LogSegments(logDir); segs[len(segs)-1].Size != 30*(HeaderSize+4096) {
+		t.Fatalf("LogSegments after the crash lists %+v, want the end of the 30 records", segs[len(segs)-1])
+	}
+	p = open()
+	// (A checkpoint after the rotation may have applied the first few.)
+	if p.Replayed() > 30 || !bytes.Equal(mem.Bytes(), want) {
+		t.Fatalf("replayed %d records after the crash (want at most 30), data intact %v", p.Replayed(), bytes.Equal(mem.Bytes(), want))
+	}
+	checkCut(cur, true)
+
+	write(5)
+	cur = filepath.Join(logDir, p.Status().Current)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkCut(cur, false)
+	p = open()
+	write(5)
+	cur = filepath.Join(logDir, p.Status().Current)
+	if _, err := p.CloseSealed(); err != nil {
+		t.Fatal(err)
+	}
+	checkCut(cur, true)
+	if w := warns.String(); w != "" {
+		t.Fatalf("warnings: %s", w)
+	}
+}
+
+// TestZeroTailScan: an all-zero tail of the newest segment is its end, not
+// a torn tail; zeros where the applied position says records were synced,
+// or zeros followed by a record that says they were synced, are
+// corruption; zeros followed by other bytes are a torn tail.
+func TestZeroTailScan(t *testing.T) {
+	name := SegmentName{Seq: 3, Node: "alpha"}
+	var seg []byte
+	for i := range 3 {
+		r := Record{Kind: KindWrite, Segment: 3, Seq: uint64(i + 1), Offset: 0, Length: 512, Payload: bytes.Repeat([]byte{byte(i + 1)}, 512)}
+		seg, _ = r.AppendBinary(seg)
+	}
+	end := int64(len(seg))
+	zeros := make([]byte, 8192)
+	proof, _ := (&Record{Kind: KindWrite, Segment: 3, Seq: 9, Length: 512, Payload: make([]byte, 512), Synced: end + 100}).AppendBinary(nil)
+	noProof, _ := (&Record{Kind: KindWrite, Segment: 3, Seq: 9, Length: 512, Payload: make([]byte, 512), Synced: 0}).AppendBinary(nil)
+	for _, tc := range []struct {
+		name    string
+		tail    []byte
+		durable int64
+		zero    bool
+		torn    bool
+		corrupt bool
+	}{
+		{name: "zeros", tail: zeros, zero: true},
+		{name: "short zeros", tail: zeros[:10], zero: true},
+		{name: "zeros then bytes", tail: append(append([]byte{}, zeros...), 7), torn: true},
+		{name: "zeros then an unsynced record", tail: append(append([]byte{}, zeros...), noProof...), torn: true},
+		{name: "zeros then a record that says they were synced", tail: append(append([]byte{}, zeros...), proof...), corrupt: true},
+		{name: "zeros before the applied position", tail: zeros, durable: end + 4096, corrupt: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := append(append([]byte{}, seg...), tc.tail...)
+			info, err := ScanSegment(bytes.NewReader(b), int64(len(b)), name, ScanOptions{Newest: true, Durable: tc.durable}, nil)
+			if tc.corrupt {
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("scan: %v, %+v; want corruption", err, info)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.End != end || info.Records != 3 || (info.Zero != 0) != tc.zero || (info.Torn != 0) != tc.torn || info.Zero+info.Torn != int64(len(tc.tail)) {
+				t.Fatalf("scan: %+v; want end %d, 3 records, zeros %v, torn %v", info, end, tc.zero, tc.torn)
+			}
+			// A sealed (not newest) segment has no zero tail.
+			if _, err := ScanSegment(bytes.NewReader(b), int64(len(b)), name, ScanOptions{}, nil); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("scan as sealed: %v; want corruption", err)
+			}
+		})
+	}
+}
+
+// TestZeroAheadFailureAppends: when zeros cannot be written (the
+// filesystem is full), writes go on as plain appends.
+func TestZeroAheadFailureAppends(t *testing.T) {
+	fsys := newFaultFS()
+	fsys.zeroErr = errENOSPC
+	mem := blockdev.NewMemory(devSize)
+	dir := t.TempDir()
+	p := openTest(t, mem, dir, func(o *Options) { o.Sync = true; o.FS = fsys; o.ZeroAhead = 64 << 10 })
+	for i := range 50 {
+		if _, err := p.WriteAt(bytes.Repeat([]byte{1}, 4096), int64(i)*4096); err != nil {
+			t.Fatalf("write with zero writes failing: %v", err)
+		}
+	}
+	cur := filepath.Join(dir, p.Status().Current)
+	if info := scanEnd(t, cur); info.Records != 50 || info.Torn != 0 {
+		t.Fatalf("segment after failed zero writes: %+v", info)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if fsys.zeroWrites == 0 {
+		t.Fatal("no zero write was tried: the test tests nothing")
+	}
+}
+
+// TestZeroAheadCountsAsFree: zeros written past the records count as free
+// space, so a write that fits in them is not refused although statfs
+// counts them as used; without them the same write is refused. (Zeros are
+// written only while the filesystem has ample room.)
+func TestZeroAheadCountsAsFree(t *testing.T) {
+	for _, ahead := range []int64{-1, testZeroAhead} {
+		fsys := newFaultFS()
+		p := openTest(t, blockdev.NewMemory(devSize), t.TempDir(), func(o *Options) {
+			o.FS, o.NoEmergency, o.MinFree, o.ZeroAhead, o.Sync = fsys, true, 1<<20, ahead, true
+		})
+		p.w.mu.Lock()
+		p.w.statfsMaxAge = 0
+		p.w.mu.Unlock()
+		// With room, a synced write gets zeros written ahead of it.
+		if _, err := p.WriteAt(make([]byte, 4096), 0); err != nil {
+			t.Fatal(err)
+		}
+		if ahead > 0 {
+			// The sync stage writes them after the write's fdatasync.
+			testutil.WaitFor(t, waitLimit, "zeros ahead of the synced write", func() bool {
+				p.w.mu.Lock()
+				defer p.w.mu.Unlock()
+				return p.w.zeroCredit() >= testZeroAhead/2
+			})
+		}
+		fsys.set(func(f *faultFS) { f.avail = 1<<20 + spaceReserve + 100 })
+		_, err := p.WriteAt(make([]byte, 4096), 0)
+		if ahead > 0 && err != nil || ahead < 0 && !errors.Is(err, blockdev.ErrNoSpace) {
+			t.Fatalf("zero ahead %d: write of 4 KiB with 100 bytes over the minimum free: %v", ahead, err)
+		}
+		p.Close()
+	}
+}
+
+// TestZeroAheadConcurrent: many writers and an fdatasync after each write
+// while zeros are written ahead: no zero lands on a record (every record
+// scans, in order, with its payload), under -race.
+func TestZeroAheadConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	mem := blockdev.NewMemory(devSize)
+	p := openTest(t, mem, dir, func(o *Options) { o.Sync = true; o.ZeroAhead = 256 << 10; o.SegmentSize = 4 << 20 })
+	const writers, each = 8, 300
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				b := bytes.Repeat([]byte{byte(w*each + i)}, 4096)
+				if _, err := p.WriteAt(b, int64(w*32+i%32)*4096); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mem2 := blockdev.NewMemory(devSize)
+	n, _, err := Replay(dir, mem2, Position{}, ReplayOptions{})
+	if err != nil || n != writers*each {
+		t.Fatalf("replay of the log: %d records, %v; want %d", n, err, writers*each)
+	}
+	if !bytes.Equal(mem.Bytes(), mem2.Bytes()) {
+		t.Fatal("the log replays to other data than was written")
+	}
+}
