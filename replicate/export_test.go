@@ -54,6 +54,8 @@ type faultFS struct {
 	// ahead; a record is never all zero); zeroWrites counts them.
 	zeroErr    error
 	zeroWrites int
+	// zeroSyncErr fails the first segment fdatasync after a write of zeros.
+	zeroSyncErr error
 }
 
 func newFaultFS() *faultFS { return &faultFS{avail: -1} }
@@ -94,6 +96,8 @@ type faultFile struct {
 	File
 	fs  *faultFS
 	seg bool
+	// zeroed: zeros were written since the last fdatasync (under fs.mu).
+	zeroed bool
 }
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
@@ -101,6 +105,7 @@ func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	f.fs.mu.Lock()
 	err, hook := f.fs.writeErr, f.fs.onWrite
 	if zero {
+		f.zeroed = true
 		f.fs.zeroWrites++
 		if f.fs.zeroErr != nil {
 			err = f.fs.zeroErr
@@ -123,6 +128,10 @@ func (f *faultFile) Sync() error {
 	}
 	f.fs.mu.Lock()
 	err := f.fs.syncErr
+	if f.zeroed && f.fs.zeroSyncErr != nil {
+		err = f.fs.zeroSyncErr
+	}
+	f.zeroed = false
 	f.fs.syncCount++
 	gate, entered := f.fs.syncGate, f.fs.syncEntered
 	f.fs.mu.Unlock()

@@ -574,25 +574,45 @@ func (w *logWriter) grow() {
 	w.zeroFrom, w.zeroing = from, make(chan struct{})
 	w.mu.Unlock()
 	err := writeZeros(f, from, to)
-	if err == nil {
-		err = f.Sync()
-	}
 	w.mu.Lock()
-	close(w.zeroing)
+	close(w.zeroing) // appenders may go on while the zeros are synced
 	w.zeroing = nil
-	switch {
-	case gen != w.zeroGen:
-		// A rewind cut the segment meanwhile: what is zeroed is unknown.
-	case err != nil:
-		w.zeroOff = true
-		w.logger.Debug("cannot write zeros ahead of the log records; appending without", "segment", w.current(), "from", from, "to", to, "err", err)
-	default:
+	if err != nil || gen != w.zeroGen {
+		if err != nil && gen == w.zeroGen {
+			w.zeroOff = true
+			w.logger.Debug("cannot write zeros ahead of the log records; appending without", "segment", w.current(), "from", from, "to", to, "err", err)
+		}
+		// (After a rewind, which cut the segment, what is zeroed is
+		// unknown: the next grow starts again from the records.)
+		w.mu.Unlock()
+		return
+	}
+	// The fdatasync covers every record written before it, too.
+	target := w.lastPos
+	w.mu.Unlock()
+	err = f.Sync()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		// As in syncLoop: after a failed fdatasync nothing is known about
+		// what reached the disk, the records included.
+		if w.err == nil {
+			w.err = fmt.Errorf("fdatasync log segment %s: %w; check the disk, then restart the daemon", w.segPath(w.current()), err)
+			w.logger.Error("transaction log failed; writes are refused until the daemon is restarted", "err", w.err)
+		}
+		w.releaseDurable()
+		return
+	}
+	if target.Seq > w.durable.Seq {
+		w.durable = target
+		w.releaseDurable()
+	}
+	if gen == w.zeroGen {
 		if from > w.allocated {
 			w.zeroLo = from // a gap before the zeros: no credit for it
 		}
 		w.allocated = to
 	}
-	w.mu.Unlock()
 }
 
 // writeZeros writes zeros over [from, to) of f.

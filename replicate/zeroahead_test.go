@@ -305,3 +305,29 @@ func TestZeroAheadConcurrent(t *testing.T) {
 		t.Fatal("the log replays to other data than was written")
 	}
 }
+
+// TestZeroAheadSyncFailureIsSticky: the fdatasync after the zeros covers
+// records too; when it fails, nothing is known about them (fsyncgate), so
+// the log fails as it does when a record's own fdatasync fails, and no
+// later write is acknowledged.
+func TestZeroAheadSyncFailureIsSticky(t *testing.T) {
+	fsys := newFaultFS()
+	eio := errors.New("input/output error")
+	fsys.zeroSyncErr = eio
+	p := openTest(t, blockdev.NewMemory(devSize), t.TempDir(), func(o *Options) { o.Sync = true; o.FS = fsys; o.ZeroAhead = testZeroAhead })
+	defer p.Close()
+	var err error
+	testutil.WaitFor(t, waitLimit, "a write refused after the zeros' fdatasync failed", func() bool {
+		_, err = p.WriteAt(make([]byte, 4096), 0)
+		return err != nil
+	})
+	if !errors.Is(err, eio) {
+		t.Fatalf("write after the failed fdatasync: %v; want the fdatasync's error", err)
+	}
+	if fsys.zeroWrites == 0 {
+		t.Fatal("no zeros were written: the test tests nothing")
+	}
+	if _, err := p.WriteAt(make([]byte, 4096), 4096); !errors.Is(err, eio) {
+		t.Fatalf("a later write: %v; want the log failed for good", err)
+	}
+}
