@@ -367,6 +367,11 @@ func (w *logWriter) complete(e *entry, err error) {
 		cur.End = w.written
 		w.rotFailed = false
 		for i, x := range done {
+			if x.durable && x.pos.Seq > w.wantSeq {
+				// A FUA write: its fdatasync starts now, not once its
+				// appender comes back to wait for it (waitDurable).
+				w.wantSeq = x.pos.Seq
+			}
 			w.resolve(x)
 			done[i] = nil
 		}
