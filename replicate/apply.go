@@ -22,7 +22,7 @@ import (
 // order of the log, and advances the applied position over them.
 //
 // Reads and Extents take the window's logged records that overlap them
-// first, then ask the data device, then lay the records over its answer in
+// (found through an index by device range, winIndex) first, then ask the data device, then lay the records over its answer in
 // log order (zeros for trim and write-zeroes). A record applied in between
 // is on the device and in the overlay alike; a record logged in between
 // raced the read, which may then see it or not. So a read sees every write
@@ -72,6 +72,7 @@ func recordRange(r Record) (off, end int64) {
 func (p *Primary) admit(es []*entry, cost int64) {
 	for _, e := range es {
 		off, end := recordRange(e.rec)
+		p.winIdx.add(p.winHead+uint64(len(p.win)), off, end)
 		p.win = append(p.win, e)
 		p.winRanges = append(p.winRanges, winRange{off: off, end: end})
 	}
@@ -226,6 +227,8 @@ func applyWave(data blockdev.Device, wave []*entry, errs []error) {
 func (p *Primary) popWindow() {
 	e := p.win[0]
 	p.winBytes -= HeaderSize + int64(len(e.rec.Payload))
+	p.winIdx.remove(p.winHead, p.winRanges[0].off, p.winRanges[0].end)
+	p.winHead++
 	p.win[0] = nil
 	p.win = p.win[1:]
 	p.winRanges = p.winRanges[1:]
@@ -293,12 +296,21 @@ func (p *Primary) stopApplier() {
 // log order. Call with mu held.
 func (p *Primary) overlay(off, end int64) []*entry {
 	var out []*entry
-	for i := range p.winRanges {
+	p.overlapping(off, end, func(i int) { out = append(out, p.win[i]) })
+	return out
+}
+
+// overlapping calls fn, in log order, with the index in win of each logged
+// record that overlaps [off, end) (found through winIdx). Call with mu
+// held.
+func (p *Primary) overlapping(off, end int64, fn func(i int)) {
+	var buf [16]uint64
+	for _, pos := range p.winIdx.find(buf[:0], off, end) {
+		i := int(pos - p.winHead)
 		if r := &p.winRanges[i]; r.state == winLogged && r.off < end && off < r.end {
-			out = append(out, p.win[i])
+			fn(i)
 		}
 	}
-	return out
 }
 
 // ReadAt implements blockdev.Device. It sees every acknowledged write: the
@@ -331,11 +343,10 @@ func (p *Primary) Extents(dst []blockdev.Extent, off, length int64, limit int) (
 	end := off + length
 	p.mu.Lock()
 	var over []span
-	for i := range p.winRanges {
-		if r := &p.winRanges[i]; r.state == winLogged && r.off < end && off < r.end {
-			over = overwrite(over, span{max(r.off, off), min(r.end, end), p.win[i].rec.Kind != KindWrite})
-		}
-	}
+	p.overlapping(off, end, func(i int) {
+		r := &p.winRanges[i]
+		over = overwrite(over, span{max(r.off, off), min(r.end, end), p.win[i].rec.Kind != KindWrite})
+	})
 	p.mu.Unlock()
 	start := len(dst)
 	dst, err := blockdev.Extents(p.data, dst, off, length, limit)

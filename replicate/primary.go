@@ -91,6 +91,8 @@ type Primary struct {
 	// side (a compact scan for reads).
 	win       []*entry
 	winRanges []winRange
+	winHead   uint64     // position of win[0] in winIdx
+	winIdx    winIndex   // the records of win by device range
 	winBytes  int64      // what win holds (windowCost)
 	winLimit  int64      // Options.ApplyWindow
 	winCond   *sync.Cond // the applier moved on: writers wait for room, drains for the end
