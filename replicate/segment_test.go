@@ -133,6 +133,7 @@ func FuzzSegment(f *testing.F) {
 	sealed, _ := buildSegment(f, 1, 1, [][]int{{10}}, true)
 	f.Add(sealed, false)
 	f.Add([]byte{}, true)
+	f.Add(append(bytes.Clone(good), make([]byte, 300)...), true) // zeros ahead of the records
 	f.Fuzz(func(t *testing.T, b []byte, newest bool) {
 		var last uint64
 		info, err := ScanSegment(bytes.NewReader(b), int64(len(b)), SegmentName{Seq: 1, Node: "a"}, ScanOptions{Newest: newest},
@@ -155,11 +156,14 @@ func FuzzSegment(f *testing.F) {
 		if err != nil && !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("error not ErrCorrupt: %v", err)
 		}
-		if err == nil && info.End+info.Torn != int64(len(b)) {
-			t.Fatalf("end %d + torn %d != %d", info.End, info.Torn, len(b))
+		if err == nil && info.End+info.Torn+info.Zero != int64(len(b)) {
+			t.Fatalf("end %d + torn %d + zero %d != %d", info.End, info.Torn, info.Zero, len(b))
 		}
-		if err == nil && !newest && info.Torn != 0 {
-			t.Fatal("torn tail in a sealed segment")
+		if err == nil && !newest && (info.Torn != 0 || info.Zero != 0) {
+			t.Fatal("torn or zero tail in a sealed segment")
+		}
+		if err == nil && info.Zero != 0 && (info.Torn != 0 || !bytes.Equal(b[info.End:], make([]byte, info.Zero))) {
+			t.Fatalf("zero tail of %d bytes at %d is not all zero (torn %d)", info.Zero, info.End, info.Torn)
 		}
 	})
 }
