@@ -760,7 +760,14 @@ func (p *Primary) CloseSealed() (Position, error) {
 	end := w.lastPos
 	w.mu.Unlock()
 	if err == nil && w.written > 0 && !cur.Sealed {
-		end, err = sealSegment(p.fsys, p.opts.Dir, &cur)
+		if end, err = sealSegment(p.fsys, p.opts.Dir, &cur); err == nil {
+			// Index it as the rotation does: the next open (or a
+			// promotion after this handover) need not read it.
+			w.mu.Lock()
+			w.segs[len(w.segs)-1] = cur
+			w.mu.Unlock()
+			p.writeIndex()
+		}
 	}
 	if err == nil {
 		if err = p.data.Flush(); err == nil {

@@ -131,6 +131,30 @@ func TestOpenReadsOnlyIndexAndUnapplied(t *testing.T) {
 	}
 }
 
+// TestCloseSealedIndexes: the segment CloseSealed seals (a handover) is
+// indexed like one sealed by rotation, so the secondary this node becomes
+// need not read it at its start, nor a later promotion.
+func TestCloseSealedIndexes(t *testing.T) {
+	logDir, mem, _ := retainedLog(t, 2)
+	p, _ := reopen(t, logDir, mem)
+	for i := range 3 {
+		if _, err := p.WriteAt([]byte("more"), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur := p.Status().Current
+	if _, err := p.CloseSealed(); err != nil {
+		t.Fatal(err)
+	}
+	e, ok := indexEntries(t, logDir)[cur]
+	if !ok {
+		t.Fatalf("the segment %s sealed by CloseSealed is not indexed: %v", cur, indexNames(t, logDir))
+	}
+	if size := fileSize(t, filepath.Join(logDir, cur)); e.Size != size || e.Records != 4 {
+		t.Fatalf("index entry of %s: %+v; want size %d and 4 records (3 and the marker)", cur, e, size)
+	}
+}
+
 // readMarkersOnly checks that an open through c read of each segment in
 // sealed (segments 1..len(sealed) of alpha, indexed and applied) only its
 // end marker, and scanned the newest (three 4-byte records).
