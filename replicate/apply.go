@@ -304,6 +304,9 @@ func (p *Primary) overlay(off, end int64) []*entry {
 // record that overlaps [off, end) (found through winIdx). Call with mu
 // held.
 func (p *Primary) overlapping(off, end int64, fn func(i int)) {
+	if p.winIdx.empty() {
+		return
+	}
 	var buf [16]uint64
 	for _, pos := range p.winIdx.find(buf[:0], off, end) {
 		i := int(pos - p.winHead)

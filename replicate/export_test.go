@@ -28,9 +28,7 @@ func (p *Primary) crash() {
 	p.stopApplier() // what the window holds stays unapplied, as after a kill
 	close(p.stop)
 	p.bg.Wait()
-	p.w.mu.Lock()
-	p.w.allocated = 0 // a kill leaves the zeros ahead behind: close must not cut them
-	p.w.mu.Unlock()
+	p.w.abandoned = true // a kill leaves the zeros ahead behind: close must not cut them
 	p.w.close()
 	p.em.close()
 }
@@ -54,6 +52,9 @@ type faultFS struct {
 	// ahead; a record is never all zero); zeroWrites counts them.
 	zeroErr    error
 	zeroWrites int
+	// onZeroWrite, if set, runs first in every segment write of zeros
+	// (outside mu).
+	onZeroWrite func(off int64)
 	// zeroSyncErr fails the first segment fdatasync after a write of zeros.
 	zeroSyncErr error
 }
@@ -102,6 +103,14 @@ type faultFile struct {
 
 func (f *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	zero := f.seg && len(p) > 0 && p[0] == 0 && bytes.Equal(p, make([]byte, len(p)))
+	if zero {
+		f.fs.mu.Lock()
+		hook := f.fs.onZeroWrite
+		f.fs.mu.Unlock()
+		if hook != nil {
+			hook(off)
+		}
+	}
 	f.fs.mu.Lock()
 	err, hook := f.fs.writeErr, f.fs.onWrite
 	if zero {

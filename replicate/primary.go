@@ -232,9 +232,12 @@ func (p *Primary) recover() error {
 		return p.unappliedDamage(err, names)
 	}
 	p.replayed = res.n
-	if res.n > 0 || res.cut > 0 {
+	if res.n > 0 || res.cut > 0 || res.zero > 0 {
+		// zero_bytes_cut: the zeros written ahead of the records (after a
+		// machine crash, also unsynced records that never reached the
+		// disk, which no flush had made durable).
 		p.logger.Info("transaction log replayed", "records", res.n, "bytes", res.bytes, "from", from.String(), "to", res.last.String(),
-			"torn_bytes_cut", res.cut, "took", time.Since(start).Round(time.Millisecond))
+			"torn_bytes_cut", res.cut, "zero_bytes_cut", res.zero, "took", time.Since(start).Round(time.Millisecond))
 	}
 	p.logger.Debug("transaction log opened", "segments", len(res.segs), "trusted_from_index", res.trusted, "took", time.Since(start).Round(time.Millisecond))
 	if err := p.data.Flush(); err != nil {

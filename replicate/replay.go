@@ -78,6 +78,7 @@ type replayResult struct {
 	last  Position      // end of the last record of the log (from if none)
 	segs  []SegmentInfo // every segment; Records -1 where not scanned
 	cut   int64         // torn bytes cut (or ignored) at the end
+	zero  int64         // zero bytes (written ahead) cut (or ignored) at the end
 	// trusted counts the segments taken from the index without a scan.
 	trusted int
 	// damaged lists damage in applied records (SkipDamagedApplied).
@@ -197,7 +198,7 @@ func replayLog(dir string, data blockdev.Device, from Position, opt ReplayOption
 		}
 		found(info)
 		if info.Torn > 0 || info.Zero > 0 {
-			res.cut = info.Torn
+			res.cut, res.zero = info.Torn, info.Zero
 			if opt.CutTornTail {
 				if info.Torn > 0 {
 					logger.Warn("cutting the torn tail of the newest log segment (it was never acknowledged)",

@@ -286,7 +286,7 @@ func zeroTo(r io.ReaderAt, off, size int64, buf *[]byte) bool {
 		b = make([]byte, 64<<10)
 		*buf = b
 	}
-	b = b[:cap(b)]
+	b = b[:min(cap(b), len(zeros))] // (readRecord may have grown it past zeros)
 	for off < size {
 		n, err := r.ReadAt(b[:min(int64(len(b)), size-off)], off)
 		if !bytes.Equal(b[:n], zeros[:n]) {

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tharsis/tharsis/replicate/wire"
@@ -103,13 +105,15 @@ func (s idleSource) Status() ResourceStatus {
 
 // LogSegments lists the segments of the log in dir, oldest first, with
 // their sizes; a segment counts as sealed when it ends with a segment-end
-// marker. The newest segment, if unsealed and ending in zeros (written
-// ahead of its records by a primary that did not close it), is listed up
-// to the end of its records.
+// marker. The newest segment that is not empty, if it ends in zeros
+// (written ahead of its records by a primary that did not close it), is
+// listed up to the end of its records.
 func LogSegments(dir string) []SegmentSummary {
 	names, _ := listSegments(OSFS{}, dir)
 	out := []SegmentSummary{}
-	for i, n := range names {
+	newest := true // no segment after this one holds anything
+	for i := len(names) - 1; i >= 0; i-- {
+		n := names[i]
 		f, err := os.Open(filepath.Join(dir, n.String()))
 		if err != nil {
 			continue
@@ -120,45 +124,58 @@ func LogSegments(dir string) []SegmentSummary {
 			size = st.Size()
 		}
 		sealed := isSealedAt(f, size)
-		if i == len(names)-1 && !sealed && st != nil {
-			size = recordsEnd(f, n, st)
+		if newest && size > 0 && !sealed {
+			size, sealed = recordsEnd(f, n, st)
 		}
+		newest = newest && size == 0
 		f.Close()
 		out = append(out, SegmentSummary{Name: n.String(), Size: size, Sealed: sealed})
 	}
+	slices.Reverse(out)
 	return out
 }
 
-// recordsEnd returns the end of the records of the unsealed newest
-// segment f: its size, unless it ends in a zero byte, in which case it is
-// scanned (once per size and modification time: the answer is cached).
-func recordsEnd(f *os.File, n SegmentName, st os.FileInfo) int64 {
+// recordsEnd returns the end of the records of the newest segment f (not
+// sealed at its end), and whether they end with a segment-end marker (a
+// kill during a rotation can leave zeros after it): its size, unless it
+// ends in a zero byte, in which case it is scanned (once per size and
+// modification time: the answer is cached).
+func recordsEnd(f *os.File, n SegmentName, st os.FileInfo) (int64, bool) {
 	size := st.Size()
 	var last [1]byte
-	if size == 0 {
-		return 0
-	}
 	if _, err := f.ReadAt(last[:], size-1); err != nil || last[0] != 0 {
-		return size
+		return size, false
 	}
 	key := recordsEndKey{size: size, mtime: st.ModTime().UnixNano()}
-	if c, ok := recordsEnds.Load(f.Name()); ok && c.(recordsEndKey).size == key.size && c.(recordsEndKey).mtime == key.mtime {
-		return c.(recordsEndKey).end
+	if c, ok := recordsEnds.Load(f.Name()); ok {
+		if c := c.(recordsEndKey); c.size == key.size && c.mtime == key.mtime {
+			return c.end, c.sealed
+		}
 	}
 	info, err := ScanSegment(f, size, n, ScanOptions{Newest: true, Path: f.Name()}, nil)
 	if err != nil {
-		return size
+		return size, false
 	}
-	key.end = info.End
+	key.end, key.sealed = info.End, info.Sealed
+	if recordsEndsLen.Add(1) > 1024 {
+		recordsEnds.Clear() // the segments of long ago are gone
+		recordsEndsLen.Store(1)
+	}
 	recordsEnds.Store(f.Name(), key)
-	return info.End
+	return info.End, info.Sealed
 }
 
-type recordsEndKey struct{ size, mtime, end int64 }
+type recordsEndKey struct {
+	size, mtime, end int64
+	sealed           bool
+}
 
-// recordsEnds caches recordsEnd by path: one entry per log directory
-// whose newest segment ended in zeros when it was listed.
-var recordsEnds sync.Map
+// recordsEnds caches recordsEnd by segment path (recordsEndsLen counts
+// the stores since it was last cleared).
+var (
+	recordsEnds    sync.Map
+	recordsEndsLen atomic.Int64
+)
 
 // PrimarySource returns the Source of a Primary's log and data device, to
 // give to ShipServer.AddResource on the resource's primary node. Call it

@@ -92,8 +92,18 @@ func (x *winIndex) find(dst []uint64, off, end int64) []uint64 {
 	}
 	start := len(dst)
 	dst = append(dst, x.wide...)
-	for b := first; b <= last; b++ {
-		dst = append(dst, x.buckets[b]...)
+	if last-first >= int64(len(x.buckets)) {
+		// A range wider than what is listed (a block status query of
+		// gigabytes): walk the listed buckets instead of the range's.
+		for b, l := range x.buckets {
+			if first <= b && b <= last {
+				dst = append(dst, l...)
+			}
+		}
+	} else {
+		for b := first; b <= last; b++ {
+			dst = append(dst, x.buckets[b]...)
+		}
 	}
 	found := dst[start:]
 	if len(found) > 1 && (len(x.wide) > 0 || first != last) {

@@ -129,6 +129,8 @@ type logWriter struct {
 
 	loopDone chan struct{}
 	syncDone chan struct{}
+	// abandoned: close leaves the segment as a kill would (tests' crash).
+	abandoned bool
 
 	// Free space of the log filesystem, under mu: statfs runs again when
 	// the last answer is older than statfsMaxAge, or the bytes reserved
@@ -141,8 +143,9 @@ type logWriter struct {
 	// Zeros ahead of the records (see grow), under mu: allocated is the
 	// offset up to which the current segment is written (records or
 	// zeros), and [zeroLo, allocated) is zeros (before zeroLo there may
-	// be a hole the records have not reached yet). While grow writes zeros from zeroFrom on, zeroing is open
-	// and reservations that would reach zeroFrom wait for it to close;
+	// be a hole the records have not reached yet). While grow writes
+	// zeros from zeroFrom on, zeroing is open and reservations that
+	// would reach zeroFrom wait for it to close;
 	// zeroGen counts rewinds (a zero write that straddles one does not
 	// count). growMu is held while zeros are written and by the rotation,
 	// which cuts the sealed segment to its end: nothing is written past
@@ -205,7 +208,6 @@ func startWriter(w *logWriter, f File, segs []SegmentInfo, lastSeq uint64, lastP
 	w.loopDone = make(chan struct{})
 	w.syncDone = make(chan struct{})
 	w.statfsMaxAge = defaultStatfsMaxAge
-	w.grow()
 	go w.flushLoop()
 	go w.syncLoop()
 	return w
@@ -485,18 +487,20 @@ func (w *logWriter) close() error {
 	w.growMu.Lock()
 	defer w.growMu.Unlock()
 	w.mu.Lock()
-	cut := w.allocated > w.written && w.err == nil
+	written, failed := w.written, w.err != nil
 	w.mu.Unlock()
-	if cut {
-		// The zeros ahead are not left behind: a closed segment's size is
-		// its end (as a crash's are cut by the next open).
-		if err := w.f.Truncate(w.written); err != nil {
+	if size, err := w.f.Size(); err == nil && size > written && !failed && !w.abandoned {
+		// The zeros ahead are not left behind (nor those of a zero write
+		// a rewind or ENOSPC cut short): a closed segment's size is its
+		// end, as a crash's are cut by the next open.
+		if err := w.f.Truncate(written); err != nil {
 			w.logger.Warn("cannot cut the zeros written ahead from the log segment; the next open cuts them", "segment", w.current(), "err", err)
 		}
 	}
 	return w.f.Close()
 }
 
+// syncLoop is the sync stage: it fdatasyncs the segment to make records
 // durable when some waiter wants them so (see waitDurable).
 func (w *logWriter) syncLoop() {
 	defer close(w.syncDone)
@@ -556,8 +560,9 @@ func (w *logWriter) zeroCredit() int64 {
 
 // grow writes zeros ahead of the reserved records of the current segment,
 // up to zeroAhead past them (not past the segment size), and fdatasyncs
-// them, when less than half of that is left (wantsZeros). It runs when the
-// writer starts and in the sync stage after an fdatasync. Appenders go on
+// them, when less than half of that is left (wantsZeros). It runs in the
+// sync stage after an fdatasync (before the first, nothing says how the
+// log is synced, nor how much room its filesystem has). Appenders go on
 // meanwhile below the zeros; one that would reach them waits (reserve).
 // Failure (ENOSPC) costs only the gain: the records are then plain
 // appends, until the next segment. Call without mu.
@@ -582,6 +587,7 @@ func (w *logWriter) grow() {
 	w.mu.Lock()
 	close(w.zeroing) // appenders may go on while the zeros are synced
 	w.zeroing = nil
+	w.sinceStatfs += to - from // (what a statfs has not seen yet is not free)
 	if err != nil || gen != w.zeroGen {
 		if err != nil && gen == w.zeroGen {
 			w.zeroOff = true
@@ -855,6 +861,9 @@ func (w *logWriter) rotateNow(explicit bool) error {
 			undo()
 			return w.fail(fmt.Errorf("write segment-end marker to %s: %v; cutting it failed too: %w", w.segPath(old), err, terr))
 		}
+		w.mu.Lock()
+		w.allocated, w.zeroLo = min(w.allocated, w.written), 0 // the cut took the zeros ahead
+		w.mu.Unlock()
 		undo()
 		return fmt.Errorf("write segment-end marker to %s: %w", w.segPath(old), err)
 	}

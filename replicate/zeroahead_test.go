@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tharsis/tharsis/blockdev"
 	"github.com/tharsis/tharsis/internal/testutil"
@@ -175,6 +176,13 @@ func TestZeroTailScan(t *testing.T) {
 	zeros := make([]byte, 8192)
 	proof, _ := (&Record{Kind: KindWrite, Segment: 3, Seq: 9, Length: 512, Payload: make([]byte, 512), Synced: end + 100}).AppendBinary(nil)
 	noProof, _ := (&Record{Kind: KindWrite, Segment: 3, Seq: 9, Length: 512, Payload: make([]byte, 512), Synced: 0}).AppendBinary(nil)
+	// A scan that read a large record first (its buffer grown past the
+	// zeros it compares with) still reads a large zero tail.
+	big, _ := (&Record{Kind: KindWrite, Segment: 3, Seq: 1, Length: 2 << 20, Payload: bytes.Repeat([]byte{9}, 2<<20)}).AppendBinary(nil)
+	bigSeg := append(big, make([]byte, 3<<20)...)
+	if info, err := ScanSegment(bytes.NewReader(bigSeg), int64(len(bigSeg)), name, ScanOptions{Newest: true}, nil); err != nil || info.End != int64(len(big)) || info.Zero != 3<<20 {
+		t.Fatalf("a 2 MiB record and 3 MiB of zeros: %+v, %v", info, err)
+	}
 	for _, tc := range []struct {
 		name    string
 		tail    []byte
@@ -278,7 +286,8 @@ func TestZeroAheadCountsAsFree(t *testing.T) {
 func TestZeroAheadConcurrent(t *testing.T) {
 	dir := t.TempDir()
 	mem := blockdev.NewMemory(devSize)
-	p := openTest(t, mem, dir, func(o *Options) { o.Sync = true; o.ZeroAhead = 256 << 10; o.SegmentSize = 4 << 20 })
+	fsys := newFaultFS()
+	p := openTest(t, mem, dir, func(o *Options) { o.Sync = true; o.ZeroAhead = 256 << 10; o.SegmentSize = 4 << 20; o.FS = fsys })
 	const writers, each = 8, 300
 	var wg sync.WaitGroup
 	for w := range writers {
@@ -295,6 +304,9 @@ func TestZeroAheadConcurrent(t *testing.T) {
 	wg.Wait()
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if fsys.zeroWrites == 0 {
+		t.Fatal("no zeros were written ahead: the test tests nothing")
 	}
 	mem2 := blockdev.NewMemory(devSize)
 	n, _, err := Replay(dir, mem2, Position{}, ReplayOptions{})
@@ -329,5 +341,117 @@ func TestZeroAheadSyncFailureIsSticky(t *testing.T) {
 	}
 	if _, err := p.WriteAt(make([]byte, 4096), 4096); !errors.Is(err, eio) {
 		t.Fatalf("a later write: %v; want the log failed for good", err)
+	}
+}
+
+// TestZeroAheadRewindDuringZeros: a record write fails, and the segment is
+// cut back, while the sync stage is writing zeros ahead; the zeros land
+// after the cut, the writes after it are logged over the gap, nothing
+// acknowledged is lost, and Close still cuts the segment to its records.
+func TestZeroAheadRewindDuringZeros(t *testing.T) {
+	fsys := newFaultFS()
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	fsys.onZeroWrite = func(int64) { once.Do(func() { close(entered); <-gate }) }
+	var opened sync.Once
+	release := func() { opened.Do(func() { close(gate) }) }
+	defer release() // (a failed test must not leave the sync stage held)
+	mem := blockdev.NewMemory(devSize)
+	dir := t.TempDir()
+	p := openTest(t, mem, dir, func(o *Options) { o.FS = fsys; o.ZeroAhead = testZeroAhead; o.NoEmergency = true })
+	want := make([]byte, devSize)
+	n := 0
+	write := func() error {
+		b := bytes.Repeat([]byte{byte(n + 1)}, 4096)
+		off := int64(n%200) * 4096
+		n++
+		_, err := p.WriteAt(b, off)
+		if err == nil {
+			copy(want[off:], b)
+		}
+		return err
+	}
+	for range 10 {
+		if err := write(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A flush's fdatasync covers little: the sync stage writes zeros
+	// next, and is held there.
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-time.After(waitLimit):
+		t.Fatal("the sync stage wrote no zeros after a small flush")
+	}
+	eio := errors.New("input/output error")
+	fsys.set(func(f *faultFS) { f.writeErr = eio })
+	if err := write(); !errors.Is(err, eio) {
+		t.Fatalf("write with the log failing: %v", err)
+	}
+	fsys.set(func(f *faultFS) { f.writeErr = nil })
+	release()
+	for range 20 {
+		if err := write(); err != nil {
+			t.Fatalf("write after the failed one: %v", err)
+		}
+	}
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cur := filepath.Join(dir, p.Status().Current)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if info := scanEnd(t, cur); info.Zero != 0 || info.Torn != 0 || fileSize(t, cur) != info.End || info.Records != 30 {
+		t.Fatalf("segment after Close: size %d, %+v; want 30 records, cut to their end", fileSize(t, cur), info)
+	}
+	fresh := blockdev.NewMemory(devSize)
+	if _, _, err := Replay(dir, fresh, Position{}, ReplayOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(fresh.Bytes(), want) || !bytes.Equal(mem.Bytes(), want) {
+		t.Fatal("the log or the device lost an acknowledged write, or holds the failed one")
+	}
+}
+
+// TestLogSegmentsZeroTail: the status of a log nobody has open lists the
+// newest segment that holds anything up to the end of its records, zeros
+// written ahead cut off, and sealed when a kill during the rotation left
+// zeros after its end marker (and an empty next segment).
+func TestLogSegmentsZeroTail(t *testing.T) {
+	dir := t.TempDir()
+	seg := func(seq uint64, sealed bool) []byte {
+		var b []byte
+		for i := range 3 {
+			b, _ = (&Record{Kind: KindWrite, Segment: seq, Seq: seq*10 + uint64(i), Length: 512, Payload: bytes.Repeat([]byte{1}, 512)}).AppendBinary(b)
+		}
+		if sealed {
+			b, _ = (&Record{Kind: KindSegmentEnd, Segment: seq, Seq: seq*10 + 3}).AppendBinary(b)
+		}
+		return b
+	}
+	write := func(seq uint64, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, SegmentName{Seq: seq, Node: "alpha"}.String()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one, two := seg(1, true), seg(2, false)
+	write(1, one)
+	write(2, append(bytes.Clone(two), make([]byte, 8192)...))
+	got := LogSegments(dir)
+	if len(got) != 2 || got[0].Size != int64(len(one)) || !got[0].Sealed || got[1].Size != int64(len(two)) || got[1].Sealed {
+		t.Fatalf("LogSegments = %+v; want %d bytes sealed, %d unsealed", got, len(one), len(two))
+	}
+	// Killed in the rotation: segment 2 sealed, zeros after its marker,
+	// segment 3 created empty.
+	sealed := seg(2, true)
+	write(2, append(bytes.Clone(sealed), make([]byte, 8192)...))
+	write(3, nil)
+	got = LogSegments(dir)
+	if len(got) != 3 || got[1].Size != int64(len(sealed)) || !got[1].Sealed || got[2].Size != 0 {
+		t.Fatalf("LogSegments after a kill in the rotation = %+v; want segment 2 sealed at %d, segment 3 empty", got, len(sealed))
 	}
 }
