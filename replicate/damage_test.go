@@ -117,9 +117,14 @@ func TestDamagedSegmentNoSource(t *testing.T) {
 			}
 			// Writes go on (into the segment after the damage: alpha
 			// sealed a damaged current segment early). A sync started
-			// before any of them would start inside the damaged segment
-			// and stop at the damage again: a known gap, see the note.
+			// before any of them is applied would start inside the
+			// damaged segment and stop at the damage again: a known gap,
+			// see the note. (Applied behind the acknowledgement, they
+			// may take a moment on a loaded machine.)
 			w.write(t, a.prim, 5)
+			testutil.WaitFor(t, 20*time.Second, "alpha to apply the writes after the damaged segment", func() bool {
+				return a.prim.Status().Applied.Segment > name.Seq
+			})
 			if err := b.sec.Invalidate(); err != nil {
 				t.Fatal(err)
 			}
