@@ -22,10 +22,11 @@ import (
 // order of the log, and advances the applied position over them.
 //
 // Reads and Extents take the window's logged records that overlap them
-// (found through an index by device range, winIndex) first, then ask the data device, then lay the records over its answer in
-// log order (zeros for trim and write-zeroes). A record applied in between
-// is on the device and in the overlay alike; a record logged in between
-// raced the read, which may then see it or not. So a read sees every write
+// (found through an index by device range, winIndex) first, then ask the
+// data device, then lay the records over its answer in log order (zeros
+// for trim and write-zeroes). A record applied in between is on the device
+// and in the overlay alike; a record logged in between raced the read,
+// which may then see it or not. So a read sees every write
 // acknowledged before it started, never an older version.
 //
 // The window is bounded (Options.ApplyWindow): a writer waits while it is
@@ -33,19 +34,12 @@ import (
 // writes are refused), the window keeps the unapplied records, so reads
 // still see them, and the log keeps them for the replay on restart.
 
-// Window states of a record.
+// Window states of a record (entry.wstate).
 const (
 	winReserved uint8 = iota // reserved in the log, being written
 	winLogged                // in the log: visible to reads, to be applied
 	winDropped               // could not be logged: never visible
 )
-
-// winRange is the device range of a window record, kept in a slice of its
-// own so a read's overlap scan reads a few cache lines.
-type winRange struct {
-	off, end int64
-	state    uint8
-}
 
 // windowCost is what es take of the window: the payload and a record
 // header each (trims cost only the header).
@@ -73,8 +67,8 @@ func (p *Primary) admit(es []*entry, cost int64) {
 	for _, e := range es {
 		off, end := recordRange(e.rec)
 		p.winIdx.add(p.winHead+uint64(len(p.win)), off, end)
+		e.wstate = winReserved
 		p.win = append(p.win, e)
-		p.winRanges = append(p.winRanges, winRange{off: off, end: end})
 	}
 	p.winBytes += cost
 }
@@ -87,15 +81,8 @@ func (p *Primary) logged(es []*entry, ok bool) {
 		state = winLogged
 	}
 	p.mu.Lock()
-	// es lie together in the window, in order, after what the applier has
-	// taken: look for the first from the end (where recent writes are).
-	for i := len(p.win) - 1; i >= 0; i-- {
-		if p.win[i] == es[0] {
-			for j := range es {
-				p.winRanges[i+j].state = state
-			}
-			break
-		}
+	for _, e := range es {
+		e.wstate = state
 	}
 	p.mu.Unlock()
 	select {
@@ -117,7 +104,7 @@ func (p *Primary) applyLoop() {
 		// Drop what was never logged from the front; take the logged
 		// prefix after it.
 		dropped := false
-		for len(p.win) > 0 && p.winRanges[0].state == winDropped {
+		for len(p.win) > 0 && p.win[0].wstate == winDropped {
 			p.popWindow()
 			dropped = true
 		}
@@ -125,7 +112,7 @@ func (p *Primary) applyLoop() {
 			p.wakeWindow()
 		}
 		n := 0
-		for n < len(p.win) && n < applyBatch && p.winRanges[n].state == winLogged {
+		for n < len(p.win) && n < applyBatch && p.win[n].wstate == winLogged {
 			n++
 		}
 		stop, failed := p.applyStop, p.failed != nil
@@ -227,15 +214,15 @@ func applyWave(data blockdev.Device, wave []*entry, errs []error) {
 func (p *Primary) popWindow() {
 	e := p.win[0]
 	p.winBytes -= HeaderSize + int64(len(e.rec.Payload))
-	p.winIdx.remove(p.winHead, p.winRanges[0].off, p.winRanges[0].end)
+	off, end := recordRange(e.rec)
+	p.winIdx.remove(p.winHead, off, end)
 	p.winHead++
 	p.win[0] = nil
 	p.win = p.win[1:]
-	p.winRanges = p.winRanges[1:]
 	if len(p.win) == 0 {
-		// Start the slices over instead of letting them creep through
+		// Start the slice over instead of letting it creep through
 		// memory.
-		p.win, p.winRanges = p.win[:0:0], p.winRanges[:0:0]
+		p.win = p.win[:0:0]
 	}
 }
 
@@ -296,22 +283,22 @@ func (p *Primary) stopApplier() {
 // log order. Call with mu held.
 func (p *Primary) overlay(off, end int64) []*entry {
 	var out []*entry
-	p.overlapping(off, end, func(i int) { out = append(out, p.win[i]) })
+	p.overlapping(off, end, func(e *entry, _, _ int64) { out = append(out, e) })
 	return out
 }
 
-// overlapping calls fn, in log order, with the index in win of each logged
-// record that overlaps [off, end) (found through winIdx). Call with mu
-// held.
-func (p *Primary) overlapping(off, end int64, fn func(i int)) {
+// overlapping calls fn, in log order, with each logged record of the
+// window that overlaps [off, end) (found through winIdx) and the device
+// range it changes. Call with mu held.
+func (p *Primary) overlapping(off, end int64, fn func(e *entry, roff, rend int64)) {
 	if p.winIdx.empty() {
 		return
 	}
 	var buf [16]uint64
 	for _, pos := range p.winIdx.find(buf[:0], off, end) {
-		i := int(pos - p.winHead)
-		if r := &p.winRanges[i]; r.state == winLogged && r.off < end && off < r.end {
-			fn(i)
+		e := p.win[pos-p.winHead]
+		if roff, rend := recordRange(e.rec); e.wstate == winLogged && roff < end && off < rend {
+			fn(e, roff, rend)
 		}
 	}
 }
@@ -346,9 +333,8 @@ func (p *Primary) Extents(dst []blockdev.Extent, off, length int64, limit int) (
 	end := off + length
 	p.mu.Lock()
 	var over []span
-	p.overlapping(off, end, func(i int) {
-		r := &p.winRanges[i]
-		over = overwrite(over, span{max(r.off, off), min(r.end, end), p.win[i].rec.Kind != KindWrite})
+	p.overlapping(off, end, func(e *entry, roff, rend int64) {
+		over = overwrite(over, span{max(roff, off), min(rend, end), e.rec.Kind != KindWrite})
 	})
 	p.mu.Unlock()
 	start := len(dst)

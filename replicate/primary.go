@@ -87,10 +87,9 @@ type Primary struct {
 
 	mu sync.Mutex
 	// The unapplied window (apply.go), under mu: every record reserved in
-	// the log and not yet applied, in log order, and its ranges side by
-	// side (a compact scan for reads).
+	// the log and not yet applied, in log order, and an index of them by
+	// device range for reads.
 	win       []*entry
-	winRanges []winRange
 	winHead   uint64     // position of win[0] in winIdx
 	winIdx    winIndex   // the records of win by device range
 	winBytes  int64      // what win holds (windowCost)

@@ -35,12 +35,9 @@ type entry struct {
 	wake     chan struct{}    // closed once resolved (made by a waiter)
 	iov      [2][]byte        // header and payload for pwritev
 
-	// Primary's bookkeeping, guarded by Primary.mu.
-	idx      uint64          // index in Primary.pending
-	finished chan struct{}   // closed once applied or failed (made by a waiter)
-	waits    []chan struct{} // finished of the earlier overlapping entries
-	ok       bool            // applied to the data device
-	done     bool
+	// Primary's bookkeeping, guarded by Primary.mu: the record's state in
+	// the unapplied window (winReserved, winLogged, winDropped).
+	wstate uint8
 }
 
 // logWriter appends records to the current segment in two stages, as
